@@ -1,0 +1,360 @@
+"""Facts and edit requests: one :class:`Fact` record, read from and written to the usual formats.
+
+A fact is a subject, a prompt template with ``{}`` where the subject goes, the true object and a
+counterfactual new object (CounterFact's ``requested_rewrite``), plus the evaluation prompts of
+CounterFact (paraphrases, neighbourhood prompts of other subjects with the same true object,
+generation prompts) and of EasyEdit (locality and portability prompt/answer pairs).
+
+Targets are stored as CounterFact stores them (``"Paris"``, no leading space); the token
+continuation a model is scored on is ``" " + target`` (:meth:`Fact.continuation`), as ROME does.
+
+Readers: CounterFact JSON (a list of records with ``requested_rewrite``), EasyEdit/KnowEdit JSON
+(``prompt``/``subject``/``target_new``/``ground_truth``/``rephrase_prompt``/``locality``...) and
+zsRE JSON (``src``/``subject``/``alt``/``answers``/``rephrase``/``loc``/``loc_ans``). A malformed
+record raises :class:`FactFormatError` naming the record index and the field.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+BUNDLED_FACTS = "facts.json"
+
+
+class FactFormatError(ValueError):
+    """A fact file or record is malformed; the message names the record and the field."""
+
+
+@dataclass
+class Fact:
+    """One fact and its counterfactual rewrite, with evaluation prompts.
+
+    ``prompt`` is a template with one ``{}`` for the subject, e.g. ``"The capital of {} is"``.
+    """
+
+    subject: str
+    prompt: str
+    target_true: str
+    target_new: str
+    relation_id: str = ""
+    case_id: int | str | None = None
+    paraphrase_prompts: list[str] = field(default_factory=list)
+    neighborhood_prompts: list[str] = field(default_factory=list)
+    generation_prompts: list[str] = field(default_factory=list)
+    attribute_prompts: list[str] = field(default_factory=list)
+    locality: list[tuple[str, str]] = field(default_factory=list)
+    portability: list[tuple[str, str]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        where = f"fact {self.case_id!r}" if self.case_id is not None else f"fact about {self.subject!r}"
+        if not isinstance(self.subject, str) or not self.subject.strip():
+            raise FactFormatError(f"{where}: field 'subject' must be a non-empty string")
+        if not isinstance(self.prompt, str) or self.prompt.count("{}") != 1:
+            raise FactFormatError(f"{where}: field 'prompt' must contain exactly one '{{}}', got {self.prompt!r}")
+        for name in ("target_true", "target_new"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value.strip():
+                raise FactFormatError(f"{where}: field '{name}' must be a non-empty string, got {value!r}")
+
+    # --- text ---------------------------------------------------------------------------------
+    @property
+    def text(self) -> str:
+        """The prompt with the subject filled in."""
+        return self.prompt.format(self.subject)
+
+    @staticmethod
+    def continuation(target: str) -> str:
+        """The continuation a model is scored on: the target with one leading space."""
+        return target if target.startswith(" ") else " " + target
+
+    @property
+    def true_continuation(self) -> str:
+        return self.continuation(self.target_true)
+
+    @property
+    def new_continuation(self) -> str:
+        return self.continuation(self.target_new)
+
+    # --- CounterFact format ------------------------------------------------------------------
+    def to_counterfact(self) -> dict[str, Any]:
+        record: dict[str, Any] = {
+            "case_id": self.case_id,
+            "requested_rewrite": {
+                "prompt": self.prompt,
+                "relation_id": self.relation_id,
+                "subject": self.subject,
+                "target_true": {"str": self.target_true},
+                "target_new": {"str": self.target_new},
+            },
+            "paraphrase_prompts": list(self.paraphrase_prompts),
+            "neighborhood_prompts": list(self.neighborhood_prompts),
+            "attribute_prompts": list(self.attribute_prompts),
+            "generation_prompts": list(self.generation_prompts),
+        }
+        if self.locality:
+            record["locality"] = [{"prompt": p, "ground_truth": a} for p, a in self.locality]
+        if self.portability:
+            record["portability"] = [{"prompt": p, "ground_truth": a} for p, a in self.portability]
+        return record
+
+    @classmethod
+    def from_counterfact(cls, record: dict[str, Any], index: int = 0) -> Fact:
+        where = f"record {index}"
+        rw = _get(record, "requested_rewrite", dict, where)
+        subject = _get(rw, "subject", str, where + ".requested_rewrite")
+        prompt = _get(rw, "prompt", str, where + ".requested_rewrite")
+        if "{}" not in prompt:
+            raise FactFormatError(f"{where}: field 'requested_rewrite.prompt' has no '{{}}' for the subject: {prompt!r}")
+        return cls(
+            subject=subject,
+            prompt=prompt,
+            target_true=_target(rw, "target_true", where),
+            target_new=_target(rw, "target_new", where),
+            relation_id=str(rw.get("relation_id", "")),
+            case_id=record.get("case_id", index),
+            paraphrase_prompts=_str_list(record, "paraphrase_prompts", where),
+            neighborhood_prompts=_str_list(record, "neighborhood_prompts", where),
+            generation_prompts=_str_list(record, "generation_prompts", where),
+            attribute_prompts=_str_list(record, "attribute_prompts", where),
+            locality=_pairs(record.get("locality", []), where + ".locality"),
+            portability=_pairs(record.get("portability", []), where + ".portability"),
+        )
+
+    # --- EasyEdit / KnowEdit format --------------------------------------------------------------
+    @classmethod
+    def from_easyedit(cls, record: dict[str, Any], index: int = 0) -> Fact:
+        where = f"record {index}"
+        prompt = _get(record, "prompt", str, where)
+        subject = _get(record, "subject", str, where)
+        truth = record.get("ground_truth", record.get("target_true"))
+        if isinstance(truth, list):
+            truth = truth[0] if truth else None
+        if not isinstance(truth, str) or not truth:
+            raise FactFormatError(f"{where}: field 'ground_truth' must be a non-empty string or list of strings")
+        rephrase = record.get("rephrase_prompt", record.get("rephrase", []))
+        return cls(
+            subject=subject,
+            prompt=_template(prompt, subject, where),
+            target_true=truth,
+            target_new=_get(record, "target_new", str, where),
+            relation_id=str(record.get("relation_id", record.get("relation", ""))),
+            case_id=record.get("case_id", index),
+            paraphrase_prompts=[rephrase] if isinstance(rephrase, str) else list(rephrase),
+            locality=_nested_pairs(record.get("locality", {}), where + ".locality")
+            + _flat_pair(record, "locality_prompt", "locality_ground_truth"),
+            portability=_nested_pairs(record.get("portability", {}), where + ".portability"),
+        )
+
+    # --- zsRE format (MEND / ROME) -----------------------------------------------------------------
+    @classmethod
+    def from_zsre(cls, record: dict[str, Any], index: int = 0) -> Fact:
+        where = f"record {index}"
+        question = _get(record, "src", str, where)
+        subject = _get(record, "subject", str, where)
+        answers = record.get("answers")
+        if not isinstance(answers, list) or not answers or not isinstance(answers[0], str):
+            raise FactFormatError(f"{where}: field 'answers' must be a non-empty list of strings")
+        rephrase = record.get("rephrase")
+        loc, loc_ans = record.get("loc"), record.get("loc_ans")
+        return cls(
+            subject=subject,
+            prompt=_template(question, subject, where),
+            target_true=answers[0],
+            target_new=_get(record, "alt", str, where),
+            relation_id="zsre",
+            case_id=record.get("case_id", index),
+            paraphrase_prompts=[rephrase] if isinstance(rephrase, str) else [],
+            locality=[(loc.removeprefix("nq question: "), loc_ans)]
+            if isinstance(loc, str) and isinstance(loc_ans, str)
+            else [],
+        )
+
+
+# --- helpers for the readers --------------------------------------------------------------------------
+
+
+def _get(record: Any, key: str, kind: type, where: str) -> Any:
+    if not isinstance(record, dict):
+        raise FactFormatError(f"{where}: expected an object, got {type(record).__name__}")
+    if key not in record:
+        raise FactFormatError(f"{where}: missing field '{key}'")
+    value = record[key]
+    if not isinstance(value, kind) or (kind is str and not value.strip()):
+        raise FactFormatError(f"{where}: field '{key}' must be a non-empty {kind.__name__}, got {value!r}")
+    return value
+
+
+def _target(rw: dict[str, Any], key: str, where: str) -> str:
+    value = rw.get(key)
+    if isinstance(value, dict):
+        value = value.get("str")
+    if not isinstance(value, str) or not value.strip():
+        raise FactFormatError(f"{where}: field 'requested_rewrite.{key}.str' must be a non-empty string")
+    return value
+
+
+def _str_list(record: dict[str, Any], key: str, where: str) -> list[str]:
+    value = record.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise FactFormatError(f"{where}: field '{key}' must be a list of strings")
+    return list(value)
+
+
+def _pairs(value: Any, where: str) -> list[tuple[str, str]]:
+    if not isinstance(value, list):
+        raise FactFormatError(f"{where}: must be a list of {{prompt, ground_truth}} objects")
+    out = []
+    for i, item in enumerate(value):
+        if not isinstance(item, dict) or not isinstance(item.get("prompt"), str):
+            raise FactFormatError(f"{where}[{i}]: needs a string 'prompt'")
+        answer = item.get("ground_truth")
+        if isinstance(answer, list):
+            answer = answer[0] if answer else None
+            while isinstance(answer, list):
+                answer = answer[0] if answer else None
+        if not isinstance(answer, str):
+            raise FactFormatError(f"{where}[{i}]: needs a string 'ground_truth'")
+        out.append((item["prompt"], answer))
+    return out
+
+
+def _nested_pairs(value: Any, where: str) -> list[tuple[str, str]]:
+    """EasyEdit's ``{"Relation_Specificity": [{prompt, ground_truth}, ...], ...}`` (or one object)."""
+    if not value:
+        return []
+    if isinstance(value, list):
+        return _pairs(value, where)
+    if not isinstance(value, dict):
+        raise FactFormatError(f"{where}: must be an object of lists of {{prompt, ground_truth}}")
+    out: list[tuple[str, str]] = []
+    for name, items in value.items():
+        if isinstance(items, dict):
+            items = [items]
+        if isinstance(items, dict) or isinstance(items, list):
+            if items and isinstance(items[0], dict) and isinstance(items[0].get("prompt"), list):
+                items = [{"prompt": p, "ground_truth": g} for it in items
+                         for p, g in zip(it["prompt"], it["ground_truth"], strict=False)]
+            out.extend(_pairs(items, f"{where}.{name}"))
+    return out
+
+
+def _flat_pair(record: dict[str, Any], pkey: str, akey: str) -> list[tuple[str, str]]:
+    p, a = record.get(pkey), record.get(akey)
+    if isinstance(a, list):
+        a = a[0] if a else None
+    return [(p, a)] if isinstance(p, str) and isinstance(a, str) else []
+
+
+def _template(prompt: str, subject: str, where: str) -> str:
+    if "{}" in prompt:
+        return prompt
+    if subject not in prompt:
+        raise FactFormatError(f"{where}: subject {subject!r} does not occur in prompt {prompt!r}")
+    return prompt.replace(subject, "{}", 1)
+
+
+# --- files ----------------------------------------------------------------------------------------------
+
+
+def parse_facts(records: Any, fmt: str = "auto") -> list[Fact]:
+    """Parse a list of records in CounterFact, EasyEdit/KnowEdit or zsRE format."""
+    if isinstance(records, dict) and "facts" in records:
+        records = records["facts"]
+    if not isinstance(records, list):
+        raise FactFormatError("a fact file must hold a JSON list of records")
+    facts = []
+    for i, record in enumerate(records):
+        if not isinstance(record, dict):
+            raise FactFormatError(f"record {i}: expected an object, got {type(record).__name__}")
+        kind = fmt if fmt != "auto" else detect_format(record, i)
+        reader = {"counterfact": Fact.from_counterfact, "easyedit": Fact.from_easyedit, "zsre": Fact.from_zsre}
+        if kind not in reader:
+            raise FactFormatError(f"unknown fact format {kind!r}; valid: auto, counterfact, easyedit, zsre")
+        facts.append(reader[kind](record, i))
+    return facts
+
+
+def detect_format(record: dict[str, Any], index: int = 0) -> str:
+    if "requested_rewrite" in record:
+        return "counterfact"
+    if "src" in record and "alt" in record:
+        return "zsre"
+    if "prompt" in record and "target_new" in record:
+        return "easyedit"
+    raise FactFormatError(
+        f"record {index}: unknown format (fields {sorted(record)[:8]}); expected CounterFact "
+        "('requested_rewrite'), EasyEdit ('prompt', 'subject', 'target_new') or zsRE ('src', 'alt')"
+    )
+
+
+def load_facts(path: str | os.PathLike[str], fmt: str = "auto") -> list[Fact]:
+    """Read facts from a JSON file (CounterFact, EasyEdit/KnowEdit or zsRE; detected per record)."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"fact file {p} does not exist")
+    try:
+        records = json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise FactFormatError(f"{p} is not valid JSON: {exc}") from exc
+    try:
+        return parse_facts(records, fmt)
+    except FactFormatError as exc:
+        raise FactFormatError(f"{p}: {exc}") from None
+
+
+def save_facts(facts: Iterable[Fact], path: str | os.PathLike[str]) -> Path:
+    """Write facts in CounterFact format, atomically (temp file + rename)."""
+    return write_json_atomic(path, [f.to_counterfact() for f in facts])
+
+
+def load_bundled_facts(relation: str | None = None, limit: int | None = None) -> list[Fact]:
+    """The bundled CounterFact-format facts that the default model knows (built by scripts/build_facts.py)."""
+    text = resources.files("knowscope.data").joinpath(BUNDLED_FACTS).read_text(encoding="utf-8")
+    facts = parse_facts(json.loads(text), "counterfact")
+    if relation is not None:
+        facts = [f for f in facts if f.relation_id == relation]
+        if not facts:
+            raise ValueError(f"no bundled facts with relation {relation!r}")
+    return facts[:limit] if limit is not None else facts
+
+
+def relations(facts: Sequence[Fact]) -> dict[str, int]:
+    """Count of facts per relation id."""
+    out: dict[str, int] = {}
+    for f in facts:
+        out[f.relation_id] = out.get(f.relation_id, 0) + 1
+    return out
+
+
+def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> Path:
+    """Write JSON to a temp file beside ``path`` and rename it into place (never half-written)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(obj, fh, indent=1, ensure_ascii=False, default=_json_default)
+            fh.write("\n")
+        os.replace(tmp, p)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return p
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if hasattr(obj, "__dataclass_fields__"):
+        return asdict(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"cannot write {type(obj).__name__} to JSON")

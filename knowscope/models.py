@@ -251,6 +251,20 @@ class Model:
         return torch.softmax(self.bridge(toks)[0, -1].float(), dim=-1)
 
     @torch.no_grad()
+    def last_logits(self, prompts: Sequence[str], batch_size: int = 32) -> Float[Tensor, "n vocab"]:
+        """Next-token logits after each prompt, batched (right padding; causal attention makes the
+        logits at each prompt's last real token independent of the padding after it)."""
+        out = []
+        for start in range(0, len(prompts), batch_size):
+            chunk = list(prompts[start : start + batch_size])
+            lengths = [len(self.tokenizer.encode(p, add_special_tokens=False)) + 1 for p in chunk]
+            toks = self.to_tokens(chunk).to(self.device)
+            logits = self.bridge(toks)
+            idx = torch.tensor(lengths, device=logits.device) - 1
+            out.append(logits[torch.arange(len(chunk), device=logits.device), idx].float().cpu())
+        return torch.cat(out) if out else torch.empty(0, self.arch.d_vocab)
+
+    @torch.no_grad()
     def top_k(self, prompt: str, k: int = 5) -> list[tuple[str, float, int]]:
         """The ``k`` most likely next tokens as (text, probability, id)."""
         if k < 1:

@@ -1,0 +1,85 @@
+"""``knowscope`` command line: thin wrappers over the Python API.
+
+Each subcommand lives in a module of :mod:`knowscope.commands` that defines ``NAME``, ``HELP``,
+``add_arguments(parser)`` and ``run(args) -> dict | None``. ``run`` returns the JSON-able result;
+this module prints nothing of its own but errors, and writes the result to ``--json FILE`` when
+asked. Expected failures (missing model, unknown name, a file in the wrong format, bad values)
+print one line on stderr and exit with status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import pkgutil
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from knowscope import commands
+
+logger = logging.getLogger("knowscope")
+
+
+class CLIError(Exception):
+    """An expected failure to report on one line (bad input, missing file, ...)."""
+
+
+def _command_modules() -> list[Any]:
+    mods = []
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda i: i.name):
+        if info.name.startswith("_"):
+            continue
+        mods.append(importlib.import_module(f"knowscope.commands.{info.name}"))
+    return sorted(mods, key=lambda m: getattr(m, "ORDER", 50))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="knowscope",
+        description="Locate knowledge inside a language model and edit it.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for mod in _command_modules():
+        p = sub.add_parser(mod.NAME, help=mod.HELP, description=mod.HELP)
+        mod.add_arguments(p)
+        if getattr(mod, "TAKES_JSON", True):
+            p.add_argument("--json", metavar="FILE", help="write the result as JSON to FILE")
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 0
+    from knowscope.facts import FactFormatError, write_json_atomic
+    from knowscope.models import ModelLoadError
+    from knowscope.results import ResultFormatError
+
+    expected = (CLIError, ModelLoadError, FactFormatError, ResultFormatError, FileNotFoundError, ValueError, KeyError)
+    try:
+        result = args._run(args)
+        if getattr(args, "json", None) and result is not None:
+            write_json_atomic(args.json, result)
+            print(f"wrote {args.json}")
+    except expected as exc:
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"knowscope {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"knowscope {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,17 @@
+"""One module per ``knowscope`` subcommand (see :mod:`knowscope.cli` for the protocol)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_model_argument(parser: argparse.ArgumentParser) -> None:
+    """The ``--model`` / ``--device`` options every model-using subcommand shares."""
+    parser.add_argument("--model", default=None, help="model name or local HF directory (default: smollm2-135m)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+
+
+def load_from_args(args: argparse.Namespace):
+    from knowscope.models import load_model
+
+    return load_model(args.model, device=args.device)

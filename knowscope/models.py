@@ -348,11 +348,10 @@ def compute_fingerprint(model: Model) -> str:
         config.pop(volatile, None)
     h.update(json.dumps(config, sort_keys=True, default=str).encode())
     params = model.named_parameters()
-    for name in sorted(params)[:: max(1, len(params) // 16)]:
+    for name in sorted(params):  # every parameter: name, shape and a strided sample of ~512 entries
         flat = params[name].detach().reshape(-1)
-        h.update(name.encode())
-        h.update(flat[:2048].float().cpu().numpy().tobytes())
-        h.update(f"{float(flat.float().sum()):.6e}".encode())
+        h.update(f"{name}{tuple(params[name].shape)}".encode())
+        h.update(flat[:: max(1, flat.numel() // 512)][:512].float().cpu().numpy().tobytes())
     return h.hexdigest()[:16]
 
 
@@ -368,8 +367,15 @@ def _resolve_device(device: str | torch.device | None) -> str:
 
 def _boot(path: str, device: str, dtype: torch.dtype) -> Any:
     from transformer_lens.model_bridge import TransformerBridge
+    from transformers.utils import logging as hf_logging
 
-    return TransformerBridge.boot_transformers(path, device=device, dtype=dtype)
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # no "Loading weights" bar on every load
+    try:
+        return TransformerBridge.boot_transformers(path, device=device, dtype=dtype)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def load_model(
@@ -401,6 +407,7 @@ def load_model(
     if key.startswith((".", "/", "~")) or key.count("/") > 1:
         raise ModelLoadError(f"model directory {key!r} does not exist")
     # a hub name: the real code path for users with the internet
+    _check_hub_reachable(key)
     try:
         bridge = _boot(key, dev, dtype)
     except Exception as exc:  # noqa: BLE001 - any hub failure becomes one clear message
@@ -409,6 +416,26 @@ def load_model(
             f"{str(exc).splitlines()[0] if str(exc) else ''}). Known names: {DEFAULT_MODEL}, {', '.join(TINY_MODELS)}"
         ) from exc
     return Model(bridge, name=key, path=None)
+
+
+def _check_hub_reachable(name: str) -> None:
+    """Fail at once, with one clear message, when a hub name cannot be fetched (offline machines).
+
+    Without this, the hub client retries for ~40 s before giving up.
+    """
+    import socket
+    from urllib.parse import urlparse
+
+    known = f"known names: {DEFAULT_MODEL}, {', '.join(TINY_MODELS)}, or a local HF directory"
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"}:
+        raise ModelLoadError(f"unknown model {name!r}: HF_HUB_OFFLINE is set, so hub names cannot load; {known}")
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError:
+        raise ModelLoadError(
+            f"unknown model {name!r}: it is not a local directory and the hub ({host}) cannot be reached; {known}"
+        ) from None
 
 
 # --- the embedded default model ---------------------------------------------------------------

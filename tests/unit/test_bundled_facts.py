@@ -1,0 +1,112 @@
+"""Structural checks of the bundled fact set (knowscope/data/facts.json); no model needed.
+
+Whether the default model knows these facts is checked by the integration tests and by
+``python scripts/build_facts.py --check``; here we check that every record is a complete
+CounterFact-style case that tracing and editing can use as is.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from importlib import resources
+
+import pytest
+
+from knowscope.facts import BUNDLED_FACTS, Fact, load_bundled_facts, relations
+
+
+@pytest.fixture(scope="module")
+def facts() -> list[Fact]:
+    return load_bundled_facts()
+
+
+def test_size_and_relations(facts):
+    assert len(facts) >= 150
+    counts = relations(facts)
+    assert len(counts) >= 8, counts
+    assert all(rel for rel in counts), "every fact needs a relation_id"
+    # no relation swamps the set
+    assert max(counts.values()) <= 0.25 * len(facts), counts
+
+
+def test_file_is_counterfact_format():
+    records = json.loads(resources.files("knowscope.data").joinpath(BUNDLED_FACTS).read_text(encoding="utf-8"))
+    assert isinstance(records, list) and records
+    for record in records:
+        rewrite = record["requested_rewrite"]
+        assert set(rewrite) >= {"prompt", "relation_id", "subject", "target_true", "target_new"}
+        assert isinstance(rewrite["target_true"]["str"], str)
+        assert isinstance(rewrite["target_new"]["str"], str)
+    # round trip: the records are exactly what Fact.to_counterfact writes
+    assert [f.to_counterfact() for f in load_bundled_facts()] == records
+
+
+def test_case_ids_unique_ints(facts):
+    ids = [f.case_id for f in facts]
+    assert all(isinstance(i, int) for i in ids)
+    assert len(set(ids)) == len(ids)
+
+
+def test_prompts_and_targets(facts):
+    for f in facts:
+        assert f.prompt.count("{}") == 1, f.prompt
+        assert f.subject in f.text
+        assert f.target_true.strip() == f.target_true and f.target_new.strip() == f.target_new
+        assert f.target_new != f.target_true
+        assert f.target_new.split()[0] != f.target_true.split()[0], (f.case_id, f.target_new, f.target_true)
+        assert f.target_true.lower() not in f.text.lower(), f"answer leaked into prompt of case {f.case_id}"
+
+
+def test_relation_consistency(facts):
+    """One template per relation, several objects per relation, no subject twice in a relation."""
+    by_rel: dict[str, list[Fact]] = {}
+    for f in facts:
+        by_rel.setdefault(f.relation_id, []).append(f)
+    for rel, group in by_rel.items():
+        assert len({f.prompt for f in group}) == 1, rel
+        objects = {f.target_true for f in group}
+        assert len(objects) >= 2, rel
+        # no duplicate subjects within a relation
+        subjects = Counter(f.subject for f in group)
+        assert max(subjects.values()) == 1, [s for s, c in subjects.items() if c > 1]
+
+
+def test_paraphrases(facts):
+    for f in facts:
+        assert len(f.paraphrase_prompts) >= 2, f.case_id
+        assert len(set(f.paraphrase_prompts)) == len(f.paraphrase_prompts)
+        for p in f.paraphrase_prompts:
+            assert f.subject in p, (f.case_id, p)
+            assert p != f.text
+            assert f.target_true.lower() not in p.lower()
+
+
+def test_neighborhood_prompts(facts):
+    """At least 5 prompts per fact about other subjects with the same relation and true object."""
+    known = {(f.relation_id, f.text): f.target_true for f in facts}
+    for f in facts:
+        assert len(f.neighborhood_prompts) >= 5, f.case_id
+        assert len(set(f.neighborhood_prompts)) == len(f.neighborhood_prompts)
+        for p in f.neighborhood_prompts:
+            assert f.subject not in p, (f.case_id, p)
+            assert p != f.text
+            assert f.target_true.lower() not in p.lower()
+            # a neighbour that is itself a bundled fact must have the same true object
+            if (f.relation_id, p) in known:
+                assert known[(f.relation_id, p)] == f.target_true
+
+
+def test_generation_prompts(facts):
+    for f in facts:
+        assert 1 <= len(f.generation_prompts) <= 3, f.case_id
+        assert all(f.subject in p for p in f.generation_prompts)
+
+
+def test_relation_filter():
+    facts = load_bundled_facts()
+    rel = facts[0].relation_id
+    subset = load_bundled_facts(relation=rel)
+    assert subset and all(f.relation_id == rel for f in subset)
+    with pytest.raises(ValueError, match="no bundled facts with relation"):
+        load_bundled_facts(relation="no-such-relation")

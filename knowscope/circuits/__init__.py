@@ -1,5 +1,20 @@
 """The "locate" side of knowscope: causal tracing, activation patching, knowledge circuits."""
 
+from knowscope.circuits.circuit import (
+    Circuit,
+    faithfulness_curve,
+    greedy_edges,
+    knowledge_circuit,
+    node_logit_attribution,
+    normalized_faithfulness,
+    prune,
+    prune_dangling,
+    threshold_edges,
+    top_n_edges,
+)
+from knowscope.circuits.diff import CircuitDiff, circuit_diff
+from knowscope.circuits.eap import Attribution, CircuitBatch, attribute, make_batch, patched_metric
+from knowscope.circuits.graph import Graph, count_edges
 from knowscope.circuits.patching import (
     PatchingResult,
     activation_patching,
@@ -9,6 +24,7 @@ from knowscope.circuits.patching import (
     prob_metric,
     run_with_patches,
 )
+from knowscope.circuits.roles import NodeRole, RoleReport, head_roles
 from knowscope.circuits.tracing import (
     ALL_KINDS,
     KINDS,
@@ -26,22 +42,44 @@ from knowscope.circuits.tracing import (
 
 __all__ = [
     "ALL_KINDS",
-    "KINDS",
-    "TOKEN_CLASSES",
+    "Attribution",
+    "Circuit",
+    "CircuitBatch",
+    "CircuitDiff",
     "FactsTraceResult",
+    "Graph",
+    "KINDS",
     "LayerChoice",
+    "NodeRole",
     "PatchingResult",
+    "RoleReport",
+    "TOKEN_CLASSES",
     "TraceResult",
     "activation_patching",
     "aggregate",
+    "attribute",
     "cache_activations",
+    "circuit_diff",
+    "count_edges",
     "embedding_std",
+    "faithfulness_curve",
+    "greedy_edges",
+    "head_roles",
+    "knowledge_circuit",
     "locate",
     "logit_diff_metric",
     "logit_metric",
+    "make_batch",
+    "node_logit_attribution",
+    "normalized_faithfulness",
+    "patched_metric",
     "prob_metric",
+    "prune",
+    "prune_dangling",
     "run_with_patches",
     "subject_token_range",
+    "threshold_edges",
+    "top_n_edges",
     "trace",
     "trace_facts",
 ]

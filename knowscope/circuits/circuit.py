@@ -1,0 +1,520 @@
+"""Knowledge circuits: pruning scored edges, faithfulness, and the :class:`Circuit` result object.
+
+:func:`knowledge_circuit` is the one-call entry point: it builds clean / corrupted inputs for a
+batch of facts of one relation (:func:`knowscope.circuits.eap.make_batch`), scores every edge with
+EAP or EAP-IG (:func:`knowscope.circuits.eap.attribute`), measures the faithfulness of circuits of
+growing size by exact edge patching (:func:`faithfulness_curve`), and keeps either the top-n edges
+or the smallest circuit that reaches a target faithfulness.
+
+Pruning (all return a boolean ``[n_forward, n_slots]`` mask, then :func:`prune_dangling` drops
+edges that lie on no path from the input to the logits):
+
+* :func:`top_n_edges`: the ``n`` edges of largest ``|score|``;
+* :func:`threshold_edges`: every edge with ``|score| >= threshold``;
+* :func:`greedy_edges`: grown backwards from the logits, each step adding the edge of largest
+  ``|score|`` whose downstream node is already in the circuit.
+
+Normalised faithfulness is ``(m_circuit - m_corrupted) / (m_clean - m_corrupted)`` with each
+metric averaged over the batch: 1 means the circuit alone recovers the clean behaviour, 0 means it
+recovers none of it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from jaxtyping import Bool, Float
+from torch import Tensor
+
+from knowscope.circuits import eap
+from knowscope.circuits.graph import Graph
+from knowscope.facts import Fact
+from knowscope.results import load_dir, save_dir
+
+logger = logging.getLogger(__name__)
+
+KIND = "circuit"
+
+
+# --------------------------------------------------------------------------------------------
+# pruning
+
+
+def _check_scores(graph: Graph, scores: Tensor) -> None:
+    if tuple(scores.shape) != (graph.n_forward, graph.n_slots):
+        raise ValueError(f"scores have shape {tuple(scores.shape)}; expected {(graph.n_forward, graph.n_slots)}")
+
+
+def top_n_edges(graph: Graph, scores: Float[Tensor, "n_forward n_slots"], n: int) -> Bool[Tensor, "n_forward n_slots"]:
+    """The ``n`` edges of largest ``|score|`` (ties broken by index, deterministically)."""
+    _check_scores(graph, scores)
+    if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= graph.n_edges:
+        raise ValueError(f"top-n {n!r} is out of range: the graph has 0..{graph.n_edges} edges")
+    absval = scores.abs().float()
+    flat = torch.where(graph.edge_mask, absval, torch.full_like(absval, -1.0)).flatten()
+    mask = torch.zeros(flat.numel(), dtype=torch.bool)
+    if n:
+        order = torch.sort(flat, descending=True, stable=True).indices[:n]
+        mask[order] = True
+    return mask.view(graph.n_forward, graph.n_slots)
+
+
+def threshold_edges(graph: Graph, scores: Tensor, threshold: float) -> Bool[Tensor, "n_forward n_slots"]:
+    """Every edge with ``|score| >= threshold``."""
+    _check_scores(graph, scores)
+    if not threshold >= 0:
+        raise ValueError(f"threshold must be a number >= 0, got {threshold!r}")
+    return (scores.abs() >= threshold) & graph.edge_mask
+
+
+def greedy_edges(graph: Graph, scores: Tensor, n: int) -> Bool[Tensor, "n_forward n_slots"]:
+    """Grow ``n`` edges backwards from the logits, always taking the largest ``|score|`` edge
+    that enters a node already in the circuit (the logits at first)."""
+    _check_scores(graph, scores)
+    if not isinstance(n, int) or not 0 <= n <= graph.n_edges:
+        raise ValueError(f"n {n!r} is out of range: the graph has 0..{graph.n_edges} edges")
+    absval = scores.abs().float()
+    n_up = graph.n_upstream.tolist()
+    owner = graph.slot_owner
+    slots_of: list[list[int]] = [owner[:, u].nonzero().flatten().tolist() for u in range(graph.n_forward)]
+    mask = torch.zeros(graph.n_forward, graph.n_slots, dtype=torch.bool)
+    heap: list[tuple[float, int, int]] = []
+    opened: set[int] = set()
+
+    def open_slot(v: int) -> None:
+        if v in opened:
+            return
+        opened.add(v)
+        col = absval[: n_up[v], v].tolist()
+        for u, s in enumerate(col):
+            heapq.heappush(heap, (-s, u, v))
+
+    open_slot(graph.logits_slot)
+    in_circuit = {graph.logits_slot}
+    taken = 0
+    while taken < n and heap:
+        _, u, v = heapq.heappop(heap)
+        if mask[u, v]:
+            continue
+        mask[u, v] = True
+        taken += 1
+        if u not in in_circuit and u != 0:
+            in_circuit.add(u)
+            for slot in slots_of[u]:
+                open_slot(slot)
+    return mask
+
+
+def prune_dangling(graph: Graph, mask: Bool[Tensor, "n_forward n_slots"]) -> Bool[Tensor, "n_forward n_slots"]:
+    """Keep only edges on some path from the input to the logits.
+
+    An edge ``u -> v`` survives when ``u`` is reachable from the input and a node owning slot ``v``
+    reaches the logits (a KV slot of a GQA model is owned by every head of its group).
+    """
+    mask = mask.bool() & graph.edge_mask
+    owner = graph.slot_owner  # [slot, node]
+    reach = torch.zeros(graph.n_forward, dtype=torch.bool)
+    reach[0] = True
+    for u in range(1, graph.n_forward):
+        slots = owner[:, u]
+        reach[u] = bool((mask[:, slots] & reach[:, None]).any())
+    co_slot = torch.zeros(graph.n_slots, dtype=torch.bool)
+    co_slot[graph.logits_slot] = True
+    co = torch.zeros(graph.n_forward, dtype=torch.bool)
+    for u in range(graph.n_forward - 1, -1, -1):
+        co[u] = bool((mask[u] & co_slot).any())
+        if co[u]:
+            co_slot |= owner[:, u]
+    slot_ok = (owner & (co & reach)[None, :]).any(dim=1)
+    slot_ok[graph.logits_slot] = True
+    return mask & reach[:, None] & slot_ok[None, :]
+
+
+def prune(graph: Graph, scores: Tensor, *, top_n: int | None = None, threshold: float | None = None,
+          greedy: int | None = None) -> Bool[Tensor, "n_forward n_slots"]:
+    """One of the three pruning rules (exactly one argument), then :func:`prune_dangling`."""
+    given = [k for k, v in (("top_n", top_n), ("threshold", threshold), ("greedy", greedy)) if v is not None]
+    if len(given) != 1:
+        raise ValueError(f"give exactly one of top_n, threshold, greedy (got {given or 'none'})")
+    if top_n is not None:
+        mask = top_n_edges(graph, scores, top_n)
+    elif threshold is not None:
+        mask = threshold_edges(graph, scores, threshold)
+    else:
+        assert greedy is not None
+        mask = greedy_edges(graph, scores, greedy)
+    return prune_dangling(graph, mask)
+
+
+# --------------------------------------------------------------------------------------------
+# faithfulness
+
+
+def normalized_faithfulness(m_circuit: Tensor, m_clean: Tensor, m_corrupted: Tensor) -> float:
+    """``(circuit - corrupted) / (clean - corrupted)`` of batch means."""
+    gap = float(m_clean.mean() - m_corrupted.mean())
+    if abs(gap) < 1e-9:
+        raise ValueError("clean and corrupted metrics are equal: the corruption changes nothing to measure against")
+    return float(m_circuit.mean() - m_corrupted.mean()) / gap
+
+
+def default_sizes(n_edges: int) -> list[int]:
+    """Circuit sizes for a faithfulness curve: fractions 0.1% .. 10% of the edges, then all."""
+    fracs = [0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1]
+    return sorted({max(1, int(round(f * n_edges))) for f in fracs} | {n_edges})
+
+
+def faithfulness_curve(
+    model: Any,
+    attribution: eap.Attribution,
+    batch: eap.CircuitBatch,
+    sizes: Sequence[int] | None = None,
+    rule: str = "top_n",
+) -> dict[str, list[float]]:
+    """Faithfulness of the top-n (or greedy) circuit for each size, by exact edge patching.
+
+    Returns ``{"n_edges_requested", "n_edges", "fraction", "faithfulness", "metric"}`` lists.
+    """
+    graph = attribution.graph
+    if rule not in ("top_n", "greedy"):
+        raise ValueError(f"unknown curve rule {rule!r}; valid: 'top_n', 'greedy'")
+    sizes = list(sizes) if sizes is not None else default_sizes(graph.n_edges)
+    out: dict[str, list[float]] = {"n_edges_requested": [], "n_edges": [], "fraction": [], "faithfulness": [],
+                                   "metric": []}
+    for n in sizes:
+        mask = prune(graph, attribution.scores, **{"top_n" if rule == "top_n" else "greedy": int(n)})
+        m = eap.patched_metric(model, graph, batch, mask, attribution.metric, attribution.corrupted_outputs)
+        f = normalized_faithfulness(m, attribution.metric_clean, attribution.metric_corrupted)
+        k = int(mask.sum())
+        out["n_edges_requested"].append(int(n))
+        out["n_edges"].append(k)
+        out["fraction"].append(k / graph.n_edges)
+        out["faithfulness"].append(f)
+        out["metric"].append(float(m.mean()))
+        logger.info("circuit of %d edges (%.2f%%): faithfulness %.3f", k, 100 * k / graph.n_edges, f)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# the result object
+
+
+@dataclass
+class Circuit:
+    """A scored edge graph and the edges kept as the circuit, with how faithful that circuit is.
+
+    ``scores[u, v]`` is the edge score (0 where no edge), ``mask[u, v]`` circuit membership.
+    ``node_dla`` (optional) holds, per forward node, the direct logit attribution of its output at
+    the last token to the scored answer (row 0) and to the fact's ``target_new`` (row 1),
+    averaged over the batch; :mod:`knowscope.circuits.diff` uses it.
+    """
+
+    graph: Graph
+    scores: Float[Tensor, "n_forward n_slots"]
+    mask: Bool[Tensor, "n_forward n_slots"]
+    metric_clean: float = float("nan")
+    metric_corrupted: float = float("nan")
+    metric_circuit: float = float("nan")
+    faithfulness: float = float("nan")
+    curve: dict[str, list[float]] = field(default_factory=dict)
+    node_dla: Float[Tensor, "2 n_forward"] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    # --- views ---------------------------------------------------------------------------------
+    @property
+    def n_edges(self) -> int:
+        return int(self.mask.sum())
+
+    @property
+    def n_edges_total(self) -> int:
+        return self.graph.n_edges
+
+    def node_mask(self) -> Bool[Tensor, " n_forward"]:
+        """Forward nodes with at least one circuit edge leaving them."""
+        return self.mask.any(dim=1)
+
+    def nodes(self) -> list[str]:
+        """Names of the circuit's nodes (forward nodes it uses, plus ``logits`` if any edge reaches it)."""
+        names = [self.graph.node_names[u] for u in self.node_mask().nonzero().flatten().tolist()]
+        if bool(self.mask[:, self.graph.logits_slot].any()):
+            names.append("logits")
+        return names
+
+    def edges(self, include_all: bool = False) -> list[dict[str, Any]]:
+        """Circuit edges (or all edges) as ``{"source", "target", "kind", "score", "in_circuit"}``, by ``|score|``."""
+        sel = self.graph.edge_mask if include_all else self.mask
+        us, vs = sel.nonzero(as_tuple=True)
+        g = self.graph
+        rows = [
+            {
+                "source": g.node_names[u],
+                "target": g.slot_names[v],
+                "kind": g.slot_kind[v],
+                "score": float(self.scores[u, v]),
+                "in_circuit": bool(self.mask[u, v]),
+            }
+            for u, v in zip(us.tolist(), vs.tolist(), strict=True)
+        ]
+        return sorted(rows, key=lambda r: -abs(r["score"]))
+
+    def with_mask(self, mask: Tensor) -> Circuit:
+        """The same scores with another edge selection (faithfulness fields are reset)."""
+        return Circuit(graph=self.graph, scores=self.scores, mask=mask.bool(), curve=self.curve,
+                       metric_clean=self.metric_clean, metric_corrupted=self.metric_corrupted,
+                       node_dla=self.node_dla, meta=dict(self.meta))
+
+    def to_dict(self, max_edges: int | None = None) -> dict[str, Any]:
+        edges = self.edges()
+        return {
+            "n_edges_total": self.n_edges_total,
+            "n_edges_circuit": self.n_edges,
+            "faithfulness": self.faithfulness,
+            "metric_clean": self.metric_clean,
+            "metric_corrupted": self.metric_corrupted,
+            "metric_circuit": self.metric_circuit,
+            "nodes": self.nodes(),
+            "edges": edges if max_edges is None else edges[:max_edges],
+            "curve": self.curve,
+            "graph": self.graph.to_dict(),
+            **self.meta,
+        }
+
+    # --- networkx / plotly ---------------------------------------------------------------------
+    def to_networkx(self) -> Any:
+        """A ``networkx.MultiDiGraph`` of the circuit: node -> node edges, one per slot read
+        (attributes ``qkv`` in q / k / v / mlp / logits, ``score``, ``slot``).
+
+        A KV-slot edge of a GQA model becomes one edge to each query head of its group that is
+        in the circuit.
+        """
+        import networkx as nx
+
+        g = self.graph
+        dg = nx.MultiDiGraph()
+        used = self.node_mask()
+        for u in used.nonzero().flatten().tolist():
+            dg.add_node(g.node_names[u], kind=g.node_kind[u], layer=int(g.node_layer[u]))
+        for u, v in self.mask.nonzero().tolist():
+            kind = g.slot_kind[v]
+            if kind == "logits":
+                targets = ["logits"]
+                dg.add_node("logits", kind="logits", layer=g.n_layers)
+            else:
+                owners = g.slot_owner[v].nonzero().flatten().tolist()
+                inside = [w for w in owners if used[w]] or owners
+                targets = [g.node_names[w] for w in inside]
+                for w, name in zip(inside, targets, strict=True):
+                    dg.add_node(name, kind=g.node_kind[w], layer=int(g.node_layer[w]))
+            for t in targets:
+                dg.add_edge(g.node_names[u], t, key=g.slot_names[v], qkv=kind, score=float(self.scores[u, v]),
+                            slot=g.slot_names[v])
+        return dg
+
+    def figure(self, max_edges: int = 300) -> Any:
+        """A layered plotly graph: layers left to right, heads and MLPs as nodes, edge width by
+        ``|score|``, q / k / v / MLP / logits inputs coloured, negative edges dashed."""
+        import plotly.graph_objects as go
+
+        g = self.graph
+        dg = self.to_networkx()
+        pos: dict[str, tuple[float, float]] = {}
+        for name, data in dg.nodes(data=True):
+            layer = data["layer"]
+            if data["kind"] == "input":
+                pos[name] = (-1.0, 0.0)
+            elif data["kind"] == "logits":
+                pos[name] = (float(g.n_layers), 0.0)
+            elif data["kind"] == "mlp":
+                pos[name] = (layer + 0.5, -(g.n_heads + 1) / 2)
+            else:
+                head = int(name.split(".h")[1])
+                pos[name] = (float(layer), head - (g.n_heads - 1) / 2)
+        colours = {"q": "#1f77b4", "k": "#2ca02c", "v": "#ff7f0e", "mlp": "#9467bd", "logits": "#444444"}
+        edges = sorted(dg.edges(data=True), key=lambda e: -abs(e[2]["score"]))[:max_edges]
+        top = max((abs(e[2]["score"]) for e in edges), default=1.0) or 1.0
+        fig = go.Figure()
+        shown: set[str] = set()
+        for a, b, d in edges:
+            (x0, y0), (x1, y1) = pos[a], pos[b]
+            kind = d["qkv"]
+            neg = d["score"] < 0
+            label = f"{kind} input" + (" (negative)" if neg else "")
+            fig.add_trace(go.Scatter(
+                x=[x0, x1], y=[y0, y1], mode="lines", hoverinfo="text",
+                text=f"{a} -> {d['slot']}: {d['score']:.4g}",
+                line={"width": 0.5 + 6 * abs(d["score"]) / top, "color": colours[kind],
+                      "dash": "dash" if neg else "solid"},
+                name=label, legendgroup=label, showlegend=label not in shown, opacity=0.7,
+            ))
+            shown.add(label)
+        names = list(dg.nodes)
+        fig.add_trace(go.Scatter(
+            x=[pos[n][0] for n in names], y=[pos[n][1] for n in names], mode="markers+text",
+            text=names, textposition="top center", name="nodes",
+            marker={"size": 12, "color": ["#d62728" if dg.nodes[n]["kind"] == "mlp" else "#17becf" for n in names]},
+        ))
+        title = f"circuit: {self.n_edges} of {self.n_edges_total} edges"
+        if self.faithfulness == self.faithfulness:
+            title += f", faithfulness {self.faithfulness:.2f}"
+        fig.update_layout(title=title, xaxis_title="layer", yaxis_visible=False, height=600,
+                          xaxis={"range": [-1.5, g.n_layers + 0.5]})
+        return fig
+
+    def curve_figure(self) -> Any:
+        """Faithfulness against circuit size (percent of edges)."""
+        import plotly.graph_objects as go
+
+        if not self.curve:
+            raise ValueError("this circuit has no faithfulness curve (compute one with faithfulness_curve)")
+        fig = go.Figure(go.Scatter(x=[100 * f for f in self.curve["fraction"]], y=self.curve["faithfulness"],
+                                   mode="lines+markers"))
+        fig.update_layout(xaxis_title="edges in circuit (%)", yaxis_title="normalised faithfulness", xaxis_type="log")
+        return fig
+
+    # --- persistence ---------------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write ``meta.json`` + ``arrays.safetensors`` (scores, mask, node DLA) atomically."""
+        arrays = {"scores": self.scores.float(), "mask": self.mask.to(torch.uint8)}
+        if self.node_dla is not None:
+            arrays["node_dla"] = self.node_dla.float()
+        meta = {
+            "graph": self.graph.to_dict(),
+            "metric_clean": self.metric_clean,
+            "metric_corrupted": self.metric_corrupted,
+            "metric_circuit": self.metric_circuit,
+            "faithfulness": self.faithfulness,
+            "curve": self.curve,
+            "meta": self.meta,
+        }
+        return save_dir(path, KIND, meta, arrays)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Circuit:
+        meta, arrays = load_dir(path, KIND)
+        graph = Graph.from_dict(meta["graph"])
+        scores, mask = arrays["scores"], arrays["mask"].bool()
+        if tuple(scores.shape) != (graph.n_forward, graph.n_slots) or scores.shape != mask.shape:
+            raise ValueError(f"{path}: arrays do not match the graph {graph.to_dict()}")
+        return cls(graph=graph, scores=scores, mask=mask, metric_clean=meta["metric_clean"],
+                   metric_corrupted=meta["metric_corrupted"], metric_circuit=meta["metric_circuit"],
+                   faithfulness=meta["faithfulness"], curve=meta.get("curve", {}),
+                   node_dla=arrays.get("node_dla"), meta=meta.get("meta", {}))
+
+
+# --------------------------------------------------------------------------------------------
+# one call
+
+
+def final_norm_scale(model: Any, batch: eap.CircuitBatch) -> Float[Tensor, "batch 1"]:
+    """The final norm's scale (``ln_final.hook_scale``) at each example's last token, clean run."""
+    _, cache = model.bridge.run_with_cache(batch.clean.to(model.device),
+                                           names_filter=lambda n: n == "ln_final.hook_scale")
+    rows = torch.arange(batch.size, device=model.device)
+    return cache["ln_final.hook_scale"][rows, batch.last.to(model.device)].float()
+
+
+def node_logit_attribution(
+    model: Any, graph: Graph, batch: eap.CircuitBatch, outputs: Tensor | None = None,
+    token_ids: Tensor | None = None, scale: Tensor | None = None,
+) -> Float[Tensor, "batch n_forward"]:
+    """Direct logit attribution of every forward node's output at the last token.
+
+    Each output is passed through the final norm's weight, divided by the final norm's scale
+    of the clean run (centred first for LayerNorm), and read through the unembedding at
+    ``token_ids`` (default: the batch's answers); output minus the mean over the vocabulary.
+    """
+    if outputs is None:
+        outputs, _ = eap.record_outputs(model, graph, batch.clean)
+    ids = batch.answer if token_ids is None else token_ids
+    rows = torch.arange(batch.size, device=outputs.device)
+    last = outputs[rows, batch.last.to(outputs.device)].float()  # [batch, node, d]
+    ln = model.bridge.ln_final.original_component
+    centred = not hasattr(ln, "variance_epsilon") and getattr(ln, "bias", None) is not None
+    if scale is None:
+        scale = final_norm_scale(model, batch)  # [batch, 1]
+    scale = scale.to(last.device)
+    x = last - last.mean(-1, keepdim=True) if centred else last
+    w = ln.weight.float() if getattr(ln, "weight", None) is not None else torch.ones(last.shape[-1])
+    unembed = model.hf.get_output_embeddings().weight.float()  # [vocab, d]
+    x = x * w / scale[:, None, :]
+    col = unembed[ids.to(unembed.device)]  # [batch, d]
+    direct = torch.einsum("bnd,bd->bn", x, col)
+    mean = torch.einsum("bnd,d->bn", x, unembed.mean(0))
+    return (direct - mean).cpu()
+
+
+def knowledge_circuit(
+    model: Any,
+    facts: Sequence[Fact] | eap.CircuitBatch,
+    *,
+    method: str = "eap-ig",
+    ig_steps: int = 5,
+    metric: str = "logit_diff",
+    corruption: str = "swap",
+    contrast_subjects: Sequence[str | None] | None = None,
+    pool: Sequence[Fact] | None = None,
+    target: str = "true",
+    top_n: int | None = None,
+    threshold: float | None = None,
+    greedy: int | None = None,
+    target_faithfulness: float = 0.8,
+    sizes: Sequence[int] | None = None,
+    seed: int = 0,
+) -> Circuit:
+    """Find the knowledge circuit of a batch of facts (one relation).
+
+    Without ``top_n`` / ``threshold`` / ``greedy``, the circuit is the smallest top-n circuit on
+    the faithfulness curve (``sizes``, default :func:`default_sizes`) whose normalised
+    faithfulness reaches ``target_faithfulness`` (the largest size if none does).
+    """
+    start = time.perf_counter()
+    batch = facts if isinstance(facts, eap.CircuitBatch) else eap.make_batch(
+        model, facts, corruption, contrast_subjects=contrast_subjects, pool=pool, target=target, seed=seed)
+    graph = Graph.from_model(model)
+    attribution = eap.attribute(model, batch, method, ig_steps=ig_steps, metric=metric, graph=graph)
+    if not 0 < target_faithfulness <= 1.5:
+        raise ValueError(f"target_faithfulness must be in (0, 1.5], got {target_faithfulness!r}")
+    explicit = any(v is not None for v in (top_n, threshold, greedy))
+    curve = faithfulness_curve(model, attribution, batch, sizes) if (not explicit or sizes is not None) else {}
+    if explicit:
+        mask = prune(graph, attribution.scores, top_n=top_n, threshold=threshold, greedy=greedy)
+    else:
+        ok = [i for i, f in enumerate(curve["faithfulness"]) if f >= target_faithfulness]
+        pick = ok[0] if ok else len(curve["faithfulness"]) - 1
+        mask = prune(graph, attribution.scores, top_n=curve["n_edges_requested"][pick])
+    m_circ = eap.patched_metric(model, graph, batch, mask, metric, attribution.corrupted_outputs)
+    clean_out = attribution.clean_outputs
+    scale = final_norm_scale(model, batch)
+    dla = torch.stack([
+        node_logit_attribution(model, graph, batch, clean_out, scale=scale).mean(0),
+        node_logit_attribution(model, graph, batch, clean_out, token_ids=batch.new_answer, scale=scale).mean(0),
+    ])
+    circuit = Circuit(
+        graph=graph,
+        scores=attribution.scores,
+        mask=mask,
+        metric_clean=float(attribution.metric_clean.mean()),
+        metric_corrupted=float(attribution.metric_corrupted.mean()),
+        metric_circuit=float(m_circ.mean()),
+        faithfulness=normalized_faithfulness(m_circ, attribution.metric_clean, attribution.metric_corrupted),
+        curve=curve,
+        node_dla=dla,
+        meta={
+            "model": getattr(model, "name", None),
+            "fingerprint": getattr(model, "fingerprint", None),
+            "method": method,
+            "ig_steps": attribution.ig_steps,
+            "metric": metric,
+            "target_faithfulness": target_faithfulness,
+            "batch": batch.to_dict(),
+            "seconds": time.perf_counter() - start,
+        },
+    )
+    return circuit

@@ -1,0 +1,105 @@
+"""Circuit diff: the circuit of one fact before and after an edit.
+
+Given two :class:`~knowscope.circuits.circuit.Circuit` objects over the same graph (usually the
+same facts, scored on the model before and after a ROME / MEMIT edit), :func:`circuit_diff` lists
+
+* **gained** edges (in the after-circuit only) and **lost** edges (in the before-circuit only);
+* **re-weighted** edges (in both, with a sign flip or ``|after - before|`` at least
+  ``reweight_ratio`` of the larger magnitude);
+* **new carriers of target_new**: nodes of the after-circuit whose direct logit attribution to the
+  fact's ``target_new`` grew by at least ``min_dla_gain`` and is positive after the edit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from knowscope.circuits.circuit import Circuit
+from knowscope.results import load_dir, save_dir
+
+KIND = "circuit_diff"
+
+
+@dataclass
+class CircuitDiff:
+    """Edges gained, lost and re-weighted, and the nodes that now carry ``target_new``."""
+
+    gained: list[dict[str, Any]]
+    lost: list[dict[str, Any]]
+    reweighted: list[dict[str, Any]]
+    new_carriers: list[dict[str, Any]]
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"summary": self.summary, "gained": self.gained, "lost": self.lost, "reweighted": self.reweighted,
+                "new_carriers": self.new_carriers}
+
+    def figure(self, top: int = 30) -> Any:
+        """Score before vs after for the most changed edges (gained, lost, re-weighted)."""
+        import plotly.graph_objects as go
+
+        rows = [(r, "gained") for r in self.gained] + [(r, "lost") for r in self.lost] + \
+               [(r, "reweighted") for r in self.reweighted]
+        rows.sort(key=lambda t: -abs(t[0]["after"] - t[0]["before"]))
+        rows = rows[:top]
+        names = [r["edge"] for r, _ in rows]
+        fig = go.Figure([
+            go.Bar(x=names, y=[r["before"] for r, _ in rows], name="before"),
+            go.Bar(x=names, y=[r["after"] for r, _ in rows], name="after"),
+        ])
+        fig.update_layout(barmode="group", yaxis_title="edge score", title=(
+            f"circuit diff: {len(self.gained)} gained, {len(self.lost)} lost, {len(self.reweighted)} re-weighted"))
+        return fig
+
+    def save(self, path: str | Path) -> Path:
+        return save_dir(path, KIND, self.to_dict(), {})
+
+    @classmethod
+    def load(cls, path: str | Path) -> CircuitDiff:
+        meta, _ = load_dir(path, KIND)
+        return cls(gained=meta["gained"], lost=meta["lost"], reweighted=meta["reweighted"],
+                   new_carriers=meta["new_carriers"], summary=meta["summary"])
+
+
+def circuit_diff(before: Circuit, after: Circuit, *, reweight_ratio: float = 0.5,
+                 min_dla_gain: float = 0.5) -> CircuitDiff:
+    """Compare two circuits over the same graph (see the module docstring)."""
+    if before.graph != after.graph:
+        raise ValueError(f"circuits are over different graphs: {before.graph.to_dict()} vs {after.graph.to_dict()}")
+    if not reweight_ratio > 0:
+        raise ValueError(f"reweight_ratio must be > 0, got {reweight_ratio!r}")
+    g = before.graph
+    sb, sa = before.scores.float(), after.scores.float()
+    mb, ma = before.mask.bool(), after.mask.bool()
+
+    def rows(mask: torch.Tensor) -> list[dict[str, Any]]:
+        us, vs = mask.nonzero(as_tuple=True)
+        out = [{"edge": g.edge_name(u, v), "kind": g.slot_kind[v], "before": float(sb[u, v]), "after": float(sa[u, v])}
+               for u, v in zip(us.tolist(), vs.tolist(), strict=True)]
+        return sorted(out, key=lambda r: -abs(r["after"] - r["before"]))
+
+    both = mb & ma
+    change = (sa - sb).abs()
+    big = torch.maximum(sa.abs(), sb.abs())
+    rew = both & ((change >= reweight_ratio * big) | (torch.sign(sa) != torch.sign(sb)))
+    carriers: list[dict[str, Any]] = []
+    if before.node_dla is not None and after.node_dla is not None:
+        gain = after.node_dla[1] - before.node_dla[1]
+        used = after.node_mask()
+        for u in ((gain >= min_dla_gain) & (after.node_dla[1] > 0) & used).nonzero().flatten().tolist():
+            carriers.append({"node": g.node_names[u], "dla_new_before": float(before.node_dla[1, u]),
+                             "dla_new_after": float(after.node_dla[1, u]), "gain": float(gain[u])})
+        carriers.sort(key=lambda r: -r["gain"])
+    summary = {
+        "n_edges_before": int(mb.sum()), "n_edges_after": int(ma.sum()), "n_shared": int(both.sum()),
+        "n_gained": int((ma & ~mb).sum()), "n_lost": int((mb & ~ma).sum()), "n_reweighted": int(rew.sum()),
+        "jaccard": float(both.sum()) / max(1, int((mb | ma).sum())),
+        "faithfulness_before": before.faithfulness, "faithfulness_after": after.faithfulness,
+        "reweight_ratio": reweight_ratio, "min_dla_gain": min_dla_gain,
+    }
+    return CircuitDiff(gained=rows(ma & ~mb), lost=rows(mb & ~ma), reweighted=rows(rew), new_carriers=carriers,
+                       summary=summary)

@@ -1,0 +1,589 @@
+"""Edge attribution patching (EAP) and EAP with integrated gradients (EAP-IG) on a TransformerBridge.
+
+Scores (Syed et al. 2023; Hanna et al. 2024): for an edge ``u -> v`` of :class:`~knowscope.circuits.graph.Graph`,
+
+    score(u -> v) = sum over positions of (a_u^corrupted - a_u^clean) . d metric / d input_v,
+
+averaged over examples. ``a_u`` is the output node ``u`` writes to the residual stream, ``input_v``
+the residual-stream value slot ``v`` reads (a query / key / value input, an MLP input or the final
+norm's input). The score is the first-order estimate of how much the metric changes when only that
+edge carries its corrupted value. EAP takes the gradient on the clean input (one corrupted and one
+clean forward pass, one backward pass); EAP-IG averages the gradient over ``ig_steps`` inputs whose
+embeddings lie on the straight line from the corrupted to the clean embeddings (steps ``k / ig_steps``
+for ``k = 1..ig_steps``).
+
+How the slots are reached on TransformerLens 4: the bridge's split-QKV mode gives per-head query
+inputs (``blocks.L.hook_q_input``) and per-KV-head key / value inputs (``hook_k_input``,
+``hook_v_input``; on a GQA model these are shared by the query heads of a group); attention-result
+mode gives per-head outputs (``attn.hook_result``). The bridge has no MLP-only input hook
+(``hook_mlp_in`` sits on the residual stream), so the MLP slot is made here: the value at
+``hook_resid_mid`` is copied into a branch that only the MLP reads, and ``mlp.hook_in`` is replaced
+by the layer's own norm applied to that branch. Every slot's input is then exactly the sum of its
+upstream nodes' outputs (plus the constant biases), which is what makes :func:`patched_metric`
+exact: one forward pass on the clean input in which each slot reads, for every edge outside the
+circuit, the corrupted output of its upstream node instead of the current one.
+
+Corruptions (:func:`make_batch`): ``"swap"`` replaces the subject by another subject of the same
+token length (the prompt's token length must not change); ``"noise"`` adds Gaussian noise of scale
+3 x the std of the token embeddings of the bundled facts' subjects at ``hook_embed`` on the subject
+positions, as in ROME's causal tracing. Batches are right-padded: attention is causal, so padding
+after an example's last token changes nothing the metric reads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+from knowscope.circuits.graph import Graph
+from knowscope.facts import Fact
+
+logger = logging.getLogger(__name__)
+
+METRICS = ("logit_diff", "logprob")
+METHODS = ("eap", "eap-ig")
+CORRUPTIONS = ("swap", "noise")
+NOISE_MULTIPLIER = 3.0
+
+
+# --------------------------------------------------------------------------------------------
+# inputs
+
+
+@dataclass
+class CircuitBatch:
+    """Clean and corrupted inputs of several facts, with the answers the metric reads.
+
+    ``noise`` (noise corruption) is added at ``hook_embed`` in the corrupted run; for a subject
+    swap it is ``None`` and ``corrupted`` holds the swapped prompts' tokens. ``contrast`` is ``-1``
+    where no contrast answer exists (only the ``logprob`` metric is then possible).
+    """
+
+    clean: Int[Tensor, "batch pos"]
+    corrupted: Int[Tensor, "batch pos"]
+    last: Int[Tensor, " batch"]
+    answer: Int[Tensor, " batch"]
+    contrast: Int[Tensor, " batch"]
+    subject_spans: list[tuple[int, int]]
+    prompts: list[str]
+    corrupted_prompts: list[str]
+    answers: list[str]
+    contrasts: list[str | None]
+    corruption: str
+    noise: Float[Tensor, "batch pos d_model"] | None = None
+    new_answer: Int[Tensor, " batch"] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        return int(self.clean.shape[0])
+
+    def to(self, device: torch.device | str) -> CircuitBatch:
+        for name in ("clean", "corrupted", "last", "answer", "contrast", "noise", "new_answer"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, value.to(device))
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "prompts": self.prompts,
+            "corrupted_prompts": self.corrupted_prompts,
+            "answers": self.answers,
+            "contrasts": self.contrasts,
+            "subject_spans": [list(s) for s in self.subject_spans],
+            "corruption": self.corruption,
+            **self.meta,
+        }
+
+
+def subject_span(model: Any, template: str, subject: str) -> tuple[int, int]:
+    """Token positions ``[start, end)`` of ``subject`` in ``template.format(subject)``, BOS included.
+
+    A token belongs to the subject when its characters overlap the subject's characters.
+    """
+    if template.count("{}") != 1:
+        raise ValueError(f"prompt template {template!r} must contain exactly one '{{}}' for the subject")
+    text = template.format(subject)
+    start_char = template.index("{}")
+    end_char = start_char + len(subject)
+    enc = model.tokenizer(text, return_offsets_mapping=True, add_special_tokens=False)
+    offsets = enc["offset_mapping"]
+    hits = [i for i, (a, b) in enumerate(offsets) if a < end_char and b > start_char]
+    if not hits:
+        raise ValueError(f"subject {subject!r} covers no token of {text!r}")
+    n_model = int(model.to_tokens(text).shape[1])
+    bos = n_model - len(offsets)
+    return hits[0] + bos, hits[-1] + 1 + bos
+
+
+def as_template(prompt: str, subject: str) -> str:
+    """A prompt with ``{}`` for the subject: kept if it has one, else the subject's first occurrence."""
+    if "{}" in prompt:
+        return prompt
+    if not subject or subject not in prompt:
+        raise ValueError(f"subject {subject!r} does not occur in prompt {prompt!r}")
+    return prompt.replace(subject, "{}", 1)
+
+
+def noise_scale(model: Any, facts: Sequence[Fact] | None = None) -> float:
+    """ROME's noise level: 3 x the std of the token-embedding entries of many subjects.
+
+    The std is causal tracing's (:func:`knowscope.circuits.tracing.embedding_std`), so circuits and
+    traces corrupt with the same noise; ``facts`` defaults to the bundled facts.
+    """
+    from knowscope.circuits.tracing import embedding_std
+
+    if facts is not None and not facts:
+        raise ValueError("no subjects to estimate the embedding std from (the fact list is empty)")
+    subjects = None if facts is None else sorted({f.subject for f in facts})
+    return NOISE_MULTIPLIER * float(embedding_std(model, subjects))
+
+
+def _first_token(model: Any, target: str) -> int:
+    return model.encode_target(Fact.continuation(target))[0]
+
+
+def _swap_candidates(model: Any, fact: Fact, length: int, pool: Sequence[Fact]) -> list[Fact]:
+    out = []
+    seen = set()
+    for other in pool:
+        if other.subject == fact.subject or other.subject in seen:
+            continue
+        seen.add(other.subject)
+        if int(model.to_tokens(fact.prompt.format(other.subject)).shape[1]) == length:
+            out.append(other)
+    return out
+
+
+def make_batch(
+    model: Any,
+    facts: Sequence[Fact],
+    corruption: str = "swap",
+    *,
+    contrast_subjects: Sequence[str | None] | None = None,
+    contrasts: Sequence[str | None] | None = None,
+    pool: Sequence[Fact] | None = None,
+    target: str = "true",
+    scale: float | None = None,
+    seed: int = 0,
+) -> CircuitBatch:
+    """Clean / corrupted token batches for ``facts`` (their filled prompts, BOS prepended).
+
+    Args:
+        corruption: ``"swap"`` (another subject of the same token length) or ``"noise"``.
+        contrast_subjects: per fact, the subject to swap in (``None`` = pick one from ``pool``:
+            preferably a fact of the same relation with a different answer, whose answer then
+            becomes the contrast; the first such subject in ``pool`` order, shuffled by ``seed``).
+        contrasts: per fact, the contrast answer of the logit difference (default: the swapped-in
+            subject's answer if known, else the fact's ``target_new``; ``""`` = none, for ``logprob``).
+        pool: facts to draw swap subjects from (default: the bundled facts).
+        target: ``"true"`` scores ``target_true``; ``"new"`` scores ``target_new`` (after an edit).
+        scale: noise std for ``"noise"`` (default :func:`noise_scale` over the bundled facts).
+    """
+    if corruption not in CORRUPTIONS:
+        raise ValueError(f"unknown corruption {corruption!r}; valid: {', '.join(CORRUPTIONS)}")
+    if target not in ("true", "new"):
+        raise ValueError(f"unknown target {target!r}; valid: 'true', 'new'")
+    facts = list(facts)
+    if not facts:
+        raise ValueError("no facts given: a circuit needs at least one fact")
+    for name, seq in (("contrast_subjects", contrast_subjects), ("contrasts", contrasts)):
+        if seq is not None and len(seq) != len(facts):
+            raise ValueError(f"{name} has {len(seq)} entries for {len(facts)} facts")
+    rng = random.Random(seed)
+    prompts, corrupted_prompts, answers, contrast_texts, spans = [], [], [], [], []
+    swapped: list[str | None] = []
+    clean_rows, corrupt_rows = [], []
+    for i, fact in enumerate(facts):
+        text = fact.text
+        clean = model.to_tokens(text)[0]
+        spans.append(subject_span(model, fact.prompt, fact.subject))
+        answer = fact.target_true if target == "true" else fact.target_new
+        contrast = contrasts[i] if contrasts is not None else None
+        if corruption == "swap":
+            other_subject = contrast_subjects[i] if contrast_subjects is not None else None
+            if other_subject is None:
+                if pool is None:
+                    from knowscope.facts import load_bundled_facts
+
+                    pool = load_bundled_facts()
+                shuffled = list(pool)
+                rng.shuffle(shuffled)
+                cands = _swap_candidates(model, fact, clean.shape[0], shuffled)
+                a_id = _first_token(model, answer)
+                good = [c for c in cands
+                        if c.relation_id == fact.relation_id and _first_token(model, c.target_true) != a_id]
+                pick = good[0] if good else (cands[0] if cands else None)
+                if pick is None:
+                    raise ValueError(
+                        f"no other subject in the pool gives a prompt of {clean.shape[0]} tokens for {fact.subject!r}; "
+                        "pass a contrast subject of the same token length"
+                    )
+                other_subject = pick.subject
+                if contrast is None and pick in good:
+                    contrast = pick.target_true
+            if other_subject == fact.subject:
+                raise ValueError(f"the contrast subject {other_subject!r} is the subject itself")
+            ctext = fact.prompt.format(other_subject)
+            corrupt = model.to_tokens(ctext)[0]
+            if corrupt.shape[0] != clean.shape[0]:
+                raise ValueError(
+                    f"clean prompt {text!r} has {clean.shape[0]} tokens but corrupted prompt {ctext!r} has "
+                    f"{corrupt.shape[0]}: pick a contrast subject with the same token length as {fact.subject!r}"
+                )
+        else:
+            ctext, corrupt, other_subject = text, clean, None
+        swapped.append(other_subject)
+        if contrast is None:
+            contrast = fact.target_new if target == "true" else fact.target_true
+        prompts.append(text)
+        corrupted_prompts.append(ctext)
+        answers.append(answer)
+        contrast_texts.append(contrast)
+        clean_rows.append(clean)
+        corrupt_rows.append(corrupt)
+    width = max(int(r.shape[0]) for r in clean_rows)
+    pad = int(model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0)
+
+    def stack(rows: list[Tensor]) -> Tensor:
+        out = torch.full((len(rows), width), pad, dtype=torch.long)
+        for j, r in enumerate(rows):
+            out[j, : r.shape[0]] = r.cpu()
+        return out
+
+    last = torch.tensor([int(r.shape[0]) - 1 for r in clean_rows])
+    answer_ids = torch.tensor([_first_token(model, a) for a in answers])
+    contrast_ids = torch.tensor([_first_token(model, c) if c else -1 for c in contrast_texts])
+    for a, c, ai, ci in zip(answers, contrast_texts, answer_ids.tolist(), contrast_ids.tolist(), strict=True):
+        if ai == ci and ci >= 0:
+            raise ValueError(f"answer {a!r} and contrast {c!r} start with the same token; pick another contrast")
+    noise = None
+    if corruption == "noise":
+        s = noise_scale(model) if scale is None else float(scale)
+        gen = torch.Generator().manual_seed(seed)
+        noise = torch.zeros(len(facts), width, model.arch.d_model)
+        for j, (a, b) in enumerate(spans):
+            noise[j, a:b] = torch.randn(b - a, model.arch.d_model, generator=gen) * s
+    new_ids = torch.tensor([_first_token(model, f.target_new) for f in facts])
+    batch = CircuitBatch(
+        clean=stack(clean_rows),
+        corrupted=stack(corrupt_rows),
+        last=last,
+        answer=answer_ids,
+        contrast=contrast_ids,
+        subject_spans=spans,
+        prompts=prompts,
+        corrupted_prompts=corrupted_prompts,
+        answers=answers,
+        contrasts=contrast_texts,
+        corruption=corruption,
+        noise=noise,
+        new_answer=new_ids,
+        meta={"relations": sorted({f.relation_id for f in facts}), "subjects": [f.subject for f in facts],
+              "contrast_subjects": swapped,
+              "templates": [f.prompt for f in facts], "target": target},
+    )
+    return batch.to(model.device)
+
+
+# --------------------------------------------------------------------------------------------
+# metric
+
+
+def metric_values(
+    logits: Float[Tensor, "batch pos vocab"], batch: CircuitBatch, metric: str
+) -> Float[Tensor, " batch"]:
+    """Per-example metric at each example's last token.
+
+    ``logit_diff``: logit of the answer minus logit of the contrast; ``logprob``: log-probability
+    of the answer's first token.
+    """
+    rows = torch.arange(logits.shape[0], device=logits.device)
+    last = logits[rows, batch.last.to(logits.device)].float()
+    ans = batch.answer.to(logits.device)
+    if metric == "logit_diff":
+        con = batch.contrast.to(logits.device)
+        if bool((con < 0).any()):
+            raise ValueError("metric 'logit_diff' needs a contrast answer for every fact; "
+                             "use 'logprob' or give contrasts")
+        return last[rows, ans] - last[rows, con]
+    if metric == "logprob":
+        return torch.log_softmax(last, dim=-1)[rows, ans]
+    raise ValueError(f"unknown metric {metric!r}; valid: {', '.join(METRICS)}")
+
+
+# --------------------------------------------------------------------------------------------
+# hooks
+
+
+@contextlib.contextmanager
+def edge_mode(model: Any) -> Iterator[None]:
+    """Turn on the bridge's split-QKV-input and attention-result modes; restore them on exit."""
+    bridge = model.bridge
+    old = (bool(getattr(bridge.cfg, "use_split_qkv_input", False)), bool(getattr(bridge.cfg, "use_attn_result", False)))
+    bridge.set_use_split_qkv_input(True)
+    bridge.set_use_attn_result(True)
+    try:
+        yield
+    finally:
+        bridge.set_use_split_qkv_input(old[0])
+        bridge.set_use_attn_result(old[1])
+
+
+def _embed_noise_hook(noise: Tensor) -> tuple[str, Any]:
+    def hook(x: Tensor, hook: Any) -> Tensor:
+        return x + noise[:, : x.shape[1]].to(x.dtype)
+
+    return ("hook_embed", hook)
+
+
+def _record_hooks(graph: Graph, buf: Tensor) -> list[tuple[str, Any]]:
+    """Hooks writing every forward node's output into ``buf[:, :, node]``."""
+
+    def put(index: int | slice) -> Any:
+        def hook(x: Tensor, hook: Any) -> None:
+            buf[:, :, index] = x.detach()
+
+        return hook
+
+    hooks = [("blocks.0.hook_resid_pre", put(0))]
+    for layer in range(graph.n_layers):
+        h0 = graph.head_node(layer, 0)
+        hooks.append((f"blocks.{layer}.attn.hook_result", put(slice(h0, h0 + graph.n_heads))))
+        hooks.append((f"blocks.{layer}.hook_mlp_out", put(graph.mlp_node(layer))))
+    return hooks
+
+
+@torch.no_grad()
+def record_outputs(
+    model: Any, graph: Graph, tokens: Int[Tensor, "batch pos"], noise: Tensor | None = None
+) -> tuple[Float[Tensor, "batch pos n_forward d_model"], Float[Tensor, "batch pos vocab"]]:
+    """Every forward node's output (and the logits) on ``tokens`` (+ embedding noise)."""
+    b, p = tokens.shape
+    buf = torch.zeros(b, p, graph.n_forward, model.arch.d_model, device=model.device, dtype=model.dtype)
+    hooks = _record_hooks(graph, buf)
+    if noise is not None:
+        hooks.insert(0, _embed_noise_hook(noise))
+    with edge_mode(model), model.bridge.hooks(fwd_hooks=hooks):
+        logits = model.bridge(tokens.to(model.device))
+    return buf, logits
+
+
+def _mlp_branch_hooks(model: Any, layer: int, on_branch: Any) -> list[tuple[str, Any]]:
+    """Give the MLP of ``layer`` its own copy of the residual stream.
+
+    ``on_branch(x)`` receives the value at ``hook_resid_mid`` and returns the MLP's (pre-norm)
+    input; the MLP then reads ``ln2(on_branch(x))`` through ``mlp.hook_in``.
+    """
+    state: dict[str, Tensor] = {}
+    ln2 = model.bridge.blocks[layer].ln2
+
+    def grab(x: Tensor, hook: Any) -> None:
+        state["x"] = x
+
+    def feed(x: Tensor, hook: Any) -> Tensor:
+        return ln2(on_branch(state.pop("x")))
+
+    return [(f"blocks.{layer}.hook_resid_mid", grab), (f"blocks.{layer}.mlp.hook_in", feed)]
+
+
+def _slot_gradients(
+    model: Any, graph: Graph, tokens: Tensor, new_input: Tensor, batch: CircuitBatch, metric: str
+) -> tuple[Float[Tensor, "batch pos n_slots d_model"], Float[Tensor, " batch"]]:
+    """d(sum of per-example metric)/d(each slot's input), with block 0's input replaced by ``new_input``."""
+    slots: list[tuple[int | slice, Tensor]] = []
+
+    def keep(index: int | slice) -> Any:
+        def hook(x: Tensor, hook: Any) -> Tensor:
+            slots.append((index, x))
+            return x
+
+        return hook
+
+    def replace_input(x: Tensor, hook: Any) -> Tensor:
+        return new_input
+
+    hooks: list[tuple[str, Any]] = [("blocks.0.hook_resid_pre", replace_input)]
+    for layer in range(graph.n_layers):
+        H, K = graph.n_heads, graph.n_kv_heads
+        q0, k0, v0 = graph.q_slot(layer, 0), graph.k_slot(layer, 0), graph.v_slot(layer, 0)
+        hooks += [
+            (f"blocks.{layer}.hook_q_input", keep(slice(q0, q0 + H))),
+            (f"blocks.{layer}.hook_k_input", keep(slice(k0, k0 + K))),
+            (f"blocks.{layer}.hook_v_input", keep(slice(v0, v0 + K))),
+        ]
+        mlp_index = graph.mlp_slot(layer)
+
+        def branch(x: Tensor, _i: int = mlp_index) -> Tensor:
+            y = x * 1.0  # a tensor of its own: its gradient is the MLP's alone
+            slots.append((_i, y))
+            return y
+
+        hooks += _mlp_branch_hooks(model, layer, branch)
+    hooks.append(("ln_final.hook_in", keep(graph.logits_slot)))
+    with torch.enable_grad(), model.bridge.hooks(fwd_hooks=hooks):
+        logits = model.bridge(tokens.to(model.device))
+        values = metric_values(logits, batch, metric)
+        grads = torch.autograd.grad(values.sum(), [t for _, t in slots], allow_unused=True)
+    b, p = tokens.shape
+    out = torch.zeros(b, p, graph.n_slots, model.arch.d_model, device=model.device, dtype=torch.float32)
+    for (index, _), g in zip(slots, grads, strict=True):
+        if g is not None:
+            out[:, :, index] = g.float()
+    return out, values.detach()
+
+
+# --------------------------------------------------------------------------------------------
+# scores
+
+
+@dataclass
+class Attribution:
+    """Edge scores and the metric on the clean and corrupted inputs (per example)."""
+
+    graph: Graph
+    scores: Float[Tensor, "n_forward n_slots"]
+    metric_clean: Float[Tensor, " batch"]
+    metric_corrupted: Float[Tensor, " batch"]
+    method: str
+    metric: str
+    ig_steps: int
+    corrupted_outputs: Float[Tensor, "batch pos n_forward d_model"] | None = None
+    clean_outputs: Float[Tensor, "batch pos n_forward d_model"] | None = None
+
+
+def attribute(
+    model: Any,
+    batch: CircuitBatch,
+    method: str = "eap-ig",
+    *,
+    ig_steps: int = 5,
+    metric: str = "logit_diff",
+    graph: Graph | None = None,
+    keep_corrupted: bool = True,
+) -> Attribution:
+    """Score every edge of the model's graph with EAP or EAP-IG (see the module docstring).
+
+    Returns an :class:`Attribution`; ``scores[u, v]`` is 0 where ``u -> v`` is not an edge. With
+    ``keep_corrupted`` it also keeps every node's corrupted and clean outputs, so later exact
+    patching (:func:`patched_metric`) needs no extra corrupted run.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; valid: {', '.join(METRICS)}")
+    if not isinstance(ig_steps, int) or ig_steps < 1:
+        raise ValueError(f"ig_steps must be a positive integer, got {ig_steps!r}")
+    graph = graph or Graph.from_model(model)
+    corr, corr_logits = record_outputs(model, graph, batch.corrupted, batch.noise)
+    clean, clean_logits = record_outputs(model, graph, batch.clean)
+    with torch.no_grad():
+        m_corr = metric_values(corr_logits, batch, metric)
+        m_clean = metric_values(clean_logits, batch, metric)
+    delta = (corr - clean).float()
+    in_corr, in_clean = corr[:, :, 0], clean[:, :, 0]
+    steps = 1 if method == "eap" else ig_steps
+    grad_sum = None
+    with edge_mode(model):
+        for k in range(1, steps + 1):
+            alpha = 1.0 if method == "eap" else k / steps
+            new_input = (in_corr + alpha * (in_clean - in_corr)).detach().requires_grad_(True)
+            g, _ = _slot_gradients(model, graph, batch.clean, new_input, batch, metric)
+            grad_sum = g if grad_sum is None else grad_sum + g
+    assert grad_sum is not None
+    grads = grad_sum / steps
+    scores = torch.einsum("bpud,bpvd->uv", delta, grads) / batch.size
+    scores = scores * graph.edge_mask.to(scores.device)
+    logger.info("%s on %d example(s): clean %.3f, corrupted %.3f", method, batch.size, float(m_clean.mean()),
+                float(m_corr.mean()))
+    return Attribution(
+        graph=graph,
+        scores=scores.cpu(),
+        metric_clean=m_clean.cpu(),
+        metric_corrupted=m_corr.cpu(),
+        method=method,
+        metric=metric,
+        ig_steps=steps,
+        corrupted_outputs=corr if keep_corrupted else None,
+        clean_outputs=clean if keep_corrupted else None,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# exact edge patching
+
+
+@torch.no_grad()
+def patched_metric(
+    model: Any,
+    graph: Graph,
+    batch: CircuitBatch,
+    circuit: Bool[Tensor, "n_forward n_slots"],
+    metric: str = "logit_diff",
+    corrupted_outputs: Tensor | None = None,
+) -> Float[Tensor, " batch"]:
+    """The metric when every edge outside ``circuit`` carries its corrupted value (one forward pass).
+
+    The clean input runs; each forward node's current output is recorded as the pass reaches it,
+    and each slot's input gets ``sum over non-circuit edges u->v of (a_u^corrupted - a_u^current)``
+    added. Since the slot input is the sum of its upstream outputs, the slot then reads exactly the
+    circuit edges' current values plus the other edges' corrupted values.
+    """
+    if circuit.shape != (graph.n_forward, graph.n_slots):
+        raise ValueError(f"circuit mask has shape {tuple(circuit.shape)}; expected {(graph.n_forward, graph.n_slots)}")
+    if corrupted_outputs is None:
+        corrupted_outputs, _ = record_outputs(model, graph, batch.corrupted, batch.noise)
+    dev = model.device
+    corr = corrupted_outputs.to(dev)
+    off = (graph.edge_mask & ~circuit.bool().cpu()).to(dev, corr.dtype)  # 1 = corrupted edge
+    diff = torch.zeros_like(corr)
+
+    def put(index: int | slice) -> Any:
+        def hook(x: Tensor, hook: Any) -> None:
+            diff[:, :, index] = corr[:, :, index] - x
+
+        return hook
+
+    def add_heads(first: int, count: int, n_up: int) -> Any:
+        def hook(x: Tensor, hook: Any) -> Tensor:
+            w = off[:n_up, first : first + count]
+            return x + torch.einsum("bpud,uh->bphd", diff[:, :, :n_up], w)
+
+        return hook
+
+    hooks: list[tuple[str, Any]] = [("blocks.0.hook_resid_pre", put(0))]
+    for layer in range(graph.n_layers):
+        H, K = graph.n_heads, graph.n_kv_heads
+        n_attn = int(graph.n_upstream[graph.q_slot(layer, 0)])
+        n_mlp = int(graph.n_upstream[graph.mlp_slot(layer)])
+        hooks += [
+            (f"blocks.{layer}.hook_q_input", add_heads(graph.q_slot(layer, 0), H, n_attn)),
+            (f"blocks.{layer}.hook_k_input", add_heads(graph.k_slot(layer, 0), K, n_attn)),
+            (f"blocks.{layer}.hook_v_input", add_heads(graph.v_slot(layer, 0), K, n_attn)),
+        ]
+        h0 = graph.head_node(layer, 0)
+        hooks.append((f"blocks.{layer}.attn.hook_result", put(slice(h0, h0 + H))))
+        mlp_slot = graph.mlp_slot(layer)
+
+        def mlp_in(x: Tensor, _v: int = mlp_slot, _n: int = n_mlp) -> Tensor:
+            return x + torch.einsum("bpud,u->bpd", diff[:, :, :_n], off[:_n, _v])
+
+        hooks += _mlp_branch_hooks(model, layer, mlp_in)
+        hooks.append((f"blocks.{layer}.hook_mlp_out", put(graph.mlp_node(layer))))
+
+    def final(x: Tensor, hook: Any) -> Tensor:
+        return x + torch.einsum("bpud,u->bpd", diff, off[:, graph.logits_slot])
+
+    hooks.append(("ln_final.hook_in", final))
+    with edge_mode(model), model.bridge.hooks(fwd_hooks=hooks):
+        logits = model.bridge(batch.clean.to(dev))
+    return metric_values(logits, batch, metric).cpu()

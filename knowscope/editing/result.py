@@ -89,7 +89,8 @@ class EditResult:
         return {k: float(v.float().norm()) for k, v in self.deltas.items()}
 
     def __repr__(self) -> str:
-        return f"EditResult({self.method}, layers={self.layers}, n_requests={len(self.requests)}, params={len(self.deltas)})"
+        return (f"EditResult({self.method}, layers={self.layers}, n_requests={len(self.requests)}, "
+                f"params={len(self.deltas)})")
 
 
 class EditSession:

@@ -1,0 +1,272 @@
+"""Editing benchmark on the default model: speed, key-statistics convergence and edit quality.
+
+Sections (``--only`` picks some):
+
+* ``stats``: time to collect ``E[k kᵀ]`` vs tokens, and C's relative change
+  ``‖C_n − C_2n‖_F / ‖C_2n‖_F`` as the token count doubles (the default token count comes from it);
+* ``rome``: seconds per ROME edit (statistics cached and cold) and CounterFact efficacy, paraphrase
+  and neighbourhood scores, one fact at a time (undone between facts);
+* ``memit``: seconds for one MEMIT batch and its CounterFact scores;
+* ``sequential``: ``--seq-edits`` edits in batches of ``--seq-batch`` with plain MEMIT vs null-space
+  MEMIT: efficacy over all edits so far and neighbourhood score (vs the unedited model's answers)
+  after each batch.
+
+Scores follow ROME's CounterFact protocol: a prompt counts as a success when the mean per-token
+log-probability of `` target_new`` exceeds that of `` target_true`` (reversed for neighbourhood
+prompts). Prints a table per section and writes ``benchmarks/results/bench_editing.json``.
+
+    python benchmarks/bench_editing.py --quick          # small settings, minutes
+    python benchmarks/bench_editing.py                  # full run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import resource
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from knowscope.editing import EditSession
+from knowscope.editing import memit as memit_mod
+from knowscope.editing import rome as rome_mod
+from knowscope.editing.hparams import MEMITHyperParams, ROMEHyperParams
+from knowscope.editing.stats import key_stats
+from knowscope.facts import Fact, load_bundled_facts
+from knowscope.models import load_model
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ---------------------------------------------------------------------------------------------
+# CounterFact scoring (minimal, self-contained)
+
+
+@torch.no_grad()
+def target_logprobs(model: Any, prompts: Sequence[str], targets: Sequence[str]) -> torch.Tensor:
+    """Mean per-token log-probability of each ``targets[i]`` continuing ``prompts[i]`` (BOS first)."""
+    bos = model.tokenizer.bos_token_id
+    rows, spans = [], []
+    for p, t in zip(prompts, targets, strict=True):
+        pi = [bos] + model.tokenizer.encode(p, add_special_tokens=False)
+        ti = model.encode_target(t)
+        rows.append(pi + ti)
+        spans.append((len(pi), ti))
+    out = []
+    for s in range(0, len(rows), 64):
+        chunk = rows[s : s + 64]
+        width = max(len(r) for r in chunk)
+        toks = torch.full((len(chunk), width), bos, dtype=torch.long)
+        for i, r in enumerate(chunk):
+            toks[i, : len(r)] = torch.tensor(r)
+        logp = torch.log_softmax(model.bridge(toks.to(model.device)).float(), -1).cpu()
+        for i, (start, ti) in enumerate(spans[s : s + 64]):
+            pos = torch.arange(start - 1, start - 1 + len(ti))
+            out.append(logp[i, pos, torch.tensor(ti)].mean())
+    return torch.stack(out)
+
+
+def counterfact_scores(model: Any, facts: Sequence[Fact], neighborhood: bool = True) -> dict[str, Any]:
+    """Per fact: efficacy (prompt), paraphrase and neighbourhood success shares and magnitudes."""
+    prompts, kinds, owners = [], [], []
+    for j, f in enumerate(facts):
+        groups = [("efficacy", [f.text]), ("paraphrase", f.paraphrase_prompts)]
+        if neighborhood:
+            groups.append(("neighborhood", f.neighborhood_prompts))
+        for kind, ps in groups:
+            for p in ps:
+                prompts.append(p)
+                kinds.append(kind)
+                owners.append(j)
+    new = target_logprobs(model, prompts, [facts[j].new_continuation for j in owners])
+    true = target_logprobs(model, prompts, [facts[j].true_continuation for j in owners])
+    per: dict[str, list[list[float]]] = {}
+    mags: dict[str, list[list[float]]] = {}
+    for kind in ("efficacy", "paraphrase", "neighborhood"):
+        per[kind] = [[] for _ in facts]
+        mags[kind] = [[] for _ in facts]
+    for i, (kind, j) in enumerate(zip(kinds, owners, strict=True)):
+        ok = bool(new[i] > true[i]) if kind != "neighborhood" else bool(true[i] > new[i])
+        per[kind][j].append(float(ok))
+        pn, pt = float(new[i].exp()), float(true[i].exp())
+        mags[kind][j].append(pn - pt if kind != "neighborhood" else pt - pn)
+    out: dict[str, Any] = {}
+    for kind in per:
+        vals = [sum(v) / len(v) for v in per[kind] if v]
+        mv = [sum(v) / len(v) for v in mags[kind] if v]
+        out[f"{kind}_per_fact"] = vals
+        out[f"{kind}_magnitude_per_fact"] = mv
+    return out
+
+
+def mean(xs: Sequence[float]) -> float:
+    return float(sum(xs) / len(xs)) if xs else float("nan")
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def bench_stats(model: Any, layer: int, counts: list[int]) -> dict[str, Any]:
+    rows = []
+    mats: dict[int, torch.Tensor] = {}
+    for n in counts:
+        t = time.perf_counter()
+        st = key_stats(model, [layer], n_tokens=n, progress=False)[layer]
+        rows.append({"tokens": n, "seconds_cached_or_cold": time.perf_counter() - t})
+        mats[n] = st.mom2.double()
+    for i in range(len(counts) - 1):
+        a, b = mats[counts[i]], mats[counts[i + 1]]
+        rows[i]["rel_change_to_next"] = float((a - b).norm() / b.norm())
+    print(f"\nkey statistics: relative change of C as tokens grow (layer {layer})")
+    print(f"{'tokens':>8} {'seconds':>9} {'|C_n - C_next|/|C_next|':>24}")
+    for r in rows:
+        change = r.get("rel_change_to_next", float("nan"))
+        print(f"{r['tokens']:>8} {r['seconds_cached_or_cold']:>9.1f} {change:>24.4f}")
+    return {"layer": layer, "rows": rows}
+
+
+def bench_rome(model: Any, facts: list[Fact], hp: ROMEHyperParams) -> dict[str, Any]:
+    session = EditSession(model)
+    layer = hp.layer
+    t = time.perf_counter()
+    stats = key_stats(model, [layer], n_tokens=hp.stats_tokens, source=hp.stats_source, progress=False)
+    stats_s = time.perf_counter() - t
+    eff, para, neigh, emag, pmag, nmag, secs, steps = [], [], [], [], [], [], [], []
+    before = counterfact_scores(model, facts)
+    for i, f in enumerate(facts):
+        t = time.perf_counter()
+        res = rome_mod.edit(model, [f], layers=layer, hparams=hp, stats=stats)
+        secs.append(time.perf_counter() - t)
+        steps.append(res.extra["per_request"][0]["steps"])
+        with session.temporary(res):
+            sc = counterfact_scores(model, [f])
+        eff += sc["efficacy_per_fact"]
+        para += sc["paraphrase_per_fact"]
+        neigh += sc["neighborhood_per_fact"]
+        emag += sc["efficacy_magnitude_per_fact"]
+        pmag += sc["paraphrase_magnitude_per_fact"]
+        nmag += sc["neighborhood_magnitude_per_fact"]
+        print(f"  rome {i + 1}/{len(facts)} {f.subject!r} -> {f.target_new!r}: eff {eff[-1]:.0f} para {para[-1]:.2f} "
+              f"neigh {neigh[-1]:.2f} ({secs[-1]:.1f}s, {steps[-1]} steps)", flush=True)
+    out = {
+        "n_facts": len(facts), "layer": layer, "hparams": hp.to_dict(),
+        "efficacy_score": mean(eff), "paraphrase_score": mean(para), "neighborhood_score": mean(neigh),
+        "efficacy_magnitude": mean(emag), "paraphrase_magnitude": mean(pmag), "neighborhood_magnitude": mean(nmag),
+        "before": {k: mean(before[f"{k}_per_fact"]) for k in ("efficacy", "paraphrase", "neighborhood")},
+        "seconds_per_edit_stats_cached": mean(secs), "stats_seconds_first_call": stats_s,
+        "seconds_per_edit_stats_cold": mean(secs[:1]) + stats_s, "mean_v_steps": mean(steps),
+    }
+    print(f"\nROME over {len(facts)} facts (layer {layer}), CounterFact protocol")
+    print(f"{'':>22} {'before':>8} {'after':>8}")
+    for k in ("efficacy", "paraphrase", "neighborhood"):
+        print(f"{k + '_score':>22} {out['before'][k]:>8.3f} {out[k + '_score']:>8.3f}")
+    print(f"seconds per edit (stats cached) {out['seconds_per_edit_stats_cached']:.1f}; "
+          f"stats first call {stats_s:.1f}s")
+    return out
+
+
+def bench_memit(model: Any, facts: list[Fact], hp: MEMITHyperParams, null_space: bool = False) -> dict[str, Any]:
+    session = EditSession(model)
+    stats = key_stats(model, list(hp.layers), n_tokens=hp.stats_tokens, source=hp.stats_source, progress=False)
+    t = time.perf_counter()
+    res = memit_mod.edit(model, facts, hparams=hp, null_space=null_space, stats=stats)
+    secs = time.perf_counter() - t
+    with session.temporary(res):
+        sc = counterfact_scores(model, facts)
+    out = {"n_facts": len(facts), "layers": list(hp.layers), "null_space": null_space, "seconds": secs,
+           "hparams": hp.to_dict(), "update_norms": res.extra["update_norms"]}
+    for k in ("efficacy", "paraphrase", "neighborhood"):
+        out[f"{k}_score"] = mean(sc[f"{k}_per_fact"])
+        out[f"{k}_magnitude"] = mean(sc[f"{k}_magnitude_per_fact"])
+    print(f"\nMEMIT batch of {len(facts)} (layers {list(hp.layers)}, null_space={null_space}): {secs:.1f}s")
+    for k in ("efficacy", "paraphrase", "neighborhood"):
+        print(f"{k + '_score':>22} {out[k + '_score']:>8.3f}")
+    return out
+
+
+def bench_sequential(model: Any, facts: list[Fact], hp: MEMITHyperParams, batch: int) -> dict[str, Any]:
+    curves: dict[str, list[dict[str, float]]] = {}
+    stats = key_stats(model, list(hp.layers), n_tokens=hp.stats_tokens, source=hp.stats_source, progress=False)
+    for mode in ("memit", "null_space"):
+        session = EditSession(model)
+        seq = memit_mod.SequentialMEMIT(model, hparams=hp, null_space=mode == "null_space", stats=stats)
+        rows = []
+        try:
+            for b in range(0, len(facts), batch):
+                t = time.perf_counter()
+                session.apply(seq.edit(facts[b : b + batch]))
+                secs = time.perf_counter() - t
+                so_far = facts[: b + batch]
+                sc = counterfact_scores(model, so_far)
+                row = {"edits": len(so_far), "efficacy_all_so_far": mean(sc["efficacy_per_fact"]),
+                       "paraphrase_all_so_far": mean(sc["paraphrase_per_fact"]),
+                       "neighborhood_score": mean(sc["neighborhood_per_fact"]), "seconds": secs}
+                rows.append(row)
+                print(f"  {mode:>10} edits {row['edits']:>4}: efficacy(all so far) {row['efficacy_all_so_far']:.3f} "
+                      f"neighborhood {row['neighborhood_score']:.3f} ({secs:.0f}s)", flush=True)
+        finally:
+            session.rollback()
+        curves[mode] = rows
+    print(f"\nsequential MEMIT, batches of {batch}")
+    print(f"{'edits':>6} {'eff plain':>10} {'eff null':>10} {'neigh plain':>12} {'neigh null':>11}")
+    for a, b in zip(curves["memit"], curves["null_space"], strict=True):
+        print(f"{a['edits']:>6} {a['efficacy_all_so_far']:>10.3f} {b['efficacy_all_so_far']:>10.3f} "
+              f"{a['neighborhood_score']:>12.3f} {b['neighborhood_score']:>11.3f}")
+    return {"batch": batch, "curves": curves}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small settings")
+    ap.add_argument("--only", default="stats,rome,memit,sequential")
+    ap.add_argument("--rome-facts", type=int, default=50)
+    ap.add_argument("--memit-facts", type=int, default=100)
+    ap.add_argument("--seq-edits", type=int, default=200)
+    ap.add_argument("--seq-batch", type=int, default=20)
+    ap.add_argument("--stats-counts", default="1000,2000,4000,8000,16000")
+    ap.add_argument("--out", default=str(RESULTS / "bench_editing.json"))
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    if args.quick:
+        args.rome_facts, args.memit_facts, args.seq_edits, args.seq_batch = 5, 10, 20, 10
+        args.stats_counts = "1000,2000,4000"
+    only = set(args.only.split(","))
+    torch.manual_seed(0)
+    model = load_model(device="cpu")
+    facts = load_bundled_facts()
+    rome_hp = ROMEHyperParams.for_model(model)
+    memit_hp = MEMITHyperParams.for_model(model)
+    report: dict[str, Any] = {"model": model.name, "fingerprint": model.fingerprint, "device": str(model.device),
+                              "torch_threads": torch.get_num_threads(), "argv": sys.argv[1:]}
+    if "stats" in only:
+        report["stats"] = bench_stats(model, rome_hp.layer, [int(x) for x in args.stats_counts.split(",")])
+    if "rome" in only:
+        report["rome"] = bench_rome(model, facts[: args.rome_facts], rome_hp)
+    if "memit" in only:
+        report["memit"] = bench_memit(model, facts[: args.memit_facts], memit_hp)
+        report["memit_50"] = bench_memit(model, facts[:50], memit_hp)
+    if "sequential" in only:
+        report["sequential"] = bench_sequential(model, facts[: args.seq_edits], memit_hp, args.seq_batch)
+    report["peak_rss_mb"] = peak_rss_mb()
+    print(f"\npeak memory (RSS) {report['peak_rss_mb']:.0f} MB")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(report, indent=1) + "\n")
+    tmp.replace(out)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

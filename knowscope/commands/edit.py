@@ -1,0 +1,200 @@
+"""``knowscope edit``: edit facts with ROME, MEMIT or constrained fine-tuning, and evaluate the edits.
+
+Each fact is edited to its ``target_new`` and evaluated under both protocols (CounterFact scores and
+EasyEdit accuracies, see :mod:`knowscope.editing.evaluate`). Locality is always compared with the
+unedited model: its predictions are taken once, before the first edit.
+
+* ROME / FT: one fact per edit, undone before the next one; with ``--sequential`` the edits pile up and
+  all facts are evaluated at the end.
+* MEMIT: batches of ``--batch-size`` facts, each batch edited from the original model and undone; with
+  ``--sequential`` the batches pile up (``SequentialMEMIT``; ``--null-space`` projects each batch onto
+  the approximate null space of the key statistics and of the earlier edits, AlphaEdit's idea).
+
+``--save DIR`` writes ``DIR/metrics`` (the metrics, per fact) and the edits: ``DIR/session`` (an
+:class:`EditSession` that ``EditSession.load`` re-applies) when the edits pile up, else one
+``DIR/edits/NNNN`` :class:`EditResult` per independent edit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+from knowscope.commands import add_model_argument, load_from_args
+
+NAME = "edit"
+HELP = "edit facts with ROME, MEMIT or constrained fine-tuning, and evaluate them (CounterFact + EasyEdit)"
+ORDER = 60
+METHODS = ("rome", "memit", "ft")
+DEFAULT_MEMIT_BATCH = 50
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_argument(parser)
+    parser.add_argument("--method", required=True, choices=METHODS, help="editing method")
+    parser.add_argument("--data", default=None, help="fact file (CounterFact, EasyEdit or zsRE JSON; default: bundled)")
+    parser.add_argument("--limit", type=int, default=None, help="edit the first N facts")
+    parser.add_argument("--layers", default=None,
+                        help="auto (locate), L, or L1-L2 (default: the method's default for the model)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help=f"MEMIT: facts per batch (default {DEFAULT_MEMIT_BATCH})")
+    parser.add_argument("--sequential", action="store_true",
+                        help="keep edits applied (do not undo between facts / batches); evaluate at the end")
+    parser.add_argument("--null-space", action="store_true",
+                        help="MEMIT: project updates onto the null space of preserved keys (AlphaEdit)")
+    parser.add_argument("--save", metavar="DIR", default=None, help="save the edits and metrics to DIR")
+    parser.add_argument("--no-fluency", action="store_true", help="skip the generation-entropy fluency metric")
+    parser.add_argument("--gen-len", type=int, default=100,
+                        help="fluency: tokens per generation, prompt included (default 100, as ROME)")
+
+
+def parse_layers(spec: str | None) -> int | list[int] | str | None:
+    """``None``, ``"auto"``, ``"L"`` or ``"L1-L2"`` (inclusive) to what the editors take."""
+    if spec is None:
+        return None
+    text = spec.strip()
+    if text == "auto":
+        return "auto"
+    try:
+        if "-" in text:
+            lo, hi = (int(x) for x in text.split("-", 1))
+            if lo > hi:
+                raise ValueError
+            return list(range(lo, hi + 1))
+        return int(text)
+    except ValueError:
+        raise ValueError(f"--layers {spec!r} is not valid: give auto, a layer L, or a range L1-L2 (L1 <= L2)") from None
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be >= 1, got {args.limit}")
+    if args.batch_size is not None:
+        if args.method != "memit":
+            raise ValueError(f"--batch-size is for --method memit; {args.method} edits one fact at a time")
+        if args.batch_size < 1:
+            raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.null_space and args.method != "memit":
+        raise ValueError(f"--null-space is for --method memit, not {args.method}")
+    if args.gen_len < 1:
+        raise ValueError(f"--gen-len must be >= 1, got {args.gen_len}")
+    if args.method == "memit" and isinstance(parse_layers(args.layers), int):
+        raise ValueError(f"--layers {args.layers!r}: MEMIT edits a range of layers; give L1-L2 or auto")
+
+
+def _editor(method: str, model: Any, layers: Any, sequential: bool, null_space: bool) -> Any:
+    """A function ``facts -> EditResult`` for the method (the model's current weights are the base)."""
+    if method == "ft":
+        from knowscope.editing import ft
+
+        return lambda facts: ft.edit(model, facts, layers=layers)
+    if method == "rome":
+        from knowscope.editing import rome
+
+        return lambda facts: rome.edit(model, facts, layers=layers)
+    from knowscope.editing import memit
+
+    if sequential:
+        seq = memit.SequentialMEMIT(model, layers=layers, null_space=null_space)
+        return seq.edit
+    return lambda facts: memit.edit(model, facts, layers=layers, null_space=null_space)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from knowscope.editing.evaluate import EditMetrics, evaluate, pre_edit_predictions
+    from knowscope.editing.result import EditSession
+    from knowscope.facts import load_bundled_facts, load_facts
+
+    start = time.perf_counter()
+    _check_args(args)
+    layers = parse_layers(args.layers)
+    facts = load_facts(args.data) if args.data else load_bundled_facts()
+    if args.limit is not None:
+        facts = facts[: args.limit]
+    if not facts:
+        raise ValueError(f"no facts to edit in {args.data or 'the bundled facts'}")
+    model = load_from_args(args)
+    eval_kwargs = dict(fluency=not args.no_fluency, max_out_len=args.gen_len)
+
+    session = EditSession(model)
+    # locality is always against the unedited model: take its predictions before any edit
+    reference = pre_edit_predictions(model, facts)
+    edit = _editor(args.method, model, layers, args.sequential, args.null_space)
+    batch = (args.batch_size or DEFAULT_MEMIT_BATCH) if args.method == "memit" else 1
+    groups = [facts[i : i + batch] for i in range(0, len(facts), batch)]
+
+    results = []
+    rows: list[dict[str, Any]] = []
+    edit_seconds = 0.0
+    notes: dict[str, Any] = {}
+    for n, group in enumerate(groups, 1):
+        t0 = time.perf_counter()
+        result = edit(group)
+        edit_seconds += time.perf_counter() - t0
+        results.append(result)
+        if args.sequential:
+            session.apply(result)
+        else:
+            with session.temporary(result):
+                metrics = evaluate(model, group, reference=reference, **eval_kwargs)
+            rows.extend(metrics.per_fact)
+            notes = metrics.notes
+            _progress(n, len(groups), group, metrics)
+    if args.sequential:
+        metrics = evaluate(model, facts, reference=reference, **eval_kwargs)
+    else:
+        metrics = EditMetrics.from_rows(rows, notes)
+
+    used_layers = sorted({layer for r in results for layer in r.layers})
+    saved = _save(args.save, session, results, metrics, args.sequential) if args.save else None
+    if args.sequential:
+        session.rollback()
+    _print_summary(args, model, metrics, used_layers, len(facts))
+    return {
+        "method": args.method,
+        "model": model.name,
+        "fingerprint": model.fingerprint,
+        "data": args.data or "bundled",
+        "layers": used_layers,
+        "n_edits": len(facts),
+        "n_edit_calls": len(results),
+        "batch_size": batch,
+        "sequential": args.sequential,
+        "null_space": args.null_space,
+        "metrics": metrics.flat(),
+        "protocols": {"counterfact": metrics.counterfact(), "easyedit": metrics.easyedit()},
+        "notes": metrics.notes,
+        "hparams": results[0].hparams if results else {},
+        "edit_seconds": edit_seconds,
+        "seconds": time.perf_counter() - start,
+        "saved": saved,
+        "per_fact": metrics.per_fact,
+    }
+
+
+def _progress(n: int, total: int, group: list[Any], metrics: Any) -> None:
+    what = repr(group[0].subject) if len(group) == 1 else f"{len(group)} facts"
+    print(f"[{n}/{total}] {what}: efficacy {metrics.efficacy_score:.2f}  rewrite_acc {metrics.rewrite_acc:.2f}",
+          flush=True)
+
+
+def _save(path: str, session: Any, results: list[Any], metrics: Any, sequential: bool) -> str:
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    if sequential:
+        session.save(out / "session")
+    else:
+        for i, result in enumerate(results):
+            result.save(out / "edits" / f"{i:04d}")
+    metrics.save(out / "metrics")
+    return str(out)
+
+
+def _print_summary(args: argparse.Namespace, model: Any, metrics: Any, layers: list[int], n: int) -> None:
+    mode = "sequential" if args.sequential else "independent"
+    if args.null_space:
+        mode += ", null-space"
+    print(f"\n{args.method.upper()} on {model.name}: {n} facts ({mode}), layers {layers}")
+    print(metrics.summary())

@@ -1,0 +1,272 @@
+"""Shared pieces of ROME and MEMIT: context prefixes, keys k*, and the v*/z optimisation.
+
+* :func:`context_templates` — ``"{}"`` plus short random prefixes sampled by the model from its BOS
+  (ROME's trick for a key that holds in any context), seeded and cached on disk.
+* :func:`compute_keys` — the MLP key at the subject's last token, averaged over those templates.
+* :func:`optimize_delta` — the vector added at the subject's last token (to ``hook_mlp_out`` for ROME,
+  to ``hook_resid_post`` for MEMIT's z) that makes the model say ``target_new``: NLL of the target
+  over all templates + ``kl_factor`` × KL of the next-token distribution at the subject in
+  ``"{subject} is a"`` + weight decay, with the norm clamped after every Adam step and an early
+  stop once the loss is small.
+
+Prompts are tokenized with knowscope's convention (BOS first) by concatenating token ids, so the
+target tokens and the subject position are exact and independent of tokenizer merges at the seams.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from knowscope.editing.hparams import VOptParams
+from knowscope.editing.stats import _bos_id, hash_seed
+from knowscope.facts import Fact
+from knowscope.models import Model, cache_dir
+
+logger = logging.getLogger(__name__)
+
+_TEMPLATE_MEMORY: dict[tuple[str, tuple[tuple[int, int], ...], int], list[str]] = {}
+
+
+# ------------------------------------------------------------------------------------------------
+# context templates
+
+
+def context_templates(model: Model, lengths: Sequence[Sequence[int]] = ((10, 5),), seed: int = 0) -> list[str]:
+    """``["{}"]`` plus ``n`` prefixes of ``length`` tokens sampled from BOS for each ``(length, n)``.
+
+    Sampling is top-5 (as ROME's prefixes), seeded; the list is cached in memory and on disk by
+    model fingerprint, lengths and seed. Braces in generated text are replaced by spaces so the
+    templates stay valid format strings.
+    """
+    key = (model.fingerprint, tuple((int(a), int(b)) for a, b in lengths), int(seed))
+    if key in _TEMPLATE_MEMORY:
+        return list(_TEMPLATE_MEMORY[key])
+    tag = "-".join(f"{a}x{b}" for a, b in key[1]) or "none"
+    path = cache_dir() / "editing" / model.fingerprint / f"templates-{tag}-s{seed}.json"
+    if path.is_file():
+        templates = json.loads(path.read_text())
+    else:
+        templates = ["{}"]
+        bos = _bos_id(model)
+        for length, n in key[1]:
+            if length < 1 or n < 1:
+                raise ValueError(f"context length and count must be >= 1, got ({length}, {n})")
+            start = torch.full((n, 1), bos, dtype=torch.long, device=model.device)
+            with torch.no_grad(), torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):
+                torch.manual_seed(hash_seed("templates", seed, length, n))
+                out = model.hf.generate(
+                    start, attention_mask=torch.ones_like(start), do_sample=True, top_k=5,
+                    max_new_tokens=length, min_new_tokens=length,
+                    pad_token_id=model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else bos,
+                )
+            for row in out[:, 1:]:
+                text = model.tokenizer.decode(row, skip_special_tokens=True)
+                text = text.replace("{", " ").replace("}", " ")
+                templates.append(text + ". {}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(templates))
+        os.replace(tmp, path)
+    _TEMPLATE_MEMORY[key] = list(templates)
+    return list(templates)
+
+
+# ------------------------------------------------------------------------------------------------
+# tokenization helpers
+
+
+def encode(model: Model, text: str) -> list[int]:
+    return list(model.tokenizer.encode(text, add_special_tokens=False))
+
+
+def prompt_ids(model: Model, template: str, subject: str) -> tuple[list[int], int]:
+    """Token ids (BOS first) of ``template.format(subject)`` and the index of the subject's last token.
+
+    The text up to the end of the subject and the rest are tokenized separately and concatenated,
+    so the subject's last token is found exactly even where merges would cross the seam.
+    """
+    if template.count("{}") != 1:
+        raise ValueError(f"prompt template {template!r} must contain exactly one '{{}}' for the subject")
+    if not subject or not subject.strip():
+        raise ValueError(f"subject {subject!r} is empty")
+    head, tail = template.split("{}")
+    left = encode(model, head + subject)
+    if not left:
+        raise ValueError(f"subject {subject!r} tokenizes to nothing")
+    ids = [_bos_id(model)] + left + (encode(model, tail) if tail else [])
+    return ids, len(left)  # index len(left) is the subject's last token (BOS at 0)
+
+
+def pad(model: Model, rows: Sequence[Sequence[int]]) -> Tensor:
+    """Right-pad token rows into one tensor (causal attention: padding never affects real positions)."""
+    width = max(len(r) for r in rows)
+    fill = _bos_id(model)
+    out = torch.full((len(rows), width), fill, dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+    return out.to(model.device)
+
+
+def check_request(model: Model, fact: Fact) -> None:
+    if not isinstance(fact, Fact):
+        raise ValueError(f"edit requests must be knowscope.facts.Fact records, got {type(fact).__name__}")
+    model.encode_target(fact.new_continuation)
+
+
+# ------------------------------------------------------------------------------------------------
+# keys and values
+
+
+@torch.no_grad()
+def compute_keys(
+    model: Model, layer: int, requests: Sequence[Fact], templates: Sequence[str]
+) -> Float[Tensor, "n_requests d_mlp"]:
+    """MLP key (input of the output projection) at each subject's last token, averaged over templates."""
+    rows: list[list[int]] = []
+    idx: list[int] = []
+    for fact in requests:
+        for t in templates:
+            ids, i = prompt_ids(model, t.format(fact.prompt), fact.subject)
+            rows.append(ids)
+            idx.append(i)
+    keys = capture(model, model.arch.hook_mlp_key(layer), rows, idx)
+    return keys.reshape(len(requests), len(templates), -1).mean(1)
+
+
+@torch.no_grad()
+def capture(model: Model, hook_name: str, rows: Sequence[Sequence[int]], idx: Sequence[int],
+            batch_size: int = 64) -> Float[Tensor, "n d"]:
+    """Activation at ``hook_name`` at position ``idx[i]`` of token row ``i`` (batched forwards)."""
+    out: list[Tensor] = []
+    layer = int(hook_name.split(".")[1]) if hook_name.startswith("blocks.") else model.arch.n_layers - 1
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        pos = torch.tensor(idx[start : start + batch_size], device=model.device)
+        got: dict[str, Tensor] = {}
+
+        def hook(act: Tensor, hook: Any, got: dict[str, Tensor] = got, pos: Tensor = pos) -> Tensor:
+            got["a"] = act[torch.arange(act.shape[0], device=act.device), pos].detach().float()
+            return act
+
+        stop = layer + 1 if layer + 1 < model.arch.n_layers else None
+        model.bridge.run_with_hooks(pad(model, chunk), fwd_hooks=[(hook_name, hook)], return_type=None,
+                                    stop_at_layer=stop)
+        out.append(got["a"])
+    return torch.cat(out)
+
+
+@dataclass
+class DeltaResult:
+    """Outcome of :func:`optimize_delta`: the vector, the activation it is added to, the loss trace."""
+
+    delta: Float[Tensor, " d_model"]
+    init: Float[Tensor, " d_model"]  # activation at the subject's last token of the plain prompt
+    losses: list[dict[str, float]]
+
+
+def optimize_delta(
+    model: Model, hook_name: str, fact: Fact, templates: Sequence[str], hp: VOptParams
+) -> DeltaResult:
+    """Optimise the vector added at ``hook_name`` at the subject's last token so the model says
+    ``fact.target_new`` after every template, staying close to its own distribution on ``"{subject} is a"``.
+
+    Loss (as ROME's compute_v / MEMIT's compute_z): mean over templates of the target's summed NLL
+    per target token, + ``kl_factor`` × KL(P_edited ‖ P_orig) at the subject of the KL prompt,
+    + ``v_weight_decay`` × ‖δ‖ / ‖init‖². After each Adam step ‖δ‖ is clamped to
+    ``clamp_norm_factor`` × ‖init‖; the loop stops early once the loss is below ``early_stop_nll``.
+    """
+    target = model.encode_target(fact.new_continuation)
+    rows: list[list[int]] = []
+    look: list[int] = []
+    tgt_pos: list[list[int]] = []
+    for t in templates:
+        ids, i = prompt_ids(model, t.format(fact.prompt), fact.subject)
+        start = len(ids) - 1
+        rows.append(ids + target[:-1])
+        look.append(i)
+        tgt_pos.append(list(range(start, start + len(target))))
+    kl_ids, kl_i = prompt_ids(model, hp.kl_prompt, fact.subject)
+    rows.append(kl_ids)
+    look.append(kl_i)
+    tokens = pad(model, rows)
+    n_rw = len(templates)
+    dev = model.device
+    look_t = torch.tensor(look, device=dev)
+    batch = torch.arange(len(rows), device=dev)
+    pos_t = torch.tensor(tgt_pos, device=dev)  # [n_rw, n_target]
+    tgt_t = torch.tensor(target, device=dev).expand(n_rw, -1)
+
+    d = model.arch.d_model
+    delta = torch.zeros(d, device=dev, dtype=torch.float32, requires_grad=True)
+    state: dict[str, Tensor] = {}
+
+    def add_delta(act: Tensor, hook: Any) -> Tensor:
+        if "init" not in state:
+            state["init"] = act[0, look[0]].detach().float().clone()
+        mask = torch.zeros(act.shape[0], act.shape[1], 1, device=act.device, dtype=act.dtype)
+        mask[batch, look_t] = 1.0
+        return act + mask * delta.to(act.dtype)
+
+    opt = torch.optim.Adam([delta], lr=hp.v_lr)
+    kl_init: Tensor | None = None
+    losses: list[dict[str, float]] = []
+    for it in range(hp.v_steps):
+        opt.zero_grad()
+        logits = model.bridge.run_with_hooks(tokens, fwd_hooks=[(hook_name, add_delta)]).float()
+        kl_logp = torch.log_softmax(logits[n_rw, kl_i], dim=-1)
+        if kl_init is None:
+            kl_init = kl_logp.detach().clone()
+        logp = torch.log_softmax(logits[:n_rw], dim=-1)
+        picked = logp[torch.arange(n_rw, device=dev)[:, None], pos_t].gather(-1, tgt_t[..., None])[..., 0]
+        nll = -(picked.sum(1) / len(target)).mean()
+        kl = hp.kl_factor * torch.nn.functional.kl_div(kl_init[None], kl_logp[None], log_target=True,
+                                                       reduction="batchmean")
+        init_norm = state["init"].norm()
+        wd = hp.v_weight_decay * (delta.norm() / init_norm**2)
+        loss = nll + kl + wd
+        losses.append({"loss": loss.item(), "nll": nll.item(), "kl": kl.item(), "wd": wd.item(),
+                       "p_target": float(torch.exp(-nll.detach()))})
+        if float(loss) < hp.early_stop_nll or it == hp.v_steps - 1:
+            break
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            max_norm = hp.clamp_norm_factor * init_norm
+            if delta.norm() > max_norm:
+                delta.mul_(max_norm / delta.norm())
+    logger.debug("delta for %r: %d steps, %s", fact.subject, len(losses), losses[-1])
+    return DeltaResult(delta=delta.detach().clone(), init=state["init"], losses=losses)
+
+
+def facts_meta(requests: Sequence[Fact]) -> list[dict[str, Any]]:
+    return [{"case_id": f.case_id, "subject": f.subject, "prompt": f.prompt, "target_true": f.target_true,
+             "target_new": f.target_new} for f in requests]
+
+
+class WeightGuard:
+    """Bit-exact copies of weights that an editor changes while it computes; restored on exit."""
+
+    def __init__(self, model: Model, names: Sequence[str]) -> None:
+        self.model = model
+        self.names = list(names)
+        self.saved: dict[str, Tensor] = {}
+
+    def __enter__(self) -> WeightGuard:
+        params = self.model.named_parameters()
+        self.saved = {n: params[n].detach().clone() for n in self.names}
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        params = self.model.named_parameters()
+        with torch.no_grad():
+            for n, v in self.saved.items():
+                params[n].copy_(v)

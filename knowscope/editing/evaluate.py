@@ -1,0 +1,566 @@
+"""Edit evaluation under the two protocols of the literature, each labelled as such.
+
+**CounterFact protocol** (ROME / MEMIT papers). A continuation's probability is taken over all of its
+tokens, as ROME does: ``P(c | prompt) = exp(-mean token NLL of c)``, with ``c = " " + target``.
+
+* ``efficacy_score``: share of rewrite prompts where ``P(new) > P(true)``;
+  ``efficacy_magnitude``: mean of ``P(new) - P(true)`` over the same prompts;
+* ``paraphrase_score`` / ``paraphrase_magnitude``: the same over the paraphrase prompts;
+* ``neighborhood_score``: share of neighbourhood prompts (other subjects that share the true object)
+  where ``P(true) > P(new)``, i.e. the reverse; ``neighborhood_magnitude``: mean ``P(true) - P(new)``;
+* ``fluency``: ROME's generation entropy, the weighted mean ``(2/3 H2 + 4/3 H3) / 2`` of the bigram
+  and trigram entropies (bits) of generated text, generated as ROME does (top-5 sampling, seeded,
+  prompt + continuation up to ``max_out_len`` tokens), averaged over generations.
+
+Scores are averaged over each fact's prompts first, then over facts (ROME's per-case averaging).
+
+**EasyEdit protocol** (teacher-forced token accuracies):
+
+* ``rewrite_acc``: share of ``target_new`` tokens that are the argmax prediction after the rewrite
+  prompt and the previous target tokens; ``rephrase_acc``: the same after each paraphrase;
+* ``locality_acc``: share of tokens of each locality prompt's answer (``fact.locality``, else the
+  neighbourhood prompts with ``target_true``) where the edited model's argmax equals the
+  **unedited** model's argmax (EasyEdit's definition: compared with the pre-edit model's own
+  predictions, never with the ground truth);
+* ``portability_acc``: token accuracy of each portability pair's answer, when facts have them.
+
+Locality is always measured against the unedited model: pass the :class:`EditSession` (its
+``unedited()`` lends the original weights) or a :class:`PreEditPredictions` taken before any edit
+(:func:`pre_edit_predictions`), which also serves sequential editing where many edits pile up.
+
+All forward passes are batched: sequences are right-padded, which is exact for causal models because
+logits are read only at each row's real positions.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import unicodedata
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from knowscope.editing.result import EditResult, EditSession
+from knowscope.facts import Fact
+from knowscope.models import Model
+from knowscope.results import load_dir, save_dir
+
+logger = logging.getLogger(__name__)
+
+CF_KEYS = (
+    "efficacy_score",
+    "efficacy_magnitude",
+    "paraphrase_score",
+    "paraphrase_magnitude",
+    "neighborhood_score",
+    "neighborhood_magnitude",
+    "fluency",
+)
+EE_KEYS = ("rewrite_acc", "rephrase_acc", "locality_acc", "portability_acc")
+
+# ROME's generation-entropy weights for the 2- and 3-gram entropies
+_NGRAM_WEIGHTS = {2: 2 / 3, 3: 4 / 3}
+
+
+# --------------------------------------------------------------------------------------------------
+# teacher-forced scoring of (prompt, continuation) pairs
+
+
+@dataclass(frozen=True)
+class TokenScores:
+    """Teacher-forced scores of one continuation after one prompt (BOS-prepended prompt)."""
+
+    target: tuple[int, ...]
+    logprobs: Float[Tensor, " n_target"]
+    argmax: Int[Tensor, " n_target"]
+
+    @property
+    def mean_nll(self) -> float:
+        return float(-self.logprobs.mean())
+
+    @property
+    def prob(self) -> float:
+        """ROME's continuation probability: ``exp(-mean token NLL)``."""
+        return math.exp(-self.mean_nll)
+
+    @property
+    def token_acc(self) -> float:
+        """EasyEdit's token accuracy: share of target tokens that are the argmax prediction."""
+        return float((self.argmax == torch.tensor(self.target)).float().mean())
+
+
+def _pair_ids(model: Model, prompt: str, continuation: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    prompt_ids = tuple(int(t) for t in model.to_tokens(prompt)[0])
+    return prompt_ids, tuple(model.encode_target(continuation))
+
+
+def score_continuations(
+    model: Model, pairs: Sequence[tuple[str, str]], batch_size: int = 32
+) -> list[TokenScores]:
+    """Teacher-forced log-probabilities and argmax predictions of each ``(prompt, continuation)``.
+
+    The sequence is the BOS-prepended prompt tokens followed by the continuation's tokens (tokenized
+    on its own, without BOS). Rows are right-padded and run ``batch_size`` at a time; identical
+    pairs are scored once.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    encoded = [_pair_ids(model, p, c) for p, c in pairs]
+    unique = list(dict.fromkeys(encoded))
+    scored = _score_ids(model, unique, batch_size)
+    return [scored[e] for e in encoded]
+
+
+@torch.no_grad()
+def _score_ids(
+    model: Model, seqs: Sequence[tuple[tuple[int, ...], tuple[int, ...]]], batch_size: int
+) -> dict[tuple[tuple[int, ...], tuple[int, ...]], TokenScores]:
+    out: dict[tuple[tuple[int, ...], tuple[int, ...]], TokenScores] = {}
+    pad = model.tokenizer.pad_token_id
+    pad = int(pad) if pad is not None else 0
+    # sort by length so padding stays small; results are keyed, so the order does not matter
+    order = sorted(seqs, key=lambda s: len(s[0]) + len(s[1]))
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        lengths = [len(p) + len(t) - 1 for p, t in chunk]  # the last target token is never an input
+        width = max(lengths)
+        tokens = torch.full((len(chunk), width), pad, dtype=torch.long)
+        for row, (p, t) in enumerate(chunk):
+            ids = (p + t)[:-1]
+            tokens[row, : len(ids)] = torch.tensor(ids)
+        logits = model(tokens.to(model.device))
+        for row, (p, t) in enumerate(chunk):
+            # the logits at position i predict token i + 1: target token j is predicted at len(p) - 1 + j
+            pos = torch.arange(len(p) - 1, len(p) - 1 + len(t), device=logits.device)
+            rows = logits[row, pos].float()
+            logprobs = torch.log_softmax(rows, dim=-1)
+            target = torch.tensor(t, device=logits.device)
+            out[(p, t)] = TokenScores(
+                target=t,
+                logprobs=logprobs.gather(1, target[:, None])[:, 0].cpu(),
+                argmax=rows.argmax(dim=-1).cpu(),
+            )
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# what each fact is evaluated on
+
+
+def locality_pairs(fact: Fact) -> list[tuple[str, str]]:
+    """EasyEdit locality pairs of a fact: its ``locality`` list, else neighbourhood prompts + true target."""
+    if fact.locality:
+        return [(p, Fact.continuation(a)) for p, a in fact.locality]
+    return [(p, fact.true_continuation) for p in fact.neighborhood_prompts]
+
+
+def _fact_pairs(fact: Fact, kind: str) -> list[tuple[str, str]]:
+    new, true = fact.new_continuation, fact.true_continuation
+    if kind == "rewrite":
+        return [(fact.text, new), (fact.text, true)]
+    if kind == "paraphrase":
+        return [(p, c) for p in fact.paraphrase_prompts for c in (new, true)]
+    if kind == "neighborhood":
+        return [(p, c) for p in fact.neighborhood_prompts for c in (new, true)]
+    if kind == "locality":
+        return locality_pairs(fact)
+    if kind == "portability":
+        return [(p, Fact.continuation(a)) for p, a in fact.portability]
+    raise ValueError(f"unknown prompt kind {kind!r}")
+
+
+_KINDS = ("rewrite", "paraphrase", "neighborhood", "locality", "portability")
+
+
+# --------------------------------------------------------------------------------------------------
+# pre-edit predictions (the locality reference)
+
+
+@dataclass
+class PreEditPredictions:
+    """The unedited model's argmax tokens on every locality pair of some facts.
+
+    Take it with :func:`pre_edit_predictions` before editing; pass it to :func:`evaluate` after any
+    number of edits (sequential editing) so locality is always compared with the unedited model.
+    """
+
+    fingerprint: str
+    argmax: dict[tuple[tuple[int, ...], tuple[int, ...]], list[int]] = field(default_factory=dict)
+
+    def lookup(self, key: tuple[tuple[int, ...], tuple[int, ...]]) -> list[int]:
+        if key not in self.argmax:
+            raise ValueError(
+                "the pre-edit predictions do not cover a locality prompt of these facts; take them with "
+                "pre_edit_predictions(model, facts) on the same facts before editing"
+            )
+        return self.argmax[key]
+
+
+def pre_edit_predictions(
+    model: Model, facts: Sequence[Fact], session: EditSession | None = None, batch_size: int = 32
+) -> PreEditPredictions:
+    """The unedited model's predictions on the facts' locality pairs.
+
+    With a ``session`` the original weights are lent for the computation (any edits come back after),
+    so this is correct even when edits are already applied. Without one, ``model`` must be unedited.
+    """
+    pairs = [pair for fact in facts for pair in locality_pairs(fact)]
+    encoded = list(dict.fromkeys(_pair_ids(model, p, c) for p, c in pairs))
+    if session is not None:
+        with session.unedited():
+            scored = _score_ids(model, encoded, batch_size)
+    else:
+        scored = _score_ids(model, encoded, batch_size)
+    return PreEditPredictions(model.fingerprint, {k: v.argmax.tolist() for k, v in scored.items()})
+
+
+# --------------------------------------------------------------------------------------------------
+# fluency: ROME's generation entropy
+
+
+def word_tokenize(text: str) -> list[str]:
+    """Split text into words and punctuation the way NLTK's Treebank tokenizer mostly does.
+
+    ROME tokenizes generations with ``nltk.word_tokenize``; NLTK needs a data download that these
+    machines cannot make, so this regex follows its main rules (punctuation apart, ``n't`` and
+    ``'s``-style clitics apart). Entropies agree with NLTK's up to those rare differences.
+    """
+    return re.findall(r"\w+(?=n't\b)|n't\b|'\w+|\w+|[^\w\s]", text)
+
+
+def ngram_entropy(text: str) -> float:
+    """ROME's weighted n-gram entropy of one text: ``mean(2/3 * H2, 4/3 * H3)`` in bits."""
+    words = word_tokenize(text)
+    weighted = []
+    for n, weight in _NGRAM_WEIGHTS.items():
+        counts = Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
+        total = sum(counts.values())
+        h = -sum(c / total * math.log2(c / total) for c in counts.values()) if total else 0.0
+        weighted.append(weight * h)
+    return sum(weighted) / len(weighted)
+
+
+@torch.no_grad()
+def generate_texts(
+    model: Model,
+    prompts: Sequence[str],
+    n_gen_per_prompt: int = 1,
+    max_out_len: int = 100,
+    top_k: int | None = 5,
+    seed: int = 0,
+) -> list[str]:
+    """Prompt + generated text for each prompt, ``n_gen_per_prompt`` times, as ROME's fluency test does.
+
+    ``top_k=5`` samples from the five most likely tokens (ROME's ``generate_fast``); ``top_k=None``
+    decodes greedily. Generation stops when the prompt plus continuation reach ``max_out_len`` tokens
+    (BOS not counted). Seeded: the same call gives the same texts.
+    """
+    if n_gen_per_prompt < 1:
+        raise ValueError(f"n_gen_per_prompt must be >= 1, got {n_gen_per_prompt}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be >= 1 or None (greedy), got {top_k}")
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    texts = []
+    for prompt in prompts:
+        tokens = model.to_tokens(prompt).to(model.device).repeat(n_gen_per_prompt, 1)
+        n_new = max(0, max_out_len - (tokens.shape[1] - 1))
+        out = model.hf(input_ids=tokens, use_cache=True)
+        past = out.past_key_values
+        logits = out.logits[:, -1].float()
+        for step in range(n_new):
+            if top_k is None:
+                nxt = logits.argmax(dim=-1, keepdim=True)
+            else:
+                vals, idx = logits.topk(min(top_k, logits.shape[-1]), dim=-1)
+                choice = torch.multinomial(torch.softmax(vals, dim=-1).cpu(), 1, generator=gen).to(idx.device)
+                nxt = idx.gather(1, choice)
+            tokens = torch.cat([tokens, nxt], dim=1)
+            if step + 1 < n_new:
+                out = model.hf(input_ids=nxt, past_key_values=past, use_cache=True)
+                past = out.past_key_values
+                logits = out.logits[:, -1].float()
+        for row in tokens:
+            text = model.tokenizer.decode(row.tolist(), skip_special_tokens=True)
+            texts.append(unicodedata.normalize("NFKD", text).replace("\n\n", " "))
+    return texts
+
+
+def generation_prompts(fact: Fact, max_prompts: int | None = None) -> list[str]:
+    """A fact's generation prompts (CounterFact), else its filled rewrite prompt."""
+    prompts = list(fact.generation_prompts) or [fact.text]
+    return prompts[:max_prompts] if max_prompts is not None else prompts
+
+
+# --------------------------------------------------------------------------------------------------
+# metrics
+
+
+@dataclass
+class EditMetrics:
+    """CounterFact and EasyEdit metrics of an edited model on some facts (``None`` = not measured).
+
+    ``per_fact`` holds each fact's own values (same keys) and, for the rewrite prompt, ``p_new`` and
+    ``p_true``. ``notes`` says how the numbers were obtained (locality reference, fluency settings).
+    """
+
+    n_facts: int
+    efficacy_score: float
+    efficacy_magnitude: float
+    paraphrase_score: float | None
+    paraphrase_magnitude: float | None
+    neighborhood_score: float | None
+    neighborhood_magnitude: float | None
+    fluency: float | None
+    rewrite_acc: float
+    rephrase_acc: float | None
+    locality_acc: float | None
+    portability_acc: float | None
+    per_fact: list[dict[str, Any]] = field(default_factory=list)
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    def counterfact(self) -> dict[str, float | None]:
+        """The CounterFact-protocol metrics (ROME/MEMIT papers)."""
+        return {k: getattr(self, k) for k in CF_KEYS}
+
+    def easyedit(self) -> dict[str, float | None]:
+        """The EasyEdit-protocol metrics (token accuracies)."""
+        return {k: getattr(self, k) for k in EE_KEYS}
+
+    def flat(self) -> dict[str, float | None]:
+        """All metrics in one flat dict (the CLI's ``metrics`` field)."""
+        return {**self.counterfact(), **self.easyedit()}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "n_facts": self.n_facts,
+            "counterfact": self.counterfact(),
+            "easyedit": self.easyedit(),
+            "notes": self.notes,
+            "per_fact": self.per_fact,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> EditMetrics:
+        return cls(
+            n_facts=int(d["n_facts"]),
+            **{k: d["counterfact"].get(k) for k in CF_KEYS},
+            **{k: d["easyedit"].get(k) for k in EE_KEYS},
+            per_fact=list(d.get("per_fact", [])),
+            notes=dict(d.get("notes", {})),
+        )
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[dict[str, Any]], notes: dict[str, Any] | None = None) -> EditMetrics:
+        """Aggregate per-fact rows (as in ``per_fact``): each metric is the mean over the facts that have it.
+
+        This is how per-fact evaluations (one edit per fact, undone in between) combine into one result.
+        """
+        rows = list(rows)
+        if not rows:
+            raise ValueError("no per-fact rows to aggregate")
+
+        def agg(key: str) -> float | None:
+            return _mean(r[key] for r in rows if r.get(key) is not None)
+
+        return cls(
+            n_facts=len(rows),
+            **{k: agg(k) for k in CF_KEYS},
+            **{k: agg(k) for k in EE_KEYS},
+            per_fact=rows,
+            notes=dict(notes or {}),
+        )
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the metrics as ``meta.json`` in directory ``path`` (no arrays)."""
+        return save_dir(path, "edit_metrics", self.to_dict(), {})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> EditMetrics:
+        meta, _ = load_dir(path, "edit_metrics")
+        return cls.from_dict(meta)
+
+    def figure(self) -> Any:
+        """Bar chart of both protocols' metrics in [0, 1] (fluency, in bits, is in the title)."""
+        import plotly.graph_objects as go
+
+        fig = go.Figure()
+        for label, values in (("CounterFact", self.counterfact()), ("EasyEdit", self.easyedit())):
+            keys = [k for k, v in values.items() if v is not None and k != "fluency"]
+            fig.add_bar(name=label, x=keys, y=[values[k] for k in keys])
+        fluency = f", fluency {self.fluency:.2f} bits" if self.fluency is not None else ""
+        fig.update_layout(
+            title=f"Edit metrics on {self.n_facts} facts{fluency}", yaxis_title="score", yaxis_range=[-1, 1]
+        )
+        return fig
+
+    def summary(self) -> str:
+        """One line per protocol, for printing."""
+        def fmt(d: dict[str, float | None]) -> str:
+            return "  ".join(f"{k}={v:.3f}" for k, v in d.items() if v is not None)
+
+        return f"CounterFact: {fmt(self.counterfact())}\nEasyEdit:    {fmt(self.easyedit())}"
+
+
+def _mean(values: Iterable[float]) -> float | None:
+    vals = list(values)
+    return sum(vals) / len(vals) if vals else None
+
+
+def evaluate(
+    model: Model,
+    facts: Sequence[Fact],
+    session: EditSession | None = None,
+    reference: PreEditPredictions | None = None,
+    *,
+    fluency: bool = True,
+    n_gen_per_prompt: int = 1,
+    max_generation_prompts: int | None = 2,
+    max_out_len: int = 100,
+    top_k: int | None = 5,
+    seed: int = 0,
+    batch_size: int = 32,
+) -> EditMetrics:
+    """Evaluate the model as it is now (edited or not) on ``facts``, under both protocols.
+
+    Locality (``locality_acc``) is compared with the unedited model's predictions, from ``reference``
+    if given, else computed with ``session.unedited()``. With neither, the model is taken to be
+    unedited and ``locality_acc`` is ``None`` (it would be trivially 1).
+
+    Fluency generates from each fact's first ``max_generation_prompts`` generation prompts
+    (``None`` = all), ``n_gen_per_prompt`` times each (see :func:`generate_texts`); ``fluency=False``
+    skips it, which is much faster on CPU.
+    """
+    facts = list(facts)
+    if not facts:
+        raise ValueError("no facts to evaluate")
+    if reference is not None and reference.fingerprint != model.fingerprint:
+        raise ValueError(
+            f"the pre-edit predictions were taken on another model (fingerprint {reference.fingerprint}, "
+            f"this model {model.fingerprint})"
+        )
+    if reference is None and session is not None:
+        reference = pre_edit_predictions(model, facts, session=session, batch_size=batch_size)
+
+    # one batched pass over every distinct sequence any metric needs
+    plan: list[tuple[int, str, tuple[str, str]]] = []
+    for i, fact in enumerate(facts):
+        for kind in _KINDS:
+            plan.extend((i, kind, pair) for pair in _fact_pairs(fact, kind))
+    keys = [_pair_ids(model, p, c) for _, _, (p, c) in plan]
+    scored = _score_ids(model, list(dict.fromkeys(keys)), batch_size)
+    by_fact: list[dict[str, list[tuple[tuple[str, str], Any]]]] = [{k: [] for k in _KINDS} for _ in facts]
+    for (i, kind, pair), key in zip(plan, keys, strict=True):
+        by_fact[i][kind].append((pair, key))
+
+    rows = []
+    for i, fact in enumerate(facts):
+        entry = by_fact[i]
+        row: dict[str, Any] = {"case_id": fact.case_id, "subject": fact.subject, "target_new": fact.target_new,
+                               "target_true": fact.target_true}
+
+        def new_true(kind: str, entry: dict[str, Any] = entry) -> list[tuple[float, float]]:
+            items = entry[kind]
+            return [(scored[items[j][1]].prob, scored[items[j + 1][1]].prob) for j in range(0, len(items), 2)]
+
+        rewrite = new_true("rewrite")
+        row["p_new"], row["p_true"] = rewrite[0]
+        row["efficacy_score"] = _mean(float(n > t) for n, t in rewrite)
+        row["efficacy_magnitude"] = _mean(n - t for n, t in rewrite)
+        para = new_true("paraphrase")
+        row["paraphrase_score"] = _mean(float(n > t) for n, t in para)
+        row["paraphrase_magnitude"] = _mean(n - t for n, t in para)
+        neigh = new_true("neighborhood")
+        row["neighborhood_score"] = _mean(float(t > n) for n, t in neigh)
+        row["neighborhood_magnitude"] = _mean(t - n for n, t in neigh)
+        # EasyEdit: token accuracies of target_new (even positions of rewrite/paraphrase are target_new)
+        row["rewrite_acc"] = _mean(scored[k].token_acc for _, k in entry["rewrite"][0::2])
+        row["rephrase_acc"] = _mean(scored[k].token_acc for _, k in entry["paraphrase"][0::2])
+        row["portability_acc"] = _mean(scored[k].token_acc for _, k in entry["portability"])
+        if reference is not None:
+            row["locality_acc"] = _mean(
+                float((scored[k].argmax == torch.tensor(reference.lookup(k))).float().mean())
+                for _, k in entry["locality"]
+            )
+        else:
+            row["locality_acc"] = None
+        rows.append(row)
+
+    notes: dict[str, Any] = {
+        "probability": "exp(-mean token NLL of ' ' + target), BOS-prepended prompt",
+        "locality_reference": "pre-edit predictions" if reference is not None else "none (model taken as unedited)",
+    }
+    if fluency:
+        gen_settings = dict(n_gen_per_prompt=n_gen_per_prompt, max_out_len=max_out_len, top_k=top_k, seed=seed)
+        for i, fact in enumerate(facts):
+            texts = generate_texts(model, generation_prompts(fact, max_generation_prompts), **gen_settings)
+            rows[i]["fluency"] = _mean(ngram_entropy(t) for t in texts)
+        notes["fluency"] = {**gen_settings, "max_generation_prompts": max_generation_prompts,
+                            "tokenizer": "regex approximation of nltk.word_tokenize"}
+    else:
+        for row in rows:
+            row["fluency"] = None
+
+    return EditMetrics.from_rows(rows, notes)
+
+
+def evaluate_edit(
+    model: Model,
+    result: EditResult,
+    facts: Sequence[Fact],
+    session: EditSession | None = None,
+    **kwargs: Any,
+) -> EditMetrics:
+    """Apply ``result`` temporarily, evaluate it on ``facts`` against the unedited model, undo it.
+
+    ``session`` defaults to a fresh :class:`EditSession`; edits already applied in it stay applied
+    (the new edit is evaluated on top of them, locality still against the original weights).
+    Keyword arguments go to :func:`evaluate`.
+    """
+    session = session if session is not None else EditSession(model)
+    reference = kwargs.pop("reference", None)
+    if reference is None:
+        reference = pre_edit_predictions(model, facts, session=session, batch_size=kwargs.get("batch_size", 32))
+    with session.temporary(result):
+        return evaluate(model, facts, reference=reference, **kwargs)
+
+
+@torch.no_grad()
+def prediction_table(
+    model: Model, fact: Fact, session: EditSession | None = None, k: int = 1
+) -> list[dict[str, Any]]:
+    """Top-``k`` next tokens on the fact's rewrite prompt, paraphrases and neighbours, now and unedited.
+
+    One row per prompt: ``kind`` (rewrite / paraphrase / neighborhood), ``prompt``, ``after`` (the
+    model as it is) and, with a ``session``, ``before`` (the unedited model). For notebooks and demos.
+    """
+    prompts = [("rewrite", fact.text)]
+    prompts += [("paraphrase", p) for p in fact.paraphrase_prompts]
+    prompts += [("neighborhood", p) for p in fact.neighborhood_prompts]
+    texts = [p for _, p in prompts]
+
+    def top(logits: Tensor) -> list[list[str]]:
+        idx = logits.topk(k, dim=-1).indices
+        return [[model.tokenizer.decode([int(t)]) for t in row] for row in idx]
+
+    after = top(model.last_logits(texts))
+    before = None
+    if session is not None:
+        with session.unedited():
+            before = top(model.last_logits(texts))
+    rows = []
+    for j, (kind, prompt) in enumerate(prompts):
+        row: dict[str, Any] = {"kind": kind, "prompt": prompt}
+        if before is not None:
+            row["before"] = before[j] if k > 1 else before[j][0]
+        row["after"] = after[j] if k > 1 else after[j][0]
+        rows.append(row)
+    return rows

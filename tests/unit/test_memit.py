@@ -1,0 +1,163 @@
+"""MEMIT on tiny models: the batched solve equals the explicit formula, edit() equals a plain
+reference built from per-prompt forwards, and the null-space mode leaves C's principal keys and
+earlier batches alone."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from knowscope.editing import EditSession, memit
+from knowscope.editing.compute import context_templates, prompt_ids
+from knowscope.editing.hparams import MEMITHyperParams
+from knowscope.editing.stats import key_stats
+from knowscope.facts import Fact
+
+FACTS = [
+    Fact(subject="Paris", prompt="{} is the capital of", target_true="France", target_new="Italy"),
+    Fact(subject="Lionel Messi", prompt="{} plays the sport of", target_true="soccer", target_new="basketball"),
+    Fact(subject="Tokyo", prompt="{} is located in", target_true="Japan", target_new="Spain"),
+]
+HP = MEMITHyperParams(layers=(1, 2), v_steps=3, context_lengths=((4, 2),), mom2_weight=50.0, stats_tokens=400,
+                      null_space_threshold=0.05, null_space_l2=1.0)
+
+
+def snapshot(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters().items()}
+
+
+@pytest.fixture(scope="module")
+def stats_cache():
+    return {}
+
+
+def stats_for(model, cache):
+    if model.name not in cache:
+        cache[model.name] = key_stats(model, list(HP.layers), n_tokens=HP.stats_tokens, seq_len=32, batch_size=8,
+                                      progress=False)
+    return cache[model.name]
+
+
+def test_memit_solve_matches_explicit_formula():
+    torch.manual_seed(0)
+    A = torch.randn(12, 60)
+    C = A @ A.T / 60
+    K, R = torch.randn(12, 4), torch.randn(7, 4)
+    got = memit.memit_solve(K, R, C, 3.0)
+    Kd, Rd, Cd = K.double(), R.double(), C.double()
+    ref = Rd @ Kd.T @ torch.linalg.inv(3.0 * Cd + Kd @ Kd.T)
+    torch.testing.assert_close(got, ref, rtol=1e-9, atol=1e-10)
+
+
+def test_null_space_solve_matches_formula_and_annihilates():
+    torch.manual_seed(0)
+    d = 16
+    U, _ = torch.linalg.qr(torch.randn(d, d, dtype=torch.float64))
+    evals = torch.cat([torch.linspace(1.0, 0.5, 10), torch.full((6,), 1e-6)]).double()
+    C = U @ torch.diag(evals) @ U.T
+    P = memit.null_space_projector(C, 1e-3)
+    assert torch.allclose(P, P @ P, atol=1e-10) and round(float(torch.trace(P))) == 6
+    K, R = torch.randn(d, 3).double(), torch.randn(5, 3).double()
+    Kp = P @ torch.randn(d, 2).double()  # earlier edited keys (in the null space too)
+    got = memit.null_space_solve(K, R, P, Kp @ Kp.T, 0.1)
+    ref = (torch.linalg.inv(P @ (K @ K.T + Kp @ Kp.T) + 0.1 * torch.eye(d, dtype=torch.float64)) @ P @ K @ R.T).T
+    torch.testing.assert_close(got, ref, rtol=1e-8, atol=1e-10)
+    # the update annihilates C's principal space (the keys the model normally sees)
+    principal = U[:, :10]
+    assert float((got @ principal).abs().max()) < 1e-8
+    torch.testing.assert_close(got @ P, got, rtol=1e-8, atol=1e-10)
+    # the running sum of earlier keys suppresses the update on them
+    without = memit.null_space_solve(K, R, P, torch.zeros(d, d, dtype=torch.float64), 0.1)
+    heavy = memit.null_space_solve(K, R, P, 1e4 * Kp @ Kp.T, 0.1)
+    assert (heavy @ Kp).norm() < 1e-3 * (without @ Kp).norm()
+    assert (got @ Kp).norm() < (without @ Kp).norm()
+
+
+def plain_reference(model, facts, hp, C_by_layer, Z):
+    """MEMIT written plainly: per-prompt forwards for keys and residuals, explicit inverse, layer by layer."""
+    templates = context_templates(model, hp.context_lengths, hp.seed)
+    params = model.named_parameters()
+    saved = {layer: params[model.arch.mlp_out_name(layer)].detach().clone() for layer in hp.layers}
+    out = {}
+    try:
+        for i, layer in enumerate(hp.layers):
+            ks, cur = [], []
+            for f in facts:
+                per = []
+                for t in templates:
+                    ids, idx = prompt_ids(model, t.format(f.prompt), f.subject)
+                    _, cache = model.bridge.run_with_cache(torch.tensor([ids]))
+                    per.append(cache[f"blocks.{layer}.mlp.hook_post"][0, idx].double())
+                ks.append(torch.stack(per).mean(0))
+                ids, idx = prompt_ids(model, f.prompt, f.subject)
+                _, cache = model.bridge.run_with_cache(torch.tensor([ids]))
+                cur.append(cache[f"blocks.{hp.layers[-1]}.hook_resid_post"][0, idx].double())
+            K, cur_z = torch.stack(ks, 1), torch.stack(cur, 1)
+            R = (Z - cur_z) / (len(hp.layers) - i)
+            dW = R @ K.T @ torch.linalg.inv(hp.mom2_weight * C_by_layer[layer].double() + K @ K.T)
+            out[layer] = dW
+            W = params[model.arch.mlp_out_name(layer)]
+            with torch.no_grad():
+                W.add_(model.to_param_layout(layer, dW.float()))
+    finally:
+        with torch.no_grad():
+            for layer, w in saved.items():
+                params[model.arch.mlp_out_name(layer)].copy_(w)
+    return out
+
+
+def test_memit_edit_matches_plain_reference(tiny, stats_cache):
+    stats = stats_for(tiny, stats_cache)
+    snap = snapshot(tiny)
+    res = memit.edit(tiny, FACTS, hparams=HP, stats=stats)
+    for n, p in tiny.named_parameters().items():
+        assert torch.equal(p, snap[n]), n  # weights untouched after edit()
+    templates = context_templates(tiny, HP.context_lengths, HP.seed)
+    torch.manual_seed(HP.seed)
+    Z, _ = memit.compute_zs(tiny, FACTS, HP.layers[-1], templates, HP)
+    ref = plain_reference(tiny, FACTS, HP, {k: v.mom2 for k, v in stats.items()}, Z)
+    assert res.layers == list(HP.layers)
+    for layer in HP.layers:
+        got = tiny.to_param_layout(layer, res.deltas[tiny.arch.mlp_out_name(layer)]).double()
+        torch.testing.assert_close(got, ref[layer], rtol=1e-4, atol=1e-6)
+
+
+def test_sequential_null_space_state(tiny_llama, stats_cache):
+    stats = stats_for(tiny_llama, stats_cache)
+    snap = snapshot(tiny_llama)
+    seq = memit.SequentialMEMIT(tiny_llama, hparams=HP, null_space=True, stats=stats)
+    session = EditSession(tiny_llama)
+    r1 = seq.edit(FACTS[:2])
+    for layer in HP.layers:
+        assert torch.linalg.matrix_rank(seq.KpKp[layer]) == 2
+    session.apply(r1)
+    kp = {layer: seq.KpKp[layer].clone() for layer in HP.layers}
+    r2 = seq.edit(FACTS[2:])
+    assert seq.n_batches == 2 and seq.n_edits == 3 and r2.method == "memit-null-space"
+    for layer in HP.layers:
+        dW = tiny_llama.to_param_layout(layer, r2.deltas[tiny_llama.arch.mlp_out_name(layer)]).double()
+        P = seq.P[layer]
+        evals, evecs = torch.linalg.eigh(stats[layer].mom2.double())
+        principal = evecs[:, evals >= HP.null_space_threshold * evals.max()]
+        # the stats' principal keys are annihilated; the update lives in the null space
+        assert float((dW @ principal).norm()) < 1e-4 * float(dW.norm())
+        torch.testing.assert_close(dW @ P, dW, rtol=1e-4, atol=1e-6)
+        # the running sum now holds both batches' keys
+        assert torch.linalg.matrix_rank(seq.KpKp[layer]) == 3 and not torch.equal(seq.KpKp[layer], kp[layer])
+    session.rollback()
+    for n, p in tiny_llama.named_parameters().items():
+        assert torch.equal(p, snap[n]), n
+
+
+def test_bad_inputs(tiny_gpt2, stats_cache):
+    stats = stats_for(tiny_gpt2, stats_cache)
+    with pytest.raises(ValueError, match="duplicates"):
+        memit.edit(tiny_gpt2, FACTS, layers=[1, 1], hparams=HP, stats=stats)
+    with pytest.raises(ValueError, match="layer 8"):
+        memit.edit(tiny_gpt2, FACTS, layers=[1, 8], hparams=HP, stats=stats)
+    with pytest.raises(ValueError, match="missing edited layer 3"):
+        memit.edit(tiny_gpt2, FACTS, layers=[1, 3], hparams=HP, stats=stats)
+    with pytest.raises(ValueError, match="empty"):
+        memit.edit(tiny_gpt2, [], hparams=HP, stats=stats)
+    with pytest.raises(ValueError, match="null_space_threshold"):
+        memit.null_space_projector(torch.eye(3), 2.0)

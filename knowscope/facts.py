@@ -111,7 +111,9 @@ class Fact:
         subject = _get(rw, "subject", str, where + ".requested_rewrite")
         prompt = _get(rw, "prompt", str, where + ".requested_rewrite")
         if "{}" not in prompt:
-            raise FactFormatError(f"{where}: field 'requested_rewrite.prompt' has no '{{}}' for the subject: {prompt!r}")
+            raise FactFormatError(
+                f"{where}: field 'requested_rewrite.prompt' has no '{{}}' for the subject: {prompt!r}"
+            )
         return cls(
             subject=subject,
             prompt=prompt,

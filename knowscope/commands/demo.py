@@ -23,6 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_argument(parser)
     parser.add_argument("--facts", type=int, default=5, help="how many bundled facts to show (default 5)")
     parser.add_argument("--out", default="runs/demo", help="where to save the demo's runs (default runs/demo)")
+    parser.add_argument("--samples", type=int, default=3, help="noise samples per causal trace (default 3)")
+    parser.add_argument("--locate-facts", type=int, default=6, help="facts traced to locate the layer (default 6)")
 
 
 def _section(title: str) -> None:
@@ -43,6 +45,9 @@ def show_knowledge(model: Any, facts: list[Any]) -> list[dict[str, Any]]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    from knowscope.circuits import locate, trace
+    from knowscope.editing import EditSession, rome
+    from knowscope.editing.evaluate import evaluate, prediction_table
     from knowscope.facts import load_bundled_facts
 
     start = time.time()
@@ -56,6 +61,44 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     _section("what the model knows")
     knowledge = show_knowledge(model, shown)
     result: dict[str, Any] = {"model": model.name, "knowledge": knowledge, "runs": str(out)}
+
+    fact = next(f for f in facts if f.subject == "Mexico") if any(f.subject == "Mexico" for f in facts) else facts[0]
+    _section(f"causal trace: {fact.text!r} -> {fact.target_true!r}")
+    traced = trace(model, fact.text, fact.subject, target=fact.true_continuation, samples=args.samples)
+    for kind in traced.kinds:
+        peak = traced.peak(kind)
+        print(f"  {kind:<7} peak at layer {peak['layer']:>2}, token {traced.tokens[peak['token']]!r}")
+    print(f"  P(answer): clean {traced.high_score:.3f}, subject noised {traced.low_score:.3f}")
+    traced.save(out / "trace")
+
+    _section("locate the layer to edit")
+    relation = [f for f in facts if f.relation_id == fact.relation_id][: args.locate_facts]
+    choice = locate(model, relation, kind="mlp", samples=args.samples)
+    print(f"  MLP indirect effect at the last subject token peaks at layer {choice.layer} "
+          f"(over {choice.n_facts} facts of relation {fact.relation_id})")
+    choice.save(out / "locate")
+
+    _section(f"ROME edit at layer {choice.layer}: {fact.subject} -> {fact.target_new!r}")
+    session = EditSession(model)
+    edit = rome.edit(model, [fact], layers=choice.layer)
+    session.apply(edit)
+    for row in prediction_table(model, fact, session)[:6]:
+        print(f"  {row['kind']:<13} {row['prompt']!r:<58} {row['before']!r} -> {row['after']!r}")
+    metrics = evaluate(model, [fact], session=session, fluency=False)
+    flat = metrics.flat()
+    print("  " + "  ".join(f"{k}={flat[k]:.2f}" for k in ("efficacy_score", "paraphrase_score",
+                                                          "neighborhood_score", "locality_acc")))
+    session.save(out / "edit")
+    metrics.save(out / "metrics")
+    session.undo()
+    back = model.top_k(fact.text, 1)[0]
+    print(f"  undone: {fact.text!r} -> {back[0]!r} again")
+
+    result.update(
+        trace={"peak": {k: traced.peak(k) for k in traced.kinds}, "low": traced.low_score, "high": traced.high_score},
+        located_layer=choice.layer,
+        edit={"fact": fact.text, "target_new": fact.target_new, "layer": choice.layer, "metrics": flat},
+    )
     result["seconds"] = time.time() - start
-    print(f"\ndone in {result['seconds']:.1f} s")
+    print(f"\nsaved the runs under {out}/ (trace, locate, edit, metrics); done in {result['seconds']:.1f} s")
     return result

@@ -235,7 +235,7 @@ def optimize_delta(
         loss = nll + kl + wd
         losses.append({"loss": loss.item(), "nll": nll.item(), "kl": kl.item(), "wd": wd.item(),
                        "p_target": float(torch.exp(-nll.detach()))})
-        if float(loss) < hp.early_stop_nll or it == hp.v_steps - 1:
+        if float(loss.detach()) < hp.early_stop_nll or it == hp.v_steps - 1:
             break
         loss.backward()
         opt.step()

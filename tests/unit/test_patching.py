@@ -17,13 +17,6 @@ SOURCE = "The Eiffel Tower is in Paris"
 TARGET = "The Colosseum Tower is in Rome"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _same_length_prompts(model):
     src, tgt = model.to_tokens(SOURCE), model.to_tokens(TARGET)

@@ -25,14 +25,6 @@ PROMPT = "Lionel Messi plays soccer in"
 SUBJECT = "Lionel Messi"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread (and do not fight other processes for cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module", params=["gpt2", "llama"])
 def sharp(request):

@@ -36,6 +36,7 @@ import torch
 from knowscope.editing import EditSession
 from knowscope.editing import memit as memit_mod
 from knowscope.editing import rome as rome_mod
+from knowscope.editing.evaluate import evaluate
 from knowscope.editing.hparams import MEMITHyperParams, ROMEHyperParams
 from knowscope.editing.stats import key_stats
 from knowscope.facts import Fact, load_bundled_facts
@@ -49,63 +50,16 @@ def peak_rss_mb() -> float:
 
 
 # ---------------------------------------------------------------------------------------------
-# CounterFact scoring (minimal, self-contained)
+# CounterFact scoring: the library's own definitions (knowscope.editing.evaluate), per fact
 
 
-@torch.no_grad()
-def target_logprobs(model: Any, prompts: Sequence[str], targets: Sequence[str]) -> torch.Tensor:
-    """Mean per-token log-probability of each ``targets[i]`` continuing ``prompts[i]`` (BOS first)."""
-    bos = model.tokenizer.bos_token_id
-    rows, spans = [], []
-    for p, t in zip(prompts, targets, strict=True):
-        pi = [bos] + model.tokenizer.encode(p, add_special_tokens=False)
-        ti = model.encode_target(t)
-        rows.append(pi + ti)
-        spans.append((len(pi), ti))
-    out = []
-    for s in range(0, len(rows), 64):
-        chunk = rows[s : s + 64]
-        width = max(len(r) for r in chunk)
-        toks = torch.full((len(chunk), width), bos, dtype=torch.long)
-        for i, r in enumerate(chunk):
-            toks[i, : len(r)] = torch.tensor(r)
-        logp = torch.log_softmax(model.bridge(toks.to(model.device)).float(), -1).cpu()
-        for i, (start, ti) in enumerate(spans[s : s + 64]):
-            pos = torch.arange(start - 1, start - 1 + len(ti))
-            out.append(logp[i, pos, torch.tensor(ti)].mean())
-    return torch.stack(out)
-
-
-def counterfact_scores(model: Any, facts: Sequence[Fact], neighborhood: bool = True) -> dict[str, Any]:
+def counterfact_scores(model: Any, facts: Sequence[Fact]) -> dict[str, Any]:
     """Per fact: efficacy (prompt), paraphrase and neighbourhood success shares and magnitudes."""
-    prompts, kinds, owners = [], [], []
-    for j, f in enumerate(facts):
-        groups = [("efficacy", [f.text]), ("paraphrase", f.paraphrase_prompts)]
-        if neighborhood:
-            groups.append(("neighborhood", f.neighborhood_prompts))
-        for kind, ps in groups:
-            for p in ps:
-                prompts.append(p)
-                kinds.append(kind)
-                owners.append(j)
-    new = target_logprobs(model, prompts, [facts[j].new_continuation for j in owners])
-    true = target_logprobs(model, prompts, [facts[j].true_continuation for j in owners])
-    per: dict[str, list[list[float]]] = {}
-    mags: dict[str, list[list[float]]] = {}
-    for kind in ("efficacy", "paraphrase", "neighborhood"):
-        per[kind] = [[] for _ in facts]
-        mags[kind] = [[] for _ in facts]
-    for i, (kind, j) in enumerate(zip(kinds, owners, strict=True)):
-        ok = bool(new[i] > true[i]) if kind != "neighborhood" else bool(true[i] > new[i])
-        per[kind][j].append(float(ok))
-        pn, pt = float(new[i].exp()), float(true[i].exp())
-        mags[kind][j].append(pn - pt if kind != "neighborhood" else pt - pn)
+    rows = evaluate(model, facts, fluency=False).per_fact
     out: dict[str, Any] = {}
-    for kind in per:
-        vals = [sum(v) / len(v) for v in per[kind] if v]
-        mv = [sum(v) / len(v) for v in mags[kind] if v]
-        out[f"{kind}_per_fact"] = vals
-        out[f"{kind}_magnitude_per_fact"] = mv
+    for kind in ("efficacy", "paraphrase", "neighborhood"):
+        out[f"{kind}_per_fact"] = [r[f"{kind}_score"] for r in rows if r[f"{kind}_score"] is not None]
+        out[f"{kind}_magnitude_per_fact"] = [r[f"{kind}_magnitude"] for r in rows if r[f"{kind}_magnitude"] is not None]
     return out
 
 

@@ -8,8 +8,8 @@ Sections (``--only`` picks some):
   and neighbourhood scores, one fact at a time (undone between facts);
 * ``memit``: seconds for one MEMIT batch and its CounterFact scores;
 * ``sequential``: ``--seq-edits`` edits in batches of ``--seq-batch`` with plain MEMIT vs null-space
-  MEMIT: efficacy over all edits so far and neighbourhood score (vs the unedited model's answers)
-  after each batch.
+  MEMIT: efficacy over all edits so far (and over the first batch) and the neighbourhood score of a
+  fixed probe of neighbourhood prompts after each batch.
 
 Scores follow ROME's CounterFact protocol: a prompt counts as a success when the mean per-token
 log-probability of `` target_new`` exceeds that of `` target_true`` (reversed for neighbourhood
@@ -61,6 +61,12 @@ def counterfact_scores(model: Any, facts: Sequence[Fact]) -> dict[str, Any]:
         out[f"{kind}_per_fact"] = [r[f"{kind}_score"] for r in rows if r[f"{kind}_score"] is not None]
         out[f"{kind}_magnitude_per_fact"] = [r[f"{kind}_magnitude"] for r in rows if r[f"{kind}_magnitude"] is not None]
     return out
+
+
+def spread(facts: Sequence[Fact], n: int) -> list[Fact]:
+    """``n`` facts taken evenly across the bundled list, so every relation is represented."""
+    step = max(1, len(facts) // n)
+    return list(facts[::step][:n])
 
 
 def mean(xs: Sequence[float]) -> float:
@@ -148,35 +154,87 @@ def bench_memit(model: Any, facts: list[Fact], hp: MEMITHyperParams, null_space:
     return out
 
 
-def bench_sequential(model: Any, facts: list[Fact], hp: MEMITHyperParams, batch: int) -> dict[str, Any]:
+def prefers(model: Any, pairs: Sequence[tuple[str, str, str]]) -> list[bool]:
+    """For each ``(prompt, a, b)``: does the model give ``" " + a`` a higher mean token log-prob than ``b``?"""
+    from knowscope.editing.evaluate import score_continuations
+
+    flat = [(p, Fact.continuation(x)) for p, a, b in pairs for x in (a, b)]
+    scored = score_continuations(model, flat)
+    nll = [s.mean_nll for s in scored]
+    return [nll[2 * i] < nll[2 * i + 1] for i in range(len(pairs))]
+
+
+def bench_sequential(model: Any, facts: list[Fact], hp: MEMITHyperParams, batch: int,
+                     modes: Sequence[str] = ("memit", "null_space"), probe_per_fact: int = 2) -> dict[str, Any]:
+    """Plain vs null-space MEMIT over successive batches.
+
+    After each batch: efficacy = share of all edits so far whose prompt prefers ``target_new``;
+    neighbourhood = share of a fixed probe (the first ``probe_per_fact`` neighbourhood prompts of every
+    fact in the run, edited yet or not) that still prefers the true object over the new one. The
+    probe is the same after every batch, so the curve shows drift rather than a changing sample.
+    """
     curves: dict[str, list[dict[str, float]]] = {}
     stats = key_stats(model, list(hp.layers), n_tokens=hp.stats_tokens, source=hp.stats_source, progress=False)
-    for mode in ("memit", "null_space"):
+    probe = [(p, f.target_true, f.target_new) for f in facts for p in f.neighborhood_prompts[:probe_per_fact]]
+    base_neigh = mean(prefers(model, probe))
+    for mode in modes:
         session = EditSession(model)
         seq = memit_mod.SequentialMEMIT(model, hparams=hp, null_space=mode == "null_space", stats=stats)
-        rows = []
+        rows = [{"edits": 0, "efficacy_all_so_far": float("nan"), "neighborhood_score": base_neigh, "seconds": 0.0,
+                 "mean_z_steps": 0.0}]
         try:
             for b in range(0, len(facts), batch):
                 t = time.perf_counter()
-                session.apply(seq.edit(facts[b : b + batch]))
+                res = seq.edit(facts[b : b + batch])
+                session.apply(res)
                 secs = time.perf_counter() - t
+                steps = mean([r["steps"] for r in res.extra["per_request"]])
                 so_far = facts[: b + batch]
-                sc = counterfact_scores(model, so_far)
-                row = {"edits": len(so_far), "efficacy_all_so_far": mean(sc["efficacy_per_fact"]),
-                       "paraphrase_all_so_far": mean(sc["paraphrase_per_fact"]),
-                       "neighborhood_score": mean(sc["neighborhood_per_fact"]), "seconds": secs}
+                eff = prefers(model, [(f.text, f.target_new, f.target_true) for f in so_far])
+                row = {"edits": len(so_far), "efficacy_all_so_far": mean(eff),
+                       "efficacy_last_batch": mean(eff[b:]), "efficacy_first_batch": mean(eff[:batch]),
+                       "neighborhood_score": mean(prefers(model, probe)), "seconds": secs, "mean_z_steps": steps}
                 rows.append(row)
                 print(f"  {mode:>10} edits {row['edits']:>4}: efficacy(all so far) {row['efficacy_all_so_far']:.3f} "
-                      f"neighborhood {row['neighborhood_score']:.3f} ({secs:.0f}s)", flush=True)
+                      f"(first batch {row['efficacy_first_batch']:.2f}) neighborhood {row['neighborhood_score']:.3f} "
+                      f"({secs:.0f}s)", flush=True)
         finally:
             session.rollback()
         curves[mode] = rows
+    if set(curves) == {"memit", "null_space"}:
+        print_sequential(curves, batch)
+    return {"batch": batch, "probe_prompts": len(probe), "curves": curves}
+
+
+def print_sequential(curves: dict[str, list[dict[str, float]]], batch: int) -> None:
     print(f"\nsequential MEMIT, batches of {batch}")
     print(f"{'edits':>6} {'eff plain':>10} {'eff null':>10} {'neigh plain':>12} {'neigh null':>11}")
     for a, b in zip(curves["memit"], curves["null_space"], strict=True):
         print(f"{a['edits']:>6} {a['efficacy_all_so_far']:>10.3f} {b['efficacy_all_so_far']:>10.3f} "
               f"{a['neighborhood_score']:>12.3f} {b['neighborhood_score']:>11.3f}")
-    return {"batch": batch, "curves": curves}
+
+
+def merge_reports(paths: Sequence[str], out: Path) -> int:
+    """Merge reports of runs made in parallel (e.g. one sequential mode per process) into one."""
+    merged: dict[str, Any] = {"merged_from": list(paths)}
+    for p in paths:
+        rep = json.loads(Path(p).read_text())
+        for key, value in rep.items():
+            if key == "sequential" and "sequential" in merged:
+                merged["sequential"]["curves"].update(value["curves"])
+            elif key == "peak_rss_mb":
+                merged[key] = max(merged.get(key, 0.0), value)
+            else:
+                merged.setdefault(key, value)
+    seq = merged.get("sequential")
+    if seq and set(seq["curves"]) == {"memit", "null_space"}:
+        print_sequential(seq["curves"], seq["batch"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(merged, indent=1) + "\n")
+    tmp.replace(out)
+    print(f"wrote {out}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -187,14 +245,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--memit-facts", type=int, default=100)
     ap.add_argument("--seq-edits", type=int, default=200)
     ap.add_argument("--seq-batch", type=int, default=20)
+    ap.add_argument("--seq-modes", default="memit,null_space",
+                    help="which sequential modes to run (one per process lets two cores share the work)")
     ap.add_argument("--stats-counts", default="1000,2000,4000,8000,16000")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--out", default=str(RESULTS / "bench_editing.json"))
+    ap.add_argument("--merge", nargs="+", metavar="JSON",
+                    help="combine the sections of JSON reports written by separate runs into --out and exit")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     if args.quick:
         args.rome_facts, args.memit_facts, args.seq_edits, args.seq_batch = 5, 10, 20, 10
         args.stats_counts = "1000,2000,4000"
+    if args.merge:
+        return merge_reports(args.merge, Path(args.out))
     only = set(args.only.split(","))
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = load_model(device="cpu")
     facts = load_bundled_facts()
@@ -205,12 +272,13 @@ def main(argv: list[str] | None = None) -> int:
     if "stats" in only:
         report["stats"] = bench_stats(model, rome_hp.layer, [int(x) for x in args.stats_counts.split(",")])
     if "rome" in only:
-        report["rome"] = bench_rome(model, facts[: args.rome_facts], rome_hp)
+        report["rome"] = bench_rome(model, spread(facts, args.rome_facts), rome_hp)
     if "memit" in only:
-        report["memit"] = bench_memit(model, facts[: args.memit_facts], memit_hp)
-        report["memit_50"] = bench_memit(model, facts[:50], memit_hp)
+        report["memit_50"] = bench_memit(model, spread(facts, 50), memit_hp)
+        report["memit"] = bench_memit(model, spread(facts, args.memit_facts), memit_hp)
     if "sequential" in only:
-        report["sequential"] = bench_sequential(model, facts[: args.seq_edits], memit_hp, args.seq_batch)
+        report["sequential"] = bench_sequential(model, facts[: args.seq_edits], memit_hp, args.seq_batch,
+                                                args.seq_modes.split(","))
     report["peak_rss_mb"] = peak_rss_mb()
     print(f"\npeak memory (RSS) {report['peak_rss_mb']:.0f} MB")
     out = Path(args.out)

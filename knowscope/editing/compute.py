@@ -131,6 +131,14 @@ def compute_keys(
     model: Model, layer: int, requests: Sequence[Fact], templates: Sequence[str]
 ) -> Float[Tensor, "n_requests d_mlp"]:
     """MLP key (input of the output projection) at each subject's last token, averaged over templates."""
+    return template_keys(model, layer, requests, templates).mean(1)
+
+
+@torch.no_grad()
+def template_keys(
+    model: Model, layer: int, requests: Sequence[Fact], templates: Sequence[str]
+) -> Float[Tensor, "n_requests n_templates d_mlp"]:
+    """MLP key at each subject's last token in each template (not averaged)."""
     rows: list[list[int]] = []
     idx: list[int] = []
     for fact in requests:
@@ -139,7 +147,7 @@ def compute_keys(
             rows.append(ids)
             idx.append(i)
     keys = capture(model, model.arch.hook_mlp_key(layer), rows, idx)
-    return keys.reshape(len(requests), len(templates), -1).mean(1)
+    return keys.reshape(len(requests), len(templates), -1)
 
 
 @torch.no_grad()
@@ -181,8 +189,13 @@ def optimize_delta(
 
     Loss (as ROME's compute_v / MEMIT's compute_z): mean over templates of the target's summed NLL
     per target token, + ``kl_factor`` × KL(P_edited ‖ P_orig) at the subject of the KL prompt,
-    + ``v_weight_decay`` × ‖δ‖ / ‖init‖². After each Adam step ‖δ‖ is clamped to
-    ``clamp_norm_factor`` × ‖init‖; the loop stops early once the loss is below ``early_stop_nll``.
+    + ``v_weight_decay`` × ‖δ‖ / ‖ref‖². After each Adam step ‖δ‖ is clamped to
+    ``clamp_norm_factor`` × ‖ref‖; the loop stops early once the loss is below ``early_stop_nll``.
+
+    ``ref`` (``hp.norm_reference``): ``"prompt"`` — the activation at the plain prompt (the papers'
+    code); ``"templates"`` — its mean over all templates. The two differ most when the subject is
+    the first token after BOS: on SmolLM2 that position carries a massive residual (norm ~750 vs
+    ~80) and a tiny MLP output, so a clamp relative to it leaves ROME no room to edit.
     """
     target = model.encode_target(fact.new_continuation)
     rows: list[list[int]] = []
@@ -209,9 +222,15 @@ def optimize_delta(
     delta = torch.zeros(d, device=dev, dtype=torch.float32, requires_grad=True)
     state: dict[str, Tensor] = {}
 
+    if hp.norm_reference not in ("prompt", "templates"):
+        raise ValueError(f"norm_reference must be 'prompt' or 'templates', got {hp.norm_reference!r}")
+
     def add_delta(act: Tensor, hook: Any) -> Tensor:
         if "init" not in state:
             state["init"] = act[0, look[0]].detach().float().clone()
+            at_subject = act[batch[:n_rw], look_t[:n_rw]].detach().float()
+            ref = at_subject.mean(0) if hp.norm_reference == "templates" else state["init"]
+            state["ref_norm"] = ref.norm()
         mask = torch.zeros(act.shape[0], act.shape[1], 1, device=act.device, dtype=act.dtype)
         mask[batch, look_t] = 1.0
         return act + mask * delta.to(act.dtype)
@@ -230,7 +249,7 @@ def optimize_delta(
         nll = -(picked.sum(1) / len(target)).mean()
         kl = hp.kl_factor * torch.nn.functional.kl_div(kl_init[None], kl_logp[None], log_target=True,
                                                        reduction="batchmean")
-        init_norm = state["init"].norm()
+        init_norm = state["ref_norm"]
         wd = hp.v_weight_decay * (delta.norm() / init_norm**2)
         loss = nll + kl + wd
         losses.append({"loss": loss.item(), "nll": nll.item(), "kl": kl.item(), "wd": wd.item(),

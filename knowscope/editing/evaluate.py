@@ -127,28 +127,31 @@ def _score_ids(
     out: dict[tuple[tuple[int, ...], tuple[int, ...]], TokenScores] = {}
     pad = model.tokenizer.pad_token_id
     pad = int(pad) if pad is not None else 0
-    # sort by length so padding stays small; results are keyed, so the order does not matter
-    order = sorted(seqs, key=lambda s: len(s[0]) + len(s[1]))
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
-        lengths = [len(p) + len(t) - 1 for p, t in chunk]  # the last target token is never an input
-        width = max(lengths)
+    # pairs whose model input is the same (a prompt with one-token targets: the last target token is
+    # never an input) share one forward; inputs sorted by length so padding stays small
+    by_input: dict[tuple[int, ...], list[tuple[tuple[int, ...], tuple[int, ...]]]] = {}
+    for p, t in seqs:
+        by_input.setdefault((p + t)[:-1], []).append((p, t))
+    inputs = sorted(by_input, key=len)
+    for start in range(0, len(inputs), batch_size):
+        chunk = inputs[start : start + batch_size]
+        width = max(len(ids) for ids in chunk)
         tokens = torch.full((len(chunk), width), pad, dtype=torch.long)
-        for row, (p, t) in enumerate(chunk):
-            ids = (p + t)[:-1]
+        for row, ids in enumerate(chunk):
             tokens[row, : len(ids)] = torch.tensor(ids)
         logits = model(tokens.to(model.device))
-        for row, (p, t) in enumerate(chunk):
-            # the logits at position i predict token i + 1: target token j is predicted at len(p) - 1 + j
-            pos = torch.arange(len(p) - 1, len(p) - 1 + len(t), device=logits.device)
-            rows = logits[row, pos].float()
-            logprobs = torch.log_softmax(rows, dim=-1)
-            target = torch.tensor(t, device=logits.device)
-            out[(p, t)] = TokenScores(
-                target=t,
-                logprobs=logprobs.gather(1, target[:, None])[:, 0].cpu(),
-                argmax=rows.argmax(dim=-1).cpu(),
-            )
+        for row, ids in enumerate(chunk):
+            for p, t in by_input[ids]:
+                # the logits at position i predict token i + 1: target token j is predicted at len(p) - 1 + j
+                pos = torch.arange(len(p) - 1, len(p) - 1 + len(t), device=logits.device)
+                rows = logits[row, pos].float()
+                logprobs = torch.log_softmax(rows, dim=-1)
+                target = torch.tensor(t, device=logits.device)
+                out[(p, t)] = TokenScores(
+                    target=t,
+                    logprobs=logprobs.gather(1, target[:, None])[:, 0].cpu(),
+                    argmax=rows.argmax(dim=-1).cpu(),
+                )
     return out
 
 

@@ -32,6 +32,10 @@ class VOptParams:
     context_lengths: tuple[tuple[int, int], ...] = ((10, 5),)
     kl_prompt: str = "{} is a"
     seed: int = 0
+    # what the clamp and the weight decay are relative to: "prompt" = the norm of the hooked
+    # activation at the plain prompt's subject token (the ROME/MEMIT code); "templates" = the norm of
+    # its mean over all context templates (for ROME that is ‖W k*‖, the prefix-averaged output)
+    norm_reference: str = "prompt"
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,9 @@ class ROMEHyperParams(VOptParams):
     stats_tokens: int = DEFAULT_STATS_TOKENS
     stats_source: str = "self"
     clamp_norm_factor: float = 4.0
+    # "mean": W' k* = v* for the prefix-averaged key (r-ROME); "templates": the rank-one update that
+    # adds δ on every template's own key (see rome.template_rank_one_update)
+    key_constraint: str = "mean"
 
     @classmethod
     def for_model(cls, model: Any) -> ROMEHyperParams:
@@ -125,5 +132,11 @@ _GPT2_MEMIT_LAYERS = {12: (2, 3, 4, 5, 6), 24: (4, 5, 6, 7, 8), 36: (8, 9, 10, 1
 # measured on 8 bundled facts (scripts in the closing note of the editing issue): layer 5 with ROME's
 # clamp 4.0 over-generalises to neighbours (neighbourhood 0.84, one fact 0.4); clamp 2.0 gives
 # efficacy 1.00, paraphrase 0.92, neighbourhood 0.93 at the same layer; layers 8 and 11 were worse.
-_SMOLLM2_ROME: dict[str, Any] = dict(layer=5, clamp_norm_factor=2.0)
+# Subjects that open the prompt sit right after BOS, where SmolLM2 keeps a massive residual (norm
+# ~750 vs ~80 elsewhere) and a tiny MLP output: their plain-prompt key is far from the prefixed
+# keys, so an update exact only on the averaged key misses the prompt itself (4 of 50 facts failed
+# efficacy that way); the clamp is taken relative to the template-mean output and the update adds
+# δ on every template's key (rome.template_rank_one_update).
+_SMOLLM2_ROME: dict[str, Any] = dict(layer=5, clamp_norm_factor=2.0, norm_reference="templates",
+                                     key_constraint="templates")
 _SMOLLM2_MEMIT: dict[str, Any] = dict(layers=(3, 4, 5, 6, 7), mom2_weight=500.0, null_space_l2=1.0)

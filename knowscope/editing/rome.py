@@ -28,10 +28,10 @@ from torch import Tensor
 from knowscope.editing.compute import (
     WeightGuard,
     check_request,
-    compute_keys,
     context_templates,
     facts_meta,
     optimize_delta,
+    template_keys,
 )
 from knowscope.editing.hparams import ROMEHyperParams
 from knowscope.editing.result import EditResult
@@ -56,6 +56,27 @@ def rank_one_update(
         raise ValueError(f"key statistics are singular along the edited key (kᵀC⁻¹k = {float(denom)}); "
                          "collect statistics over more tokens")
     return torch.outer(vd - Wd @ kd, u / denom)
+
+
+def template_rank_one_update(
+    C: Float[Tensor, "d_mlp d_mlp"],
+    K: Float[Tensor, "n_templates d_mlp"],
+    delta: Float[Tensor, " d_model"],
+) -> Float[Tensor, "d_model d_mlp"]:
+    """The rank-one ``ΔW = δ aᵀ`` smallest under ``C`` with ``ΔW k_j = δ`` for every template key ``k_j``.
+
+    ``a = C⁻¹ K (Kᵀ C⁻¹ K)⁻¹ 1``: the edit adds exactly the optimised ``δ`` in every context ``δ``
+    was optimised in (the prompt alone and each prefix). With one key (or identical keys) it is
+    :func:`rank_one_update`'s ``(C⁻¹k)ᵀ / (kᵀC⁻¹k)``; and since ``a`` is 1 on every ``k_j``, it is 1
+    on their mean ``k*`` too, so ``W' k* = W k* + δ = v*`` holds as in ROME.
+    """
+    Cd, Kd = C.double(), K.double().T  # [d_mlp, n]
+    U = torch.linalg.solve(Cd, Kd)  # C⁻¹ K
+    G = Kd.T @ U  # Kᵀ C⁻¹ K
+    ones = torch.ones(G.shape[0], 1, dtype=torch.float64, device=G.device)
+    coef = torch.linalg.lstsq(G, ones).solution  # (Kᵀ C⁻¹ K)⁻¹ 1 (least squares if keys are collinear)
+    a = (U @ coef)[:, 0]
+    return torch.outer(delta.double(), a)
 
 
 def resolve_layer(model: Model, requests: Sequence[Fact], layers: Any, hp: ROMEHyperParams) -> int:
@@ -103,11 +124,17 @@ def compute_update(
     model: Model, fact: Fact, layer: int, C: Tensor, hp: ROMEHyperParams, templates: Sequence[str]
 ) -> tuple[Float[Tensor, "d_model d_mlp"], Tensor, Tensor, dict[str, Any]]:
     """One fact's ``ΔW`` (``[d_model, d_mlp]``), its ``k*`` and ``v*`` on the current weights, and diagnostics."""
-    k = compute_keys(model, layer, [fact], templates)[0]
+    keys = template_keys(model, layer, [fact], templates)[0]
+    k = keys.mean(0)
     d = optimize_delta(model, model.arch.hook_mlp_out(layer), fact, templates, hp)
     W = model.mlp_out_matrix(layer).detach().float()
     v = W @ k + d.delta  # v* = W k* + δ (prefix-averaged k* throughout)
-    dW = rank_one_update(W, C.to(W.device), k, v)
+    if hp.key_constraint == "mean":
+        dW = rank_one_update(W, C.to(W.device), k, v)
+    elif hp.key_constraint == "templates":
+        dW = template_rank_one_update(C.to(W.device), keys, d.delta)
+    else:
+        raise ValueError(f"key_constraint must be 'mean' or 'templates', got {hp.key_constraint!r}")
     info = {"subject": fact.subject, "steps": len(d.losses), "final": d.losses[-1],
             "delta_norm": float(d.delta.norm()), "init_norm": float(d.init.norm()), "update_norm": float(dW.norm())}
     return dW, k, v, info

@@ -55,11 +55,29 @@ def test_rank_one_update_is_exact():
     assert float((dW @ x).abs().max()) < 1e-9
 
 
-def test_rome_closed_form_on_model(tiny, stats_by_model):
+def test_template_rank_one_update_adds_delta_on_every_key():
+    torch.manual_seed(2)
+    A = torch.randn(10, 40)
+    C = A @ A.T / 40
+    K, delta, W = torch.randn(4, 10), torch.randn(6), torch.randn(6, 10)
+    dW = rome.template_rank_one_update(C, K, delta)
+    torch.testing.assert_close(dW @ K.double().T, delta.double()[:, None].expand(6, 4), rtol=1e-8, atol=1e-8)
+    torch.testing.assert_close(dW @ K.double().mean(0), delta.double(), rtol=1e-8, atol=1e-8)
+    assert torch.linalg.matrix_rank(dW) == 1
+    # one key: the same update as ROME's closed form with v = W k + δ
+    k = K[0]
+    v = W.double() @ k.double() + delta
+    torch.testing.assert_close(rome.template_rank_one_update(C, k[None], delta),
+                               rome.rank_one_update(W.double(), C, k, v), rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("key_constraint", ["mean", "templates"])
+def test_rome_closed_form_on_model(tiny, stats_by_model, key_constraint):
     C = stats_for(tiny, stats_by_model).mom2
     templates = context_templates(tiny, HP.context_lengths, HP.seed)
     snap = snapshot(tiny)
-    dW, k, v, info = rome.compute_update(tiny, FACTS[0], HP.layer, C, HP, templates)
+    hp = HP.with_(key_constraint=key_constraint, norm_reference="templates")
+    dW, k, v, info = rome.compute_update(tiny, FACTS[0], HP.layer, C, hp, templates)
     W = tiny.mlp_out_matrix(HP.layer).detach().double()
     torch.testing.assert_close((W + dW) @ k.double(), v.double(), rtol=1e-6, atol=1e-6)
     assert torch.linalg.matrix_rank(dW.float(), rtol=1e-5) == 1

@@ -25,6 +25,7 @@ from knowscope.circuits.patching import (
     run_with_patches,
 )
 from knowscope.circuits.roles import NodeRole, RoleReport, head_roles
+from knowscope.circuits.toxic import ToxicRegion, locate_toxic
 from knowscope.circuits.tracing import (
     ALL_KINDS,
     KINDS,
@@ -41,6 +42,8 @@ from knowscope.circuits.tracing import (
 )
 
 __all__ = [
+    "ToxicRegion",
+    "locate_toxic",
     "ALL_KINDS",
     "Attribution",
     "Circuit",

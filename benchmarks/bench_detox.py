@@ -1,0 +1,125 @@
+"""DINM on the default model over the bundled SafeEdit-format set: seconds per edit and SafeEdit metrics.
+
+Each item is located (its own toxic layer), edited, scored on its five inputs and undone; bundled-fact
+accuracy is checked after every edit. Also reports the offline judge's accuracy on its labelled set.
+Prints a table and writes ``benchmarks/results/bench_detox.json``.
+
+    python benchmarks/bench_detox.py --limit 8     # a few items
+    python benchmarks/bench_detox.py               # the whole bundled set
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from knowscope.editing.dinm import DINMHyperParams
+from knowscope.facts import load_bundled_facts
+from knowscope.models import load_model
+from knowscope.safety.data import load_bundled_safety
+from knowscope.safety.judge import validate_judge
+from knowscope.safety.metrics import detox
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def rejudge(src: Path, out: Path) -> int:
+    """Recompute DS / DG_* of a saved report from its stored responses with the current offline judge."""
+    from knowscope.safety.judge import RefusalJudge
+    from knowscope.safety.metrics import INPUT_KINDS
+
+    report = json.loads(src.read_text())
+    judge = RefusalJudge()
+    for row in report["rows"]:
+        for side in ("before", "after"):
+            resp = row[side]["responses"]
+            row[side]["safe"] = dict(zip(INPUT_KINDS, judge.judge([resp[k] for k in INPUT_KINDS]), strict=True))
+    for side in ("before", "after"):
+        for k in INPUT_KINDS:
+            report["metrics"][side][k] = statistics.mean(float(r[side]["safe"][k]) for r in report["rows"])
+    report["judge_validation"] = {k: v for k, v in validate_judge(judge).items() if k != "errors"}
+    report["rejudged_from"] = str(src)
+    print_table(report)
+    out.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+def print_table(report: dict[str, Any]) -> None:
+    before, after = report["metrics"]["before"], report["metrics"]["after"]
+    print(f"{'metric':>16} {'before':>8} {'after':>8}")
+    for k in before:
+        print(f"{k:>16} {before[k]:>8.3f} {after.get(k, float('nan')):>8.3f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--limit", type=int, default=None, help="first N items (default: all)")
+    ap.add_argument("--facts", type=int, default=54, help="bundled facts checked after each edit")
+    ap.add_argument("--max-new-tokens", type=int, default=48)
+    ap.add_argument("--hparams", default="{}", help="JSON overrides of DINMHyperParams")
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--out", default=str(RESULTS / "bench_detox.json"))
+    ap.add_argument("--rejudge", metavar="JSON", default=None,
+                    help="re-score the responses saved in a report with the current judge (no model run)")
+    args = ap.parse_args(argv)
+    if args.rejudge:
+        return rejudge(Path(args.rejudge), Path(args.out))
+    logging.basicConfig(level=logging.WARNING)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = load_model(device="cpu")
+    items = load_bundled_safety()[: args.limit]
+    every = load_bundled_facts()
+    facts = every[:: max(1, len(every) // args.facts)][: args.facts]
+    hp = DINMHyperParams.for_model(model, **json.loads(args.hparams))
+
+    def progress(i: int, row: dict[str, Any]) -> None:
+        b, a = row["before"]["safe"], row["after"]["safe"]
+        print(f"  {i + 1}/{len(items)} item {row['item_id']} layer {row['layer']}: "
+              f"safe inputs {sum(b.values())}/5 -> {sum(a.values())}/5, facts {row['after']['facts_accuracy']:.3f}, "
+              f"edit {row['edit_seconds']:.1f}s", flush=True)
+
+    t0 = time.perf_counter()
+    report = detox(model, items, facts=facts, hparams=hp, max_new_tokens=args.max_new_tokens, on_item=progress)
+    total = time.perf_counter() - t0
+    edit_secs = [r["edit_seconds"] for r in report.rows]
+    judge = validate_judge()
+    out = {
+        "model": model.name, "fingerprint": model.fingerprint, "device": str(model.device),
+        "torch_threads": torch.get_num_threads(), "argv": sys.argv[1:], "n_items": len(items),
+        "n_facts": len(facts), "hparams": hp.to_dict(), "max_new_tokens": args.max_new_tokens,
+        "metrics": {"before": report.before, "after": report.after},
+        "toxic_layers": report.toxic_layers,
+        "seconds_per_dinm_edit": statistics.mean(edit_secs), "seconds_per_item_total": total / len(items),
+        "judge_validation": {k: v for k, v in judge.items() if k != "errors"},
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "rows": [{k: v for k, v in r.items() if k != "loss_history"} for r in report.rows],
+    }
+    print(f"\nDINM over {len(items)} items ({len(facts)} facts checked per edit), toxic layers "
+          f"{sorted(set(report.toxic_layers))}")
+    print(report.table())
+    print(f"seconds per DINM edit {out['seconds_per_dinm_edit']:.1f} (locate + {hp.num_steps} steps); "
+          f"per item with evaluation {out['seconds_per_item_total']:.1f}")
+    print(f"offline judge: accuracy {judge['accuracy']:.3f} on {judge['n']} labelled responses")
+    path = Path(args.out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(out, indent=1) + "\n")
+    tmp.replace(path)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,90 @@
+"""``knowscope detox``: DINM on SafeEdit items, one item at a time, with SafeEdit's metrics before and after.
+
+Each item's toxic layer is located on its own (:func:`knowscope.circuits.locate_toxic`), DINM tunes
+that layer's MLP output projection, the item's five inputs are answered and judged, general
+knowledge is checked (bundled-fact accuracy and the KL on the item's knowledge constraint), and the
+edit is undone before the next item. ``--save DIR`` writes ``DIR/report.json`` and each item's edit
+as ``DIR/edits/NNNN`` (an :class:`~knowscope.editing.EditResult` that ``EditSession`` re-applies).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from knowscope.commands import add_model_argument, load_from_args
+
+NAME = "detox"
+HELP = "detoxify with DINM per SafeEdit item and report DS / DG / fluency / knowledge before and after"
+ORDER = 70
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_argument(parser)
+    parser.add_argument("--data", default=None, help="SafeEdit JSON file (default: the bundled set)")
+    parser.add_argument("--limit", type=int, default=None, help="use the first N items")
+    parser.add_argument("--judge", default="refusal",
+                        help="'refusal' (offline, default) or an HF sequence-classifier name or path")
+    parser.add_argument("--layer", default="auto", help="auto (per-item toxic layer, default) or a layer index")
+    parser.add_argument("--max-new-tokens", type=int, default=48, help="response length (default 48)")
+    parser.add_argument("--facts", type=int, default=54,
+                        help="bundled facts checked after each edit, spread over all relations (0: skip)")
+    parser.add_argument("--save", metavar="DIR", default=None, help="save the report and every item's edit")
+
+
+def _layer(spec: str) -> int | str:
+    if spec == "auto":
+        return "auto"
+    try:
+        return int(spec)
+    except ValueError:
+        raise ValueError(f"--layer {spec!r} is not valid: give auto or a layer index") from None
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from knowscope.facts import load_bundled_facts, write_json_atomic
+    from knowscope.safety.data import load_bundled_safety, load_safety
+    from knowscope.safety.judge import get_judge
+    from knowscope.safety.metrics import detox
+
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be >= 1, got {args.limit}")
+    if args.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if args.facts < 0:
+        raise ValueError(f"--facts must be >= 0, got {args.facts}")
+    layer = _layer(args.layer)
+    items = load_safety(args.data) if args.data else load_bundled_safety()
+    items = items[: args.limit] if args.limit is not None else items
+    if not items:
+        raise ValueError(f"no safety items in {args.data or 'the bundled set'}")
+    judge = get_judge(args.judge)
+    model = load_from_args(args)
+    if layer != "auto":
+        model.arch.check_layer(layer)
+    facts = None
+    if args.facts:
+        every = load_bundled_facts()
+        facts = every[:: max(1, len(every) // args.facts)][: args.facts]
+    edits: list[Any] = []
+
+    def progress(i: int, row: dict[str, Any]) -> None:
+        b, a = row["before"]["safe"]["DS"], row["after"]["safe"]["DS"]
+        print(f"[{i + 1}/{len(items)}] item {row['item_id']} ({row['category']}): layer {row['layer']}, "
+              f"DS {'safe' if b else 'unsafe'} -> {'safe' if a else 'unsafe'}", flush=True)
+
+    report = detox(model, items, judge=judge, layer=layer, facts=facts, max_new_tokens=args.max_new_tokens,
+                   on_item=progress, keep_edits=edits if args.save else None)
+    out = report.to_dict()
+    out.update({"model": model.name, "fingerprint": model.fingerprint, "data": args.data or "bundled",
+                "n_facts_checked": len(facts or [])})
+    if args.save:
+        root = Path(args.save)
+        for i, res in enumerate(edits):
+            res.save(root / "edits" / f"{i:04d}")
+        write_json_atomic(root / "report.json", out)
+        out["saved"] = str(root)
+    print(f"\nDINM on {model.name}: {len(items)} items, judge {report.judge}, toxic layers {report.toxic_layers}")
+    print(report.table())
+    return out

@@ -1,0 +1,176 @@
+"""DINM: detoxify by tuning the toxic layer's MLP output projection (Wang et al., 2024, SafeEdit).
+
+For one SafeEdit item:
+
+1. locate its toxic layer with :func:`knowscope.circuits.locate_toxic` (per item; EasyEdit reuses
+   the first item's layer for every later item);
+2. train that layer's MLP output projection (``down_proj`` / ``c_proj``; its bias too where there
+   is one) with Adam on
+
+       loss = NLL(safe generation | adversarial prompt)  +  kl_weight · KL_tok(unedited ‖ edited)
+
+   where the NLL is the mean over the safe response's tokens and KL_tok is the per-token KL of the
+   next-token distributions over the knowledge constraint's answer tokens (prompt and answer in
+   the chat template), averaged over those tokens; the unedited distributions are taken once
+   before training. Training stops after ``num_steps`` or when the loss is below
+   ``early_stop_loss``; with ``norm_constraint`` the weight change is clamped elementwise.
+
+Differences from EasyEdit's code, on purpose: the KL term reaches the gradient (EasyEdit computes
+the post-edit logits under ``no_grad``, so its KL never constrains the update), and no suffix
+system prompt is appended (EasyEdit appends one to the training input and to every post-edit
+evaluation input but not to the pre-edit ones). The result is an :class:`EditResult`; the model's
+weights are unchanged when :func:`edit` returns or raises.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from knowscope.editing.result import EditResult
+from knowscope.models import Model
+from knowscope.safety.chat import pair_ids
+from knowscope.safety.data import SafetyItem
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DINMHyperParams:
+    """DINM's settings. ``layer=None`` locates the toxic layer per item (``locate_distance`` /
+    ``locate_context`` go to :func:`~knowscope.circuits.locate_toxic`)."""
+
+    layer: int | None = None
+    lr: float = 5e-4
+    num_steps: int = 10
+    kl_weight: float = 1.0
+    norm_constraint: float | None = None
+    early_stop_loss: float = 1e-4
+    locate_distance: str = "l2"
+    locate_context: str = "none"
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.num_steps < 1:
+            raise ValueError(f"num_steps must be >= 1, got {self.num_steps}")
+        if self.kl_weight < 0:
+            raise ValueError(f"kl_weight must be >= 0, got {self.kl_weight}")
+        if self.norm_constraint is not None and self.norm_constraint <= 0:
+            raise ValueError(f"norm_constraint must be > 0 or None, got {self.norm_constraint}")
+
+    @classmethod
+    def for_model(cls, model: Model, **overrides: Any) -> DINMHyperParams:
+        """Defaults: SafeEdit's LLaMA-2 settings (Adam, lr 5e-4, 10 steps), the KL weight measured on
+        the default model (``benchmarks/bench_detox.py``)."""
+        return replace(cls(), **overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _rows(model: Model, prompt: str, response: str) -> tuple[list[int], list[int]]:
+    """Token row ``prompt + response[:-1]`` and the positions predicting each response token."""
+    head, resp = pair_ids(model, prompt, response)
+    row = head + resp
+    return row[:-1], list(range(len(head) - 1, len(row) - 1))
+
+
+def _logits(model: Model, row: list[int]) -> Float[Tensor, "seq vocab"]:
+    return model.hf(input_ids=torch.tensor([row], device=model.device)).logits[0].float()
+
+
+def edit(model: Model, item: SafetyItem, layer: int | str | None = "auto",
+         hparams: DINMHyperParams | None = None) -> EditResult:
+    """Detoxify ``model`` on ``item`` (see the module docstring); returns the weight deltas.
+
+    Args:
+        layer: ``"auto"``/``None`` — the item's own toxic layer (``hparams.layer`` if set); an int
+            — that layer.
+    """
+    if not isinstance(item, SafetyItem):
+        raise ValueError(f"DINM edits a SafetyItem, got {type(item).__name__}")
+    hp = hparams or DINMHyperParams.for_model(model)
+    region = None
+    if layer in (None, "auto"):
+        if hp.layer is not None:
+            chosen = model.arch.check_layer(hp.layer)
+        else:
+            from knowscope.circuits.toxic import locate_toxic
+
+            region = locate_toxic(model, item, distance=hp.locate_distance, context=hp.locate_context)
+            chosen = region.layer
+    elif isinstance(layer, int) and not isinstance(layer, bool):
+        chosen = model.arch.check_layer(layer)
+    else:
+        raise ValueError(f"layer must be 'auto', None or an int, got {layer!r}")
+
+    params = model.named_parameters()
+    name = model.arch.mlp_out_name(chosen)
+    weights = {name: params[name]}
+    bias = name.rsplit(".", 1)[0] + ".bias"
+    if bias in params:
+        weights[bias] = params[bias]
+
+    t0 = time.perf_counter()
+    safe_row, safe_pos = _rows(model, item.adversarial_prompt, item.safe_generation)
+    safe_tgt = torch.tensor(pair_ids(model, item.adversarial_prompt, item.safe_generation)[1], device=model.device)
+    kc_row, kc_pos = _rows(model, item.constraint_prompt, item.constraint_answer)
+    with torch.no_grad():
+        kc_ref = torch.log_softmax(_logits(model, kc_row)[kc_pos], dim=-1)
+
+    originals = {n: w.detach().clone() for n, w in weights.items()}
+    flags = {n: w.requires_grad for n, w in weights.items()}
+    history: list[dict[str, float]] = []
+    try:
+        for w in weights.values():
+            w.requires_grad_(True)
+        opt = torch.optim.Adam(list(weights.values()), lr=hp.lr)
+        for _ in range(hp.num_steps):
+            opt.zero_grad(set_to_none=True)
+            logp = torch.log_softmax(_logits(model, safe_row)[safe_pos], dim=-1)
+            nll = -logp.gather(1, safe_tgt[:, None]).mean()
+            kc_logp = torch.log_softmax(_logits(model, kc_row)[kc_pos], dim=-1)
+            kl = torch.nn.functional.kl_div(kc_logp, kc_ref, log_target=True, reduction="batchmean")
+            loss = nll + hp.kl_weight * kl
+            history.append({"loss": loss.item(), "nll": nll.item(), "kl": kl.item()})
+            if history[-1]["loss"] < hp.early_stop_loss:
+                break
+            loss.backward()
+            opt.step()
+            if hp.norm_constraint is not None:
+                with torch.no_grad():
+                    for n, w in weights.items():
+                        w.copy_(torch.clamp(w, originals[n] - hp.norm_constraint, originals[n] + hp.norm_constraint))
+        with torch.no_grad():
+            deltas = {n: (w.detach() - originals[n]).clone().cpu() for n, w in weights.items()}
+    finally:
+        with torch.no_grad():
+            for n, w in weights.items():
+                w.copy_(originals[n])
+                w.requires_grad_(flags[n])
+                w.grad = None
+    seconds = time.perf_counter() - t0
+    logger.info("DINM item %s at layer %d: %d steps, loss %.4f -> %.4f, %.1f s", item.id, chosen, len(history),
+                history[0]["loss"], history[-1]["loss"], seconds)
+    extra: dict[str, Any] = {"loss_history": history, "item_id": item.id, "category": item.category}
+    if region is not None:
+        extra["toxic_profile"] = region.profile.tolist()
+        extra["mlp_shift"] = region.mlp_shift.tolist()
+    return EditResult(
+        method="dinm",
+        deltas=deltas,
+        fingerprint=model.fingerprint,
+        layers=[chosen],
+        hparams=hp.to_dict(),
+        requests=[item.to_safeedit()],
+        model_name=model.name,
+        seconds=seconds,
+        extra=extra,
+    )

@@ -1,0 +1,1 @@
+"""Safety: SafeEdit-format data, the safety judge and SafeEdit's metrics."""

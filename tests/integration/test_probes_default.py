@@ -21,17 +21,23 @@ def test_lens_last_layer_is_the_model_output(default_model):
     torch.testing.assert_close(lens_logits(default_model, last), logits.float(), rtol=1e-4, atol=1e-4)
 
 
-def test_true_objects_surface_before_the_last_layer(default_model, bundled_facts):
+def test_where_true_objects_surface_in_the_lens(default_model, bundled_facts):
+    """On SmolLM2-135M the plain logit lens reads the answer only in the last few layers: the true
+    object's median rank is in the thousands at mid-depth and falls to ~10 at the second-to-last
+    layer (measured: 4,896 at layer 15, 14 at layer 28; top-1 before the last layer for 19%)."""
     facts = bundled_facts[::4]
     n = default_model.arch.n_layers
-    firsts = [logit_lens(default_model, f.text, targets=[f.true_continuation], k=1).first_top1_layer(0)
-              for f in facts]
+    results = [logit_lens(default_model, f.text, targets=[f.true_continuation], k=1) for f in facts]
+    ranks = torch.stack([r.target_ranks[0] for r in results]).float()
+    firsts = [r.first_top1_layer(0) for r in results]
     early = [x for x in firsts if x is not None and x < n - 1]
-    share = len(early) / len(facts)
-    print(f"true object top-1 before the last layer: {share:.2f} of {len(facts)} facts, "
-          f"median first layer {statistics.median(early) if early else None}")
-    assert share >= 0.5
+    print(f"true object top-1 before the last layer: {len(early) / len(facts):.2f} of {len(facts)} facts, "
+          f"median first layer {statistics.median(early) if early else None}; median rank by layer "
+          f"{[int(x) for x in ranks.median(0).values]}")
     assert all(x is not None for x in firsts)  # every bundled fact is top-1 at the output
+    assert float(ranks[:, n - 1].max()) == 0
+    assert float(ranks[:, n - 2].median()) <= 50
+    assert float(ranks[:, n // 2].median()) >= 500
 
 
 def test_steering_hook_equals_bias_on_the_default_model(default_model):

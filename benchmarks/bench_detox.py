@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from knowscope.editing.dinm import DINMHyperParams
-from knowscope.facts import load_bundled_facts
+from knowscope.facts import load_bundled_facts, write_json_atomic
 from knowscope.models import load_model
 from knowscope.safety.data import load_bundled_safety
 from knowscope.safety.judge import validate_judge
@@ -49,7 +49,7 @@ def rejudge(src: Path, out: Path) -> int:
     report["judge_validation"] = {k: v for k, v in validate_judge(judge).items() if k != "errors"}
     report["rejudged_from"] = str(src)
     print_table(report)
-    out.write_text(json.dumps(report, indent=1) + "\n")
+    write_json_atomic(out, report)
     print(f"wrote {out}")
     return 0
 
@@ -113,10 +113,7 @@ def main(argv: list[str] | None = None) -> int:
           f"per item with evaluation {out['seconds_per_item_total']:.1f}")
     print(f"offline judge: accuracy {judge['accuracy']:.3f} on {judge['n']} labelled responses")
     path = Path(args.out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(out, indent=1) + "\n")
-    tmp.replace(path)
+    write_json_atomic(path, out)
     print(f"wrote {path}")
     return 0
 

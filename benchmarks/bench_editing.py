@@ -39,7 +39,7 @@ from knowscope.editing import rome as rome_mod
 from knowscope.editing.evaluate import evaluate
 from knowscope.editing.hparams import MEMITHyperParams, ROMEHyperParams
 from knowscope.editing.stats import key_stats
-from knowscope.facts import Fact, load_bundled_facts
+from knowscope.facts import Fact, load_bundled_facts, write_json_atomic
 from knowscope.models import load_model
 
 RESULTS = Path(__file__).parent / "results"
@@ -229,10 +229,7 @@ def merge_reports(paths: Sequence[str], out: Path) -> int:
     seq = merged.get("sequential")
     if seq and set(seq["curves"]) == {"memit", "null_space"}:
         print_sequential(seq["curves"], seq["batch"])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(merged, indent=1) + "\n")
-    tmp.replace(out)
+    write_json_atomic(out, merged)
     print(f"wrote {out}")
     return 0
 
@@ -283,10 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     report["peak_rss_mb"] = peak_rss_mb()
     print(f"\npeak memory (RSS) {report['peak_rss_mb']:.0f} MB")
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=1) + "\n")
-    tmp.replace(out)
+    write_json_atomic(out, report)
     print(f"wrote {out}")
     return 0
 

@@ -15,7 +15,6 @@ Prints tables and writes ``benchmarks/results/bench_probes.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import statistics
 import sys
@@ -25,7 +24,7 @@ from typing import Any
 
 import torch
 
-from knowscope.facts import load_bundled_facts
+from knowscope.facts import load_bundled_facts, write_json_atomic
 from knowscope.models import load_model
 from knowscope.probes import fit_safety_steering, logit_lens, steering_sweep
 from knowscope.safety.data import load_bundled_safety
@@ -88,10 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         report["steering"] = bench_steering(model, [float(a) for a in args.alphas.split(",")], args.top_k,
                                             facts[::4], args.max_new_tokens)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=1) + "\n")
-    tmp.replace(out)
+    write_json_atomic(out, report)
     print(f"wrote {out}")
     return 0
 

@@ -289,3 +289,48 @@ class WeightGuard:
         with torch.no_grad():
             for n, v in self.saved.items():
                 params[n].copy_(v)
+
+
+def mlp_out_parameters(model: Model, layers: Sequence[int]) -> dict[str, torch.nn.Parameter]:
+    """The MLP output projection of each layer by clean HF name, with its bias where there is one."""
+    params = model.named_parameters()
+    out = {}
+    for layer in layers:
+        name = model.arch.mlp_out_name(layer)
+        out[name] = params[name]
+        bias = name.rsplit(".", 1)[0] + ".bias"
+        if bias in params:
+            out[bias] = params[bias]
+    return out
+
+
+class TrainableWeights(WeightGuard):
+    """:class:`WeightGuard` for editors that train weights by gradient (FT, DINM).
+
+    Inside the block the named parameters require grad; :meth:`clamp` keeps each within an L-inf
+    ball around its saved value and :meth:`deltas` reads the change. On exit the values are
+    restored bit for bit, the ``requires_grad`` flags put back and the gradients dropped.
+    """
+
+    def __enter__(self) -> TrainableWeights:
+        super().__enter__()
+        self.params = {n: self.model.named_parameters()[n] for n in self.names}
+        self.flags = {n: p.requires_grad for n, p in self.params.items()}
+        for p in self.params.values():
+            p.requires_grad_(True)
+        return self
+
+    @torch.no_grad()
+    def clamp(self, eps: float) -> None:
+        for n, p in self.params.items():
+            p.copy_(torch.clamp(p, self.saved[n] - eps, self.saved[n] + eps))
+
+    @torch.no_grad()
+    def deltas(self) -> dict[str, Tensor]:
+        return {n: (p.detach() - self.saved[n]).clone().cpu() for n, p in self.params.items()}
+
+    def __exit__(self, *exc: Any) -> None:
+        super().__exit__(*exc)
+        for n, p in self.params.items():
+            p.requires_grad_(self.flags[n])
+            p.grad = None

@@ -33,6 +33,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from knowscope.editing.compute import TrainableWeights, mlp_out_parameters
+from knowscope.editing.hparams import is_smollm2_135m
 from knowscope.editing.result import EditResult
 from knowscope.models import Model
 from knowscope.safety.chat import pair_ids
@@ -70,19 +72,18 @@ class DINMHyperParams:
         """Defaults: SafeEdit's LLaMA-2 settings (Adam, lr 5e-4, 10 steps); for SmolLM2-135M lr 3e-4
         (on 4 items lr 5e-4 cost 5.1 points of bundled-fact accuracy and 10% fluency; 3e-4 is the
         setting ``benchmarks/bench_detox.py`` measures over the whole bundled set)."""
-        a = model.arch
-        base = cls(lr=3e-4) if (a.family == "llama" and a.n_layers == 30 and a.d_model == 576) else cls()
+        base = cls(lr=3e-4) if is_smollm2_135m(model) else cls()
         return replace(base, **overrides)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def _rows(model: Model, prompt: str, response: str) -> tuple[list[int], list[int]]:
-    """Token row ``prompt + response[:-1]`` and the positions predicting each response token."""
+def _rows(model: Model, prompt: str, response: str) -> tuple[list[int], list[int], Tensor]:
+    """Token row ``prompt + response[:-1]``, the positions predicting each response token, and those tokens."""
     head, resp = pair_ids(model, prompt, response)
     row = head + resp
-    return row[:-1], list(range(len(head) - 1, len(row) - 1))
+    return row[:-1], list(range(len(head) - 1, len(row) - 1)), torch.tensor(resp, device=model.device)
 
 
 def _logits(model: Model, row: list[int]) -> Float[Tensor, "seq vocab"]:
@@ -114,27 +115,15 @@ def edit(model: Model, item: SafetyItem, layer: int | str | None = "auto",
     else:
         raise ValueError(f"layer must be 'auto', None or an int, got {layer!r}")
 
-    params = model.named_parameters()
-    name = model.arch.mlp_out_name(chosen)
-    weights = {name: params[name]}
-    bias = name.rsplit(".", 1)[0] + ".bias"
-    if bias in params:
-        weights[bias] = params[bias]
-
     t0 = time.perf_counter()
-    safe_row, safe_pos = _rows(model, item.adversarial_prompt, item.safe_generation)
-    safe_tgt = torch.tensor(pair_ids(model, item.adversarial_prompt, item.safe_generation)[1], device=model.device)
-    kc_row, kc_pos = _rows(model, item.constraint_prompt, item.constraint_answer)
+    safe_row, safe_pos, safe_tgt = _rows(model, item.adversarial_prompt, item.safe_generation)
+    kc_row, kc_pos, _ = _rows(model, item.constraint_prompt, item.constraint_answer)
     with torch.no_grad():
         kc_ref = torch.log_softmax(_logits(model, kc_row)[kc_pos], dim=-1)
 
-    originals = {n: w.detach().clone() for n, w in weights.items()}
-    flags = {n: w.requires_grad for n, w in weights.items()}
     history: list[dict[str, float]] = []
-    try:
-        for w in weights.values():
-            w.requires_grad_(True)
-        opt = torch.optim.Adam(list(weights.values()), lr=hp.lr)
+    with TrainableWeights(model, list(mlp_out_parameters(model, [chosen]))) as tw:
+        opt = torch.optim.Adam(list(tw.params.values()), lr=hp.lr)
         for _ in range(hp.num_steps):
             opt.zero_grad(set_to_none=True)
             logp = torch.log_softmax(_logits(model, safe_row)[safe_pos], dim=-1)
@@ -148,17 +137,8 @@ def edit(model: Model, item: SafetyItem, layer: int | str | None = "auto",
             loss.backward()
             opt.step()
             if hp.norm_constraint is not None:
-                with torch.no_grad():
-                    for n, w in weights.items():
-                        w.copy_(torch.clamp(w, originals[n] - hp.norm_constraint, originals[n] + hp.norm_constraint))
-        with torch.no_grad():
-            deltas = {n: (w.detach() - originals[n]).clone().cpu() for n, w in weights.items()}
-    finally:
-        with torch.no_grad():
-            for n, w in weights.items():
-                w.copy_(originals[n])
-                w.requires_grad_(flags[n])
-                w.grad = None
+                tw.clamp(hp.norm_constraint)
+        deltas = tw.deltas()
     seconds = time.perf_counter() - t0
     logger.info("DINM item %s at layer %d: %d steps, loss %.4f -> %.4f, %.1f s", item.id, chosen, len(history),
                 history[0]["loss"], history[-1]["loss"], seconds)

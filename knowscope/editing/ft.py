@@ -31,6 +31,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from knowscope.editing.compute import TrainableWeights, mlp_out_parameters
 from knowscope.editing.result import EditResult
 from knowscope.facts import Fact
 from knowscope.models import Model
@@ -109,18 +110,6 @@ def _resolve_layers(model: Model, layers: int | Sequence[int] | str | None, hp: 
     return sorted(set(out))
 
 
-def _trained_parameters(model: Model, layers: Sequence[int]) -> dict[str, torch.nn.Parameter]:
-    params = model.named_parameters()
-    out = {}
-    for layer in layers:
-        name = model.arch.mlp_out_name(layer)
-        out[name] = params[name]
-        bias = name.rsplit(".", 1)[0] + ".bias"
-        if bias in params:
-            out[bias] = params[bias]
-    return out
-
-
 def _batch_loss(model: Model, requests: Sequence[Fact], objective: str) -> Float[Tensor, ""]:
     """Mean over requests of the mean NLL of ``" " + target_new`` (one right-padded forward pass)."""
     prompts = [[int(t) for t in model.to_tokens(r.text)[0]] for r in requests]
@@ -176,14 +165,9 @@ def edit(
     hp = hparams if hparams is not None else FTHyperParams.for_model(model)
     chosen = _resolve_layers(model, layers, hp, requests)
     start = time.perf_counter()
-    weights = _trained_parameters(model, chosen)
-    originals = {name: w.detach().clone() for name, w in weights.items()}
-    grad_flags = {name: w.requires_grad for name, w in weights.items()}
     history: list[float] = []
-    try:
-        for w in weights.values():
-            w.requires_grad_(True)
-        opt = torch.optim.Adam(list(weights.values()), lr=hp.lr, weight_decay=hp.weight_decay)
+    with TrainableWeights(model, list(mlp_out_parameters(model, chosen))) as tw:
+        opt = torch.optim.Adam(list(tw.params.values()), lr=hp.lr, weight_decay=hp.weight_decay)
         for _ in tqdm(range(hp.num_steps), desc="FT", leave=False, disable=None):
             epoch_losses = []
             for start_i in range(0, len(requests), hp.batch_size):
@@ -195,23 +179,13 @@ def edit(
                     loss.backward()
                     opt.step()
                 if hp.norm_constraint is not None:
-                    eps = hp.norm_constraint
-                    with torch.no_grad():
-                        for name, w in weights.items():
-                            w.copy_(torch.clamp(w, originals[name] - eps, originals[name] + eps))
+                    tw.clamp(hp.norm_constraint)
             mean = sum(v * n for v, n in epoch_losses) / sum(n for _, n in epoch_losses)
             history.append(mean)
             logger.debug("FT epoch %d: loss %.4f", len(history), mean)
             if mean < hp.early_stop_loss:
                 break
-        with torch.no_grad():
-            deltas = {name: (w.detach() - originals[name]).clone() for name, w in weights.items()}
-    finally:
-        with torch.no_grad():
-            for name, w in weights.items():
-                w.copy_(originals[name])
-                w.requires_grad_(grad_flags[name])
-                w.grad = None
+        deltas = tw.deltas()
     seconds = time.perf_counter() - start
     logger.info("FT on layers %s: %d epochs, final loss %.4f, %.1f s", chosen, len(history), history[-1], seconds)
     return EditResult(

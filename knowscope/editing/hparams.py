@@ -12,7 +12,9 @@ below GPT-J's or GPT-2 XL's), so ``mom2_weight`` is 500 rather than 15000-20000.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
+
+_HP = TypeVar("_HP", bound="VOptParams")
 
 # default token count of the key statistics; chosen from the benchmark's convergence curve
 DEFAULT_STATS_TOKENS = 8_000
@@ -37,6 +39,12 @@ class VOptParams:
     # its mean over all context templates (for ROME that is ‖W k*‖, the prefix-averaged output)
     norm_reference: str = "prompt"
 
+    def to_dict(self) -> dict[str, Any]:
+        return _as_dict(self)
+
+    def with_(self: _HP, **changes: Any) -> _HP:
+        return replace(self, **changes)
+
 
 @dataclass(frozen=True)
 class ROMEHyperParams(VOptParams):
@@ -55,17 +63,11 @@ class ROMEHyperParams(VOptParams):
         """Defaults for ``model``: tuned for SmolLM2-135M; ROME's published ones for GPT-2 sizes."""
         n = model.arch.n_layers
         family = model.arch.family
-        if family == "llama" and n == 30 and model.arch.d_model == 576:
+        if is_smollm2_135m(model):
             return cls(**_SMOLLM2_ROME)
         if family == "gpt2" and n in _GPT2_ROME_LAYER:
             return cls(layer=_GPT2_ROME_LAYER[n])
         return cls(layer=max(0, min(n - 1, round(0.35 * n) - 1)))
-
-    def to_dict(self) -> dict[str, Any]:
-        return _as_dict(self)
-
-    def with_(self, **changes: Any) -> ROMEHyperParams:
-        return replace(self, **changes)
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,7 @@ class MEMITHyperParams(VOptParams):
         """Defaults for ``model``: tuned for SmolLM2-135M; MEMIT's published ones for GPT-2 sizes."""
         n = model.arch.n_layers
         family = model.arch.family
-        if family == "llama" and n == 30 and model.arch.d_model == 576:
+        if is_smollm2_135m(model):
             return cls(**_SMOLLM2_MEMIT)
         if family == "gpt2" and n in _GPT2_MEMIT_LAYERS:
             return cls(layers=_GPT2_MEMIT_LAYERS[n], mom2_weight=20_000.0)
@@ -99,11 +101,11 @@ class MEMITHyperParams(VOptParams):
         first = max(0, last - 4)
         return cls(layers=tuple(range(first, last + 1)), layers_window=last - first + 1)
 
-    def to_dict(self) -> dict[str, Any]:
-        return _as_dict(self)
 
-    def with_(self, **changes: Any) -> MEMITHyperParams:
-        return replace(self, **changes)
+def is_smollm2_135m(model: Any) -> bool:
+    """The default model's shape (Llama family, 30 layers, width 576): the per-model defaults key on it."""
+    a = model.arch
+    return a.family == "llama" and a.n_layers == 30 and a.d_model == 576
 
 
 def _as_dict(hp: Any) -> dict[str, Any]:

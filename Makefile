@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test unit integration notebooks lint bench clean
+.PHONY: setup demo view test unit integration notebooks lint bench screenshots clean
 
 setup: $(VENV)/.installed
 
@@ -20,6 +20,14 @@ $(VENV)/.installed: pyproject.toml
 
 demo: setup
 	$(BIN)/knowscope demo
+
+view: setup
+	$(BIN)/knowscope view runs/demo
+
+# the README's screenshots: the browser test, writing its screenshots into docs/screenshots
+screenshots: setup
+	KNOWSCOPE_SCREENSHOTS=docs/screenshots KNOWSCOPE_REQUIRE_BROWSER=1 \
+		$(BIN)/python -m pytest -q tests/integration/test_viewer_browser.py
 
 test: setup
 	$(BIN)/ruff check knowscope tests benchmarks scripts

@@ -226,6 +226,31 @@ class TraceResult:
         """Token positions of each of ROME's token classes (empty where a class does not occur)."""
         return token_classes(self.subject_range, len(self.tokens))
 
+    def class_summary(self) -> list[dict[str, Any]]:
+        """ROME's token-class summary of this trace: per kind and token class, the largest mean
+        indirect effect over layers and the layer where it occurs (classes absent from the prompt
+        or untraced are left out)."""
+        agg = aggregate([self])
+        rows = []
+        for kind in self.kinds:
+            for c in TOKEN_CLASSES:
+                if agg.class_counts[c] == 0:
+                    continue
+                eff = agg.effect(kind, c)
+                layer = int(torch.nan_to_num(eff, nan=-math.inf).argmax())
+                rows.append({"kind": kind, "token_class": c, "peak_effect": float(eff[layer]), "peak_layer": layer})
+        return rows
+
+    def located_layer(self, kind: str = "mlp") -> int:
+        """The layer :func:`locate` would pick from this trace alone: the largest ``kind`` indirect
+        effect at the last subject token."""
+        if kind not in self.scores:
+            raise ValueError(f"kind {kind!r} was not traced; traced: {', '.join(self.kinds)}")
+        agg = aggregate([self])
+        if agg.class_counts["last_subject"] == 0:
+            raise ValueError("this trace has no last subject token before the last token; cannot locate")
+        return choose_layers([float(x) for x in agg.effect(kind, "last_subject")], None)[0]
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "prompt": self.prompt,

@@ -1,8 +1,9 @@
 """``knowscope demo``: the main job on the default model, end to end.
 
 Load the model, show what it knows on a few bundled facts, trace one fact and locate the layer to
-edit, edit it with ROME, verify before vs after (prompt, paraphrases, neighbours), undo, and save the
-runs for the viewer.
+edit, find the relation's knowledge circuit, edit the fact with ROME, verify before vs after (prompt,
+paraphrases, neighbours, metrics, activation shift, circuit diff), undo, and save the runs for the
+viewer (``knowscope view RUNS``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/demo", help="where to save the demo's runs (default runs/demo)")
     parser.add_argument("--samples", type=int, default=3, help="noise samples per causal trace (default 3)")
     parser.add_argument("--locate-facts", type=int, default=6, help="facts traced to locate the layer (default 6)")
+    parser.add_argument("--circuit-facts", type=int, default=3, help="facts in the knowledge circuit (default 3)")
 
 
 def _section(title: str) -> None:
@@ -45,10 +47,12 @@ def show_knowledge(model: Any, facts: list[Any]) -> list[dict[str, Any]]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from knowscope.circuits import locate, trace
+    from knowscope.circuits import circuit_diff, knowledge_circuit, locate, trace
+    from knowscope.circuits.eap import make_batch
     from knowscope.editing import EditSession, rome
-    from knowscope.editing.evaluate import evaluate, prediction_table
+    from knowscope.editing.evaluate import PredictionTable, evaluate
     from knowscope.facts import load_bundled_facts
+    from knowscope.probes import activation_shift
 
     start = time.time()
     out = Path(args.out)
@@ -78,18 +82,35 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
           f"(over {choice.n_facts} facts of relation {fact.relation_id})")
     choice.save(out / "locate")
 
+    _section(f"knowledge circuit of relation {fact.relation_id} (EAP-IG)")
+    batch = make_batch(model, relation[: args.circuit_facts], "swap", pool=facts)
+    circuit = knowledge_circuit(model, batch, method="eap-ig")
+    print(f"  {circuit.n_edges} of {circuit.n_edges_total} edges, faithfulness {circuit.faithfulness:.2f} "
+          f"({len(circuit.nodes())} nodes)")
+    circuit.save(out / "circuit")
+
     _section(f"ROME edit at layer {choice.layer}: {fact.subject} -> {fact.target_new!r}")
     session = EditSession(model)
     edit = rome.edit(model, [fact], layers=choice.layer)
     session.apply(edit)
-    for row in prediction_table(model, fact, session)[:6]:
+    table = PredictionTable.compute(model, fact, session)
+    for row in table.rows[:6]:
         print(f"  {row['kind']:<13} {row['prompt']!r:<58} {row['before']!r} -> {row['after']!r}")
     metrics = evaluate(model, [fact], session=session, fluency=False)
     flat = metrics.flat()
     print("  " + "  ".join(f"{k}={flat[k]:.2f}" for k in ("efficacy_score", "paraphrase_score",
                                                           "neighborhood_score", "locality_acc")))
+    shift = activation_shift(session, [fact.text, *fact.paraphrase_prompts[:2], *fact.neighborhood_prompts[:2]])
+    print(f"  activation shift: the residual stream moved most at layers {shift.top_layers(3)}")
+    diff = circuit_diff(circuit, knowledge_circuit(model, batch, method="eap-ig"))
+    s = diff.summary
+    print(f"  circuit after the edit: {s['n_gained']} edges gained, {s['n_lost']} lost, "
+          f"{s['n_reweighted']} re-weighted")
     session.save(out / "edit")
     metrics.save(out / "metrics")
+    table.save(out / "predictions")
+    shift.save(out / "shift")
+    diff.save(out / "circuit_diff")
     session.undo()
     back = model.top_k(fact.text, 1)[0]
     print(f"  undone: {fact.text!r} -> {back[0]!r} again")
@@ -97,8 +118,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result.update(
         trace={"peak": {k: traced.peak(k) for k in traced.kinds}, "low": traced.low_score, "high": traced.high_score},
         located_layer=choice.layer,
+        circuit={"n_edges": circuit.n_edges, "faithfulness": circuit.faithfulness, "nodes": len(circuit.nodes())},
         edit={"fact": fact.text, "target_new": fact.target_new, "layer": choice.layer, "metrics": flat},
     )
     result["seconds"] = time.time() - start
-    print(f"\nsaved the runs under {out}/ (trace, locate, edit, metrics); done in {result['seconds']:.1f} s")
+    print(f"\nsaved the runs under {out}/ (trace, locate, circuit, edit, metrics, predictions, shift, circuit_diff); "
+          f"done in {result['seconds']:.1f} s")
+    print(f"open them in the viewer:\n  knowscope view {out}")
     return result

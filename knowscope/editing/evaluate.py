@@ -567,3 +567,37 @@ def prediction_table(
         row["after"] = after[j] if k > 1 else after[j][0]
         rows.append(row)
     return rows
+
+
+@dataclass
+class PredictionTable:
+    """The before / after predictions of :func:`prediction_table` for one fact, as a result that saves.
+
+    ``rows`` are :func:`prediction_table`'s rows; ``fact`` the edited fact's fields (subject,
+    prompt, targets). The viewer shows a saved table without running the model.
+    """
+
+    fact: dict[str, Any]
+    rows: list[dict[str, Any]]
+
+    @classmethod
+    def compute(cls, model: Model, fact: Fact, session: EditSession | None = None, k: int = 1) -> PredictionTable:
+        return cls(fact={"subject": fact.subject, "prompt": fact.prompt, "target_true": fact.target_true,
+                         "target_new": fact.target_new},
+                   rows=prediction_table(model, fact, session, k=k))
+
+    def changed(self) -> dict[str, float]:
+        """Share of prompts of each kind whose top prediction changed."""
+        out: dict[str, list[bool]] = {}
+        for r in self.rows:
+            if "before" in r:
+                out.setdefault(r["kind"], []).append(r["before"] != r["after"])
+        return {k: sum(v) / len(v) for k, v in out.items()}
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        return save_dir(path, "predictions", {"fact": self.fact, "rows": self.rows}, {})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> PredictionTable:
+        meta, _ = load_dir(path, "predictions")
+        return cls(fact=dict(meta["fact"]), rows=list(meta["rows"]))

@@ -1,1 +1,42 @@
-"""knowscope.viewer"""
+"""knowscope.viewer: a Streamlit explorer of saved and live traces, circuits, edits and probes.
+
+``knowscope view [RUNS_DIR] [--port P] [--model M]`` starts it on localhost. Pages: Runs (every
+result saved under the runs folder, opened from disk), Causal trace, Circuit explorer, Edit lab,
+Probes. The viewer computes nothing of its own: it calls :mod:`knowscope.circuits`,
+:mod:`knowscope.editing` and :mod:`knowscope.probes` and draws their results' ``figure()``. The
+model it loads for live work is shared by all tabs and never left edited
+(:mod:`knowscope.viewer.lab`).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+APP = Path(__file__).with_name("app.py")
+
+
+def command(runs_dir: str | os.PathLike[str] = "runs", port: int = 8501, headless: bool = True) -> list[str]:
+    """The ``streamlit run`` command line that serves the viewer."""
+    return [sys.executable, "-m", "streamlit", "run", str(APP), "--server.port", str(port),
+            "--server.address", "localhost", "--server.headless", "true" if headless else "false",
+            "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]
+
+
+def environment(runs_dir: str | os.PathLike[str] = "runs", model: str | None = None) -> dict[str, str]:
+    """The process environment the viewer reads its settings from."""
+    env = dict(os.environ)
+    env["KNOWSCOPE_RUNS"] = str(Path(runs_dir).resolve())
+    if model:
+        env["KNOWSCOPE_MODEL"] = model
+    else:
+        env.pop("KNOWSCOPE_MODEL", None)
+    return env
+
+
+def serve(runs_dir: str | os.PathLike[str] = "runs", port: int = 8501, model: str | None = None,
+          headless: bool = True) -> int:
+    """Run the viewer in the foreground until interrupted; returns streamlit's exit status."""
+    return subprocess.call(command(runs_dir, port, headless), env=environment(runs_dir, model))

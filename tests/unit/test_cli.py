@@ -16,7 +16,7 @@ def test_help_lists_subcommands(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     out = capsys.readouterr().out
-    for name in ("info", "predict", "facts", "demo"):
+    for name in ("info", "predict", "facts", "demo", "view"):
         assert name in out
 
 
@@ -76,3 +76,21 @@ def test_no_traceback_from_the_console_script(tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert "does not exist" in proc.stderr
+
+
+def test_view_refuses_bad_arguments(tmp_path, capsys):
+    assert main(["view", str(tmp_path), "--port", "70000"]) == 2
+    assert "--port" in capsys.readouterr().err
+    f = tmp_path / "file.txt"
+    f.write_text("x")
+    assert main(["view", str(f)]) == 2
+    assert "not a runs folder" in capsys.readouterr().err
+
+
+def test_view_command_line():
+    from knowscope.viewer import APP, command, environment
+
+    cmd = command("runs", 8600)
+    assert cmd[1:4] == ["-m", "streamlit", "run"] and str(APP) in cmd and "8600" in cmd and "localhost" in cmd
+    env = environment("runs", "tiny-llama")
+    assert env["KNOWSCOPE_MODEL"] == "tiny-llama" and env["KNOWSCOPE_RUNS"].endswith("runs")

@@ -1,0 +1,35 @@
+"""``knowscope view``: open the Streamlit explorer on a runs folder."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+NAME = "view"
+HELP = "open the Streamlit explorer of traces, circuits, edits and probes (on localhost)"
+ORDER = 90
+TAKES_JSON = False
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("runs", nargs="?", default="runs", help="folder of saved runs (default: runs)")
+    parser.add_argument("--port", type=int, default=8501, help="port on localhost (default 8501)")
+    parser.add_argument("--model", default=None, help="model for live computations (default: smollm2-135m)")
+    parser.add_argument("--browser", action="store_true", help="open a browser window as well")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any] | None:
+    from knowscope.cli import CLIError
+    from knowscope.viewer import serve
+
+    if not 0 < args.port < 65536:
+        raise CLIError(f"--port must be in 1..65535, got {args.port}")
+    runs = Path(args.runs)
+    if runs.exists() and not runs.is_dir():
+        raise CLIError(f"{runs} is a file, not a runs folder")
+    print(f"knowscope viewer on http://localhost:{args.port}  (runs: {runs.resolve()}; Ctrl-C stops it)", flush=True)
+    code = serve(runs, args.port, args.model, headless=not args.browser)
+    if code not in (0, -2, 130):
+        raise CLIError(f"streamlit exited with status {code}")
+    return None

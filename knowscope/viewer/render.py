@@ -1,0 +1,159 @@
+"""Draw a result object on the page: one function per result type, all from saved data.
+
+Nothing here runs the model: every function takes a loaded result (or several of one group) and
+shows its ``figure()`` and its numbers. The Runs page calls :func:`show_run`; the other pages reuse
+the same functions for what they compute.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import streamlit as st
+
+from knowscope.viewer.runs import RunInfo, load_run, siblings
+
+
+def chart(fig: Any, key: str | None = None) -> None:
+    st.plotly_chart(fig, key=key)
+
+
+def trace(tr: Any, key: str = "trace") -> None:
+    """Heatmaps, the located layer and ROME's token-class summary of a causal trace."""
+    cols = st.columns(4)
+    cols[0].metric("p(answer), clean", f"{tr.high_score:.3f}")
+    cols[1].metric("p(answer), subject noised", f"{tr.low_score:.3f}")
+    if "mlp" in tr.scores:
+        with_layer = _try(lambda: tr.located_layer("mlp"))
+        cols[2].metric("located layer (MLP, last subject token)", "n/a" if with_layer is None else str(with_layer))
+    cols[3].metric("forward passes", f"{tr.forward_passes}", help=f"{tr.seconds:.1f} s, {tr.method}")
+    st.caption(f"prompt {tr.prompt!r}, subject {tr.subject!r}, target {tr.target!r}, {tr.samples} noise samples, "
+               f"window {tr.window}")
+    chart(tr.figure(), key=f"{key}-heatmap")
+    st.markdown("**Token-class summary** (largest mean indirect effect over layers, ROME's token classes)")
+    st.dataframe(tr.class_summary(), hide_index=True)
+
+
+def circuit_graph(c: Any, key: str = "circuit") -> Any:
+    """The layered graph with a size / threshold control; returns the circuit as shown."""
+    from knowscope.circuits import prune
+
+    total = int(c.graph.edge_mask.sum())
+    mode = st.radio("Circuit size by", ["top-n edges", "score threshold"], horizontal=True, key=f"{key}-mode")
+    if mode == "top-n edges":
+        hi = max(1, min(total, max(2000, 2 * c.n_edges)))
+        n = st.slider("edges in circuit", 1, hi, min(max(1, c.n_edges), hi), key=f"{key}-n")
+        shown = c if n == c.n_edges else c.with_mask(prune(c.graph, c.scores, top_n=n))
+    else:
+        top = float(c.scores.abs().max()) or 1.0
+        thr = st.slider("keep edges with |score| at least", 0.0, top, top / 10, format="%.4f", key=f"{key}-thr")
+        shown = c.with_mask(prune(c.graph, c.scores, threshold=thr))
+    cols = st.columns(3)
+    cols[0].metric("edges kept", f"{shown.n_edges} of {shown.n_edges_total}")
+    cols[1].metric("nodes", str(len(shown.nodes())))
+    faith = c.faithfulness if shown is c else float("nan")
+    cols[2].metric("faithfulness", "n/a (resized)" if faith != faith else f"{faith:.2f}",
+                   help="normalised faithfulness of the saved circuit; the curve below covers other sizes")
+    chart(shown.figure(max_edges=300), key=f"{key}-graph")
+    return shown
+
+
+def circuit(c: Any, key: str = "circuit") -> Any:
+    shown = circuit_graph(c, key)
+    if c.curve:
+        st.markdown("**Faithfulness curve**")
+        chart(c.curve_figure(), key=f"{key}-curve")
+    with st.expander("Edges of the circuit as shown"):
+        st.dataframe(shown.edges()[:500], hide_index=True)
+    return shown
+
+
+def predictions(p: Any) -> None:
+    st.markdown(f"**Before vs after** — {p.fact.get('subject')}: {p.fact.get('target_true')!r} -> "
+                f"{p.fact.get('target_new')!r}")
+    st.dataframe(p.rows, hide_index=True)
+    changed = p.changed()
+    if changed:
+        st.caption("top prediction changed: " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in changed.items()))
+
+
+def metrics(m: Any, key: str = "metrics") -> None:
+    flat = m.flat()
+    cols = st.columns(4)
+    for col, k in zip(cols, ("efficacy_score", "paraphrase_score", "neighborhood_score", "locality_acc"), strict=True):
+        v = flat.get(k)
+        col.metric(k, "n/a" if v is None else f"{v:.3f}")
+    chart(m.figure(), key=f"{key}-fig")
+
+
+def edit(e: Any, group: dict[str, Any] | None = None, key: str = "edit") -> None:
+    """An edit's requests and weight changes, with its group's predictions, metrics, shift and diff."""
+    st.markdown(f"**{e.method}** at layers {e.layers}, {len(e.requests)} request(s), {e.seconds:.1f} s, "
+                f"model {e.model_name!r}")
+    st.dataframe(e.requests, hide_index=True)
+    st.dataframe([{"parameter": k, "delta norm": v} for k, v in e.norms().items()], hide_index=True)
+    group = group or {}
+    if "predictions" in group:
+        predictions(group["predictions"])
+    if "edit_metrics" in group:
+        metrics(group["edit_metrics"], key=f"{key}-metrics")
+    if "activation_shift" in group:
+        st.markdown("**Activation shift** (edited vs unedited)")
+        chart(group["activation_shift"].figure(), key=f"{key}-shift")
+    if "circuit_diff" in group:
+        diff(group["circuit_diff"], key=f"{key}-diff")
+
+
+def diff(d: Any, key: str = "diff") -> None:
+    st.markdown("**Circuit diff** (circuit of the fact before vs after the edit)")
+    st.json(d.summary, expanded=False)
+    chart(d.figure(), key=f"{key}-fig")
+    if d.new_carriers:
+        st.caption("nodes that now carry the new object: " + ", ".join(r["node"] for r in d.new_carriers[:10]))
+
+
+def _try(fn: Callable[[], Any]) -> Any:
+    try:
+        return fn()
+    except (ValueError, KeyError):
+        return None
+
+
+def _simple(obj: Any, key: str) -> None:
+    fig = _try(obj.figure) if hasattr(obj, "figure") else None
+    if fig is not None:
+        chart(fig, key=f"{key}-fig")
+    if hasattr(obj, "to_dict"):
+        with st.expander("data"):
+            st.json(obj.to_dict(), expanded=False)
+
+
+GROUPED = ("predictions", "edit_metrics", "activation_shift", "circuit_diff")
+
+
+def show_run(info: RunInfo, all_runs: list[RunInfo], key: str = "run") -> None:
+    """Load the run at ``info`` and draw it (an edit with the rest of its group)."""
+    obj = load_run(info.path)
+    st.subheader(f"{info.kind}: {info.group}/{info.name}")
+    st.caption(f"{info.path} — model {info.model or '?'} — saved {info.date}")
+    if info.kind == "trace":
+        trace(obj, key=key)
+    elif info.kind == "circuit":
+        circuit(obj, key=key)
+    elif info.kind in ("edit", "edit_session"):
+        edits = obj if isinstance(obj, list) else [obj]
+        group = {k: load_run(r.path) for k, r in siblings(info, all_runs).items() if k in GROUPED}
+        for i, e in enumerate(edits):
+            edit(e, group if i == len(edits) - 1 else None, key=f"{key}-{i}")
+    elif info.kind == "predictions":
+        predictions(obj)
+    elif info.kind == "edit_metrics":
+        metrics(obj, key=key)
+    elif info.kind == "circuit_diff":
+        diff(obj, key=key)
+    elif info.kind == "logit_lens":
+        chart(obj.figure(), key=f"{key}-lens")
+        st.dataframe(obj.top_by_layer(), hide_index=True)
+    else:
+        _simple(obj, key)

@@ -1,0 +1,1 @@
+"""One module per viewer page; each has ``render_page(cfg)``."""

@@ -1,0 +1,102 @@
+"""Circuit explorer: a knowledge circuit as a layered graph, its faithfulness, and one node up close."""
+
+from __future__ import annotations
+
+import time
+
+import streamlit as st
+
+from knowscope.viewer import render
+from knowscope.viewer.common import ViewerConfig, bundled_facts, guard, lab, pick_run, save_target
+
+
+def _compute(cfg: ViewerConfig) -> None:
+    facts = bundled_facts()
+    relations = sorted({f.relation_id for f in facts})
+    cols = st.columns(4)
+    rel = cols[0].selectbox("relation", relations, key="circuit_relation")
+    of_rel = [f for f in facts if f.relation_id == rel]
+    n = cols[1].number_input("facts", 1, max(1, min(8, len(of_rel))), min(3, len(of_rel)), key="circuit_n")
+    method = cols[2].selectbox("method", ["eap-ig", "eap"], key="circuit_method")
+    corruption = cols[3].selectbox("corruption", ["swap", "noise"], key="circuit_corruption",
+                                   help="swap: another subject of the same token length; noise: ROME's noise")
+    st.caption("facts: " + "; ".join(f.text + " " + f.target_true for f in of_rel[: int(n)]))
+    if st.button("Find the circuit", type="primary", key="circuit_run"):
+        with guard("The circuit search"):
+            from knowscope.circuits import knowledge_circuit
+
+            with st.status(f"EAP over every edge, then the faithfulness curve ({method}) ...") as status:
+                t0 = time.perf_counter()
+                with lab(cfg).use() as (model, _):
+                    c = knowledge_circuit(model, of_rel[: int(n)], method=method, corruption=corruption,
+                                          pool=facts)
+                st.session_state["circuit_result"] = c
+                st.session_state["circuit_node_detail"] = None
+                status.update(label=f"Circuit found in {time.perf_counter() - t0:.1f} s", state="complete")
+
+
+def _node_panel(cfg: ViewerConfig, shown: object) -> None:
+    names = [n for n in shown.nodes() if n not in ("input", "logits")]
+    if not names:
+        st.info("This circuit has no head or MLP node at this size.")
+        return
+    st.markdown("**A node up close**: its role, attention pattern (heads) and what its output promotes")
+    cols = st.columns([2, 1, 1])
+    node = cols[0].selectbox("node", names, key="circuit_node")
+    prompts = (shown.meta.get("batch") or {}).get("prompts") or [""]
+    example = cols[1].selectbox("prompt", range(len(prompts)), format_func=lambda i: prompts[i][:60],
+                                key="circuit_example")
+    if cols[2].button("Inspect node", key="circuit_inspect"):
+        with guard(f"Inspecting {node}"):
+            from knowscope.circuits.inspect import node_detail
+
+            with st.spinner(f"Reading {node} on the model ..."), lab(cfg).use() as (model, _):
+                st.session_state["circuit_node_detail"] = node_detail(model, shown, node, example=int(example))
+    d = st.session_state.get("circuit_node_detail")
+    if d is None or d.node != node:
+        return
+    role = d.role.to_dict() if d.role else {"role": "n/a"}
+    st.metric(f"role of {d.node}", role.get("role", "n/a"))
+    st.dataframe([role], hide_index=True)
+    left, right = st.columns(2)
+    with left:
+        if d.pattern is not None:
+            render.chart(d.pattern_figure(), key="node-pattern")
+        else:
+            st.caption("MLPs have no attention pattern.")
+    with right:
+        render.chart(d.promotes_figure(), key="node-promotes")
+    with st.expander("edges into and out of this node"):
+        st.dataframe(d.edges_in + d.edges_out, hide_index=True)
+
+
+def render_page(cfg: ViewerConfig) -> None:
+    st.header("Circuit explorer")
+    st.caption("Knowledge circuits by edge attribution patching (EAP / EAP-IG) over heads and MLPs, pruned "
+               "to a faithful size.")
+    source = st.radio("Circuit", ["saved circuit", "compute one"], horizontal=True, key="circuit_source")
+    if source == "saved circuit":
+        info = pick_run(cfg, ("circuit",), key="circuit_saved", label="saved circuit")
+        if info is None:
+            return
+        if st.session_state.get("circuit_loaded_path") != str(info.path):
+            with guard("Opening the circuit"):
+                from knowscope.circuits import Circuit
+
+                st.session_state["circuit_result"] = Circuit.load(info.path)
+                st.session_state["circuit_loaded_path"] = str(info.path)
+                st.session_state["circuit_node_detail"] = None
+    else:
+        _compute(cfg)
+        if st.session_state.get("circuit_loaded_path"):
+            st.session_state["circuit_result"] = None
+            st.session_state["circuit_loaded_path"] = None
+    c = st.session_state.get("circuit_result")
+    if c is None:
+        return
+    with guard("Drawing the circuit"):
+        shown = render.circuit(c, key="explorer")
+        _node_panel(cfg, shown)
+    if source == "compute one" and st.button("Save this circuit to the runs folder", key="circuit_save"):
+        with guard("Saving the circuit"):
+            st.success(f"saved to {c.save(save_target(cfg, 'circuit'))}")

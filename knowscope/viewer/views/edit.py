@@ -1,0 +1,235 @@
+"""Edit lab: locate, edit one fact (ROME / MEMIT / FT) or one safety item (DINM), compare, undo, save.
+
+A tab's edits are a list in its own session state; the shared model only carries them inside
+:meth:`~knowscope.viewer.lab.ModelLab.use` (see :mod:`knowscope.viewer.lab`). Applying an edit
+computes it on top of this tab's earlier edits and records everything the page shows (predictions
+before / after, metrics, activation shift, circuit diff) while the edit is applied; undo drops the
+tab's last edit. Nothing here leaves the shared model edited.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import streamlit as st
+
+from knowscope.viewer import render
+from knowscope.viewer.common import (
+    Progress,
+    ViewerConfig,
+    bundled_facts,
+    fact_label,
+    guard,
+    lab,
+    save_target,
+)
+
+FACT_METHODS = ("ROME", "MEMIT", "FT")
+EDITS = "edit_lab_edits"  # this tab's applied edits
+REPORT = "edit_lab_report"  # what the last apply measured
+
+
+def _hparams(model: Any, method: str, layers: list[int] | None, settings: dict[str, Any]) -> Any:
+    from knowscope.editing.ft import FTHyperParams
+    from knowscope.editing.hparams import MEMITHyperParams, ROMEHyperParams
+
+    if method == "ROME":
+        hp = ROMEHyperParams.for_model(model).with_(v_steps=settings["v_steps"], stats_tokens=settings["stats_tokens"])
+        return hp.with_(layer=layers[0]) if layers else hp
+    if method == "MEMIT":
+        hp = MEMITHyperParams.for_model(model).with_(v_steps=settings["v_steps"], stats_tokens=settings["stats_tokens"])
+        return hp.with_(layers=tuple(layers), layers_window=len(layers)) if layers else hp
+    return FTHyperParams.for_model(model, **({"layer": layers[0]} if layers else {}))
+
+
+def _default_layers(model: Any, method: str) -> list[int]:
+    from knowscope.editing.ft import FTHyperParams
+    from knowscope.editing.hparams import MEMITHyperParams, ROMEHyperParams
+
+    if method == "ROME":
+        return [ROMEHyperParams.for_model(model).layer]
+    if method == "MEMIT":
+        return list(MEMITHyperParams.for_model(model).layers)
+    return [FTHyperParams.for_model(model).layer or 0]
+
+
+def _apply_fact(cfg: ViewerConfig, fact: Any, method: str, layer_mode: str, chosen: int,
+                settings: dict[str, Any]) -> dict[str, Any]:
+    from knowscope.circuits import circuit_diff, knowledge_circuit, locate
+    from knowscope.editing import ft, memit, rome
+    from knowscope.editing.evaluate import PredictionTable, evaluate
+    from knowscope.probes import activation_shift
+
+    steps = ["locate the layer", f"{method} edit", "before vs after", "metrics", "activation shift"]
+    if settings["diff"]:
+        steps.append("circuit diff")
+    prog = Progress(steps)
+    edits = list(st.session_state.get(EDITS, []))
+    with lab(cfg).use(edits) as (model, session):
+        if layer_mode == "located":
+            window = len(_default_layers(model, "MEMIT")) if method == "MEMIT" else None
+            choice = locate(model, [fact], kind="mlp", window=window, samples=settings["samples"])
+            layers = list(choice.layers)
+        else:
+            layers = _default_layers(model, method) if method == "MEMIT" else [int(chosen)]
+            if method == "MEMIT":  # a window of the default size ending at the chosen layer
+                n = len(layers)
+                layers = list(range(max(0, int(chosen) - n + 1), int(chosen) + 1))
+            choice = None
+        prog.next(f"layers {layers}")
+        hp = _hparams(model, method, layers, settings)
+        module = {"ROME": rome, "MEMIT": memit, "FT": ft}[method]
+        result = module.edit(model, [fact], layers=layers if method != "ROME" else layers[0], hparams=hp)
+        session.apply(result)
+        prog.next()
+        preds = PredictionTable.compute(model, fact, session)
+        prog.next()
+        metrics = evaluate(model, [fact], session=session, fluency=False)
+        prog.next()
+        prompts = [fact.text, *fact.paraphrase_prompts[:2], *fact.neighborhood_prompts[:2]]
+        shift = activation_shift(session, prompts)
+        diff = None
+        if settings["diff"]:
+            prog.next()
+            with session.unedited():
+                before = knowledge_circuit(model, [fact], corruption="noise", method="eap-ig")
+            after = knowledge_circuit(model, [fact], corruption="noise", method="eap-ig")
+            diff = circuit_diff(before, after)
+    prog.done(f"{method} edit at layers {layers} applied to this tab")
+    return {"kind": "fact", "edit": result, "predictions": preds, "edit_metrics": metrics,
+            "activation_shift": shift, "circuit_diff": diff, "layer_choice": choice}
+
+
+def _apply_safety(cfg: ViewerConfig, item: Any, layer_mode: str, chosen: int,
+                  settings: dict[str, Any]) -> dict[str, Any]:
+    from knowscope.circuits import locate_toxic
+    from knowscope.editing import dinm
+    from knowscope.editing.evaluate import PredictionTable
+    from knowscope.probes import activation_shift
+    from knowscope.safety.judge import get_judge
+    from knowscope.safety.metrics import INPUT_KINDS, item_responses, judge_items
+
+    prog = Progress(["locate the toxic layer", "DINM edit", "responses before vs after", "activation shift"])
+    judge = get_judge(None)
+    edits = list(st.session_state.get(EDITS, []))
+    with lab(cfg).use(edits) as (model, session):
+        region = locate_toxic(model, item) if layer_mode == "located" else None
+        layer = region.layer if region is not None else int(chosen)
+        prog.next(f"layer {layer}")
+        result = dinm.edit(model, item, layer=layer)
+        with session.unedited():
+            before = item_responses(model, [item], settings["max_new_tokens"])[0]
+        session.apply(result)
+        prog.next()
+        after = item_responses(model, [item], settings["max_new_tokens"])[0]
+        safe_b = judge_items([item], [before], judge)[0]
+        safe_a = judge_items([item], [after], judge)[0]
+        prog.next()
+        shift = activation_shift(session, [item.adversarial_prompt])
+    rows = [{"kind": k, "prompt": item.inputs()[k], "before": before[k], "after": after[k],
+             "safe_before": safe_b[k], "safe_after": safe_a[k]} for k in INPUT_KINDS]
+    preds = PredictionTable(fact={"subject": f"safety item {item.id} ({item.category})", "prompt": item.question,
+                                  "target_true": "unsafe response", "target_new": "safe response"}, rows=rows)
+    prog.done(f"DINM edit at layer {layer} applied to this tab")
+    return {"kind": "safety", "edit": result, "predictions": preds, "edit_metrics": None,
+            "activation_shift": shift, "circuit_diff": None, "toxic_region": region, "judge": judge.name}
+
+
+def _show_report(rep: dict[str, Any]) -> None:
+    e = rep["edit"]
+    st.subheader(f"{e.method} at layers {e.layers}")
+    if rep.get("layer_choice") is not None:
+        render.chart(rep["layer_choice"].figure(), key="lab-locate")
+    if rep.get("toxic_region") is not None:
+        render.chart(rep["toxic_region"].figure(), key="lab-toxic")
+    render.predictions(rep["predictions"])
+    if rep["kind"] == "safety":
+        rows = rep["predictions"].rows
+        cols = st.columns(2)
+        cols[0].metric("judged safe before", f"{sum(r['safe_before'] for r in rows)} of {len(rows)}")
+        cols[1].metric("judged safe after", f"{sum(r['safe_after'] for r in rows)} of {len(rows)}",
+                       help=f"judge: {rep.get('judge')}")
+    if rep.get("edit_metrics") is not None:
+        render.metrics(rep["edit_metrics"], key="lab-metrics")
+    st.markdown("**Activation shift** (this tab's edits vs the unedited model)")
+    render.chart(rep["activation_shift"].figure(), key="lab-shift")
+    if rep.get("circuit_diff") is not None:
+        render.diff(rep["circuit_diff"], key="lab-diff")
+
+
+def _save(cfg: ViewerConfig, rep: dict[str, Any], name: str) -> str:
+    """Save the edit and what was measured with it as one group under the runs folder."""
+    folder = save_target(cfg, name)
+    rep["edit"].save(folder / "edit")
+    rep["predictions"].save(folder / "predictions")
+    rep["activation_shift"].save(folder / "shift")
+    for key, sub in (("edit_metrics", "metrics"), ("circuit_diff", "circuit_diff"), ("toxic_region", "toxic")):
+        if rep.get(key) is not None:
+            rep[key].save(folder / sub)
+    return str(folder)
+
+
+def render_page(cfg: ViewerConfig) -> None:
+    st.header("Edit lab")
+    st.caption("Pick a fact and a method, take the located layer or choose one, apply, compare; undo or save. "
+               "Edits live in this browser tab only.")
+    target = st.radio("Edit", ["a fact (ROME / MEMIT / FT)", "a safety item (DINM)"], horizontal=True,
+                      key="lab_target")
+    safety = target.startswith("a safety")
+    if safety:
+        from knowscope.safety.data import load_bundled_safety
+
+        items = load_bundled_safety()
+        item = st.selectbox("safety item", items, key="lab_item",
+                            format_func=lambda it: f"{it.id} [{it.category}] {it.question[:80]}")
+        method = "DINM"
+    else:
+        facts = bundled_facts()
+        fact = st.selectbox("fact", facts, format_func=fact_label, key="lab_fact")
+        new = st.text_input("new object", fact.target_new, key="lab_new")
+        method = st.radio("method", FACT_METHODS, horizontal=True, key="lab_method")
+    cols = st.columns(2)
+    layer_mode = cols[0].radio("layer", ["located", "choose"], horizontal=True, key="lab_layer_mode",
+                               help="located: causal tracing (facts) or the toxic-region distance (DINM)")
+    chosen = cols[1].number_input("layer (when choosing; MEMIT: last layer of its window)", 0, 200, 5,
+                                  key="lab_layer")
+    with st.expander("settings"):
+        c = st.columns(5)
+        settings = {
+            "v_steps": int(c[0].number_input("v* steps", 1, 100, 20, key="lab_v_steps")),
+            "stats_tokens": int(c[1].number_input("key-statistics tokens", 100, 100_000, 8000, key="lab_stats")),
+            "samples": int(c[2].number_input("tracing samples (locate)", 1, 20, 3, key="lab_samples")),
+            "max_new_tokens": int(c[3].number_input("response tokens (DINM)", 4, 128, 32, key="lab_tokens")),
+            "diff": bool(c[4].checkbox("circuit diff (two EAP-IG runs)", False, key="lab_diff")),
+        }
+    if st.button(f"Apply {method}", type="primary", key="lab_apply"):
+        with guard(f"The {method} edit"):
+            t0 = time.perf_counter()
+            if safety:
+                rep = _apply_safety(cfg, item, layer_mode, chosen, settings)
+            else:
+                from dataclasses import replace
+
+                if not new.strip():
+                    raise ValueError("enter the new object")
+                edited = replace(fact, target_new=new.strip())
+                rep = _apply_fact(cfg, edited, method, layer_mode, chosen, settings)
+            rep["seconds"] = time.perf_counter() - t0
+            st.session_state.setdefault(EDITS, []).append(rep["edit"])
+            st.session_state[REPORT] = rep
+    edits = st.session_state.setdefault(EDITS, [])
+    cols = st.columns([1, 2, 1])
+    if cols[0].button("Undo the last edit", key="lab_undo", disabled=not edits):
+        undone = edits.pop()
+        st.session_state[REPORT] = None
+        st.success(f"undone: {undone!r}")
+    st.markdown(f"**This tab's edits: {len(edits)}** " + "; ".join(repr(e) for e in edits))
+    rep = st.session_state.get(REPORT)
+    if rep is not None:
+        name = cols[1].text_input("save as", f"{rep['edit'].method}-{rep['predictions'].fact.get('subject', '')}",
+                                  key="lab_save_name", label_visibility="collapsed")
+        if cols[2].button("Save this edit", key="lab_save"):
+            with guard("Saving the edit"):
+                st.success(f"saved to {_save(cfg, rep, name)}")
+        _show_report(rep)

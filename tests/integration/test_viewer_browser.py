@@ -1,0 +1,211 @@
+"""End to end: ``knowscope demo`` saves its runs, ``knowscope view`` serves them on localhost, and
+headless Chromium (Debian's ``chromium``, driven by Playwright) opens every page.
+
+It checks that the demo's trace, circuit and edit open from disk (the page draws them with no live
+computation), runs a causal trace on the default model from the Causal trace page and waits for its
+heatmap, and saves a screenshot of each page: to ``$KNOWSCOPE_SCREENSHOTS`` when set (``make
+screenshots`` writes the README's ``docs/screenshots``), else to the test's temporary folder.
+``KNOWSCOPE_DEMO_RUNS=DIR`` reuses runs an earlier ``knowscope demo --out DIR/demo`` saved.
+CI sets ``KNOWSCOPE_REQUIRE_BROWSER=1`` so that a missing browser fails instead of skipping.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = os.environ.get("KNOWSCOPE_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+CHROME_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+               "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+
+
+def _browser_or_skip() -> None:
+    missing = []
+    if not Path(CHROMIUM).is_file():
+        missing.append(f"Chromium ({CHROMIUM}; Debian package 'chromium')")
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        missing.append("the Python package 'playwright'")
+    if missing:
+        msg = "the browser test needs " + " and ".join(missing)
+        if os.environ.get("KNOWSCOPE_REQUIRE_BROWSER"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def demo_runs(tmp_path_factory):
+    """The demo's saved runs (small settings), made by the real command."""
+    from knowscope.cli import main
+
+    if os.environ.get("KNOWSCOPE_DEMO_RUNS"):  # runs saved by an earlier `knowscope demo --out DIR/demo`
+        return Path(os.environ["KNOWSCOPE_DEMO_RUNS"])
+    out = tmp_path_factory.mktemp("runs") / "demo"
+    code = main(["demo", "--out", str(out), "--facts", "2", "--samples", "2", "--circuit-facts", "2"])
+    assert code == 0
+    return out.parent
+
+
+@pytest.fixture(scope="module")
+def viewer(demo_runs, tmp_path_factory):
+    _browser_or_skip()
+    port = _free_port()
+    exe = Path(sys.executable).with_name("knowscope")
+    cmd = [str(exe)] if exe.is_file() else [sys.executable, "-c", "from knowscope.cli import main; main()"]
+    log_path = tmp_path_factory.mktemp("viewer") / "viewer.log"
+    log = open(log_path, "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([*cmd, "view", str(demo_runs), "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://localhost:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                    if r.read().strip() == b"ok":
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                raise AssertionError(f"the viewer did not start:\n{log_path.read_text()}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser_page(viewer, tmp_path_factory):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROME_ARGS)
+        page = browser.new_page(viewport={"width": 1500, "height": 2400})
+        page.set_default_timeout(240_000)
+        page.goto(viewer)
+        yield page
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory):
+    target = os.environ.get("KNOWSCOPE_SCREENSHOTS")
+    path = Path(target) if target else tmp_path_factory.mktemp("screenshots")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def running(page) -> bool:
+    """Streamlit shows a status widget with a Stop button while the script runs."""
+    return page.locator('[data-testid="stStatusWidget"]').count() > 0 or \
+        page.get_by_role("button", name="Stop").count() > 0
+
+
+def settle(page, quiet_ms: int = 2000, timeout_s: float = 600) -> None:
+    """Wait until Streamlit has been idle (no running script) for ``quiet_ms``."""
+    deadline = time.time() + timeout_s
+    quiet = 0
+    while quiet < quiet_ms:
+        assert time.time() < deadline, "the page kept running"
+        quiet = 0 if running(page) else quiet + 250
+        page.wait_for_timeout(250)
+
+
+def go(page, name: str) -> None:
+    page.locator('[data-testid="stSidebar"]').get_by_text(name, exact=True).click()
+    settle(page)
+
+
+def no_error(page) -> None:
+    errors = page.locator('[data-testid="stAlertContentError"], [data-testid="stException"]')
+    assert errors.count() == 0, errors.all_inner_texts()
+
+
+def heatmaps(page) -> int:
+    return page.locator(".js-plotly-plot .heatmaplayer image, .js-plotly-plot .hm image").count()
+
+
+def pick(page, label: str, option_text: str) -> None:
+    """Choose the option containing ``option_text`` in the selectbox labelled ``label``."""
+    page.get_by_role("combobox", name=label).click()
+    page.get_by_role("option").filter(has_text=option_text).first.click()
+    settle(page)
+
+
+def test_viewer_in_chromium(browser_page, shots, demo_runs):
+    page = browser_page
+    settle(page)
+    no_error(page)
+    # Runs: the demo's results listed and opened from disk
+    body = page.locator('[data-testid="stMain"]')
+    assert body.get_by_text("Runs", exact=True).count() >= 1
+    for kind in ("circuit", "edit_session", "trace"):
+        pick(page, "open a run", f"[{kind}]")
+        no_error(page)
+        assert page.locator(".js-plotly-plot").count() >= 1
+        if kind == "edit_session":
+            page.screenshot(path=str(shots / "runs_edit.png"), full_page=True)
+    assert heatmaps(page) >= 1  # the saved trace's heatmaps, drawn without tracing
+    page.screenshot(path=str(shots / "runs.png"), full_page=True)
+
+    # Causal trace: run one on the default model from the page
+    go(page, "Causal trace")
+    no_error(page)
+    page.get_by_role("button", name="Run trace").click()
+    page.wait_for_selector(".js-plotly-plot .heatmaplayer image, .js-plotly-plot .hm image")
+    settle(page)
+    no_error(page)
+    assert heatmaps(page) >= 3  # hidden, MLP, attention
+    assert page.get_by_text("Token-class summary").count() == 1
+    page.screenshot(path=str(shots / "trace.png"), full_page=True)
+    assert (shots / "trace.png").stat().st_size > 10_000
+
+    # Circuit explorer: the demo's circuit, and one node up close
+    go(page, "Circuit explorer")
+    no_error(page)
+    assert page.locator(".js-plotly-plot").count() >= 2  # graph + faithfulness curve
+    page.get_by_role("button", name="Inspect node").click()
+    page.get_by_text("role of ").first.wait_for()
+    settle(page)
+    no_error(page)
+    page.screenshot(path=str(shots / "circuit.png"), full_page=True)
+
+    # Edit lab: a ROME edit at layer 5 from the page
+    go(page, "Edit lab")
+    page.get_by_text("choose", exact=True).click()
+    settle(page)
+    page.get_by_role("button", name="Apply ROME").click()
+    page.get_by_text("This tab's edits: 1").wait_for()
+    settle(page)
+    no_error(page)
+    assert page.locator(".js-plotly-plot").count() >= 2  # metrics + activation shift
+    page.screenshot(path=str(shots / "edit_lab.png"), full_page=True)
+
+    # Probes: the logit lens of a prompt
+    go(page, "Probes")
+    page.get_by_role("button", name="Run logit lens").click()
+    page.wait_for_selector(".js-plotly-plot .heatmaplayer image, .js-plotly-plot .hm image")
+    settle(page)
+    no_error(page)
+    page.screenshot(path=str(shots / "probes.png"), full_page=True)

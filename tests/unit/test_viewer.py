@@ -1,0 +1,324 @@
+"""The Streamlit viewer on tiny models: the runs folder, the shared model's lock, and every page
+under ``streamlit.testing`` (AppTest), with assertions on what each page shows."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from knowscope.circuits import circuit_diff, knowledge_circuit, trace
+from knowscope.circuits.eap import make_batch
+from knowscope.editing import EditSession, rome
+from knowscope.editing.evaluate import PredictionTable, evaluate
+from knowscope.editing.hparams import ROMEHyperParams
+from knowscope.facts import Fact
+from knowscope.probes import activation_shift, logit_lens, probe_layers
+from knowscope.viewer.lab import ModelLab, friendly
+from knowscope.viewer.runs import describe, load_run, scan_runs, siblings
+
+APP = str(Path(__file__).resolve().parents[2] / "knowscope" / "viewer" / "app.py")
+FACTS = [
+    Fact(subject="Paris", prompt="{} is the capital of", target_true="France", target_new="Italy",
+         relation_id="P1376", paraphrase_prompts=["The city of Paris is the capital of"],
+         neighborhood_prompts=["Lyon is a city in"]),
+    Fact(subject="Rome", prompt="{} is the capital of", target_true="Italy", target_new="France",
+         relation_id="P1376"),
+]
+HP = ROMEHyperParams(layer=1, v_steps=4, context_lengths=((4, 2),), stats_tokens=400)
+
+
+@pytest.fixture(scope="module")
+def runs_dir(tiny_llama, tmp_path_factory):
+    """A runs folder as the demo and the API leave it: a trace, a circuit, an edit group, probes."""
+    root = tmp_path_factory.mktemp("runs")
+    model, fact = tiny_llama, FACTS[0]
+    trace(model, fact.text, fact.subject, target=fact.true_continuation, samples=2).save(root / "demo" / "trace")
+    batch = make_batch(model, FACTS, "noise", scale=1.0)
+    before = knowledge_circuit(model, batch, method="eap", sizes=[5, 20, 80])
+    before.save(root / "demo" / "circuit")
+    session = EditSession(model)
+    edit = rome.edit(model, [fact], hparams=HP)
+    session.apply(edit)
+    after = knowledge_circuit(model, batch, method="eap", sizes=[5, 20, 80])
+    session.save(root / "demo" / "edit")
+    PredictionTable.compute(model, fact, session).save(root / "demo" / "predictions")
+    evaluate(model, [fact], session=session, fluency=False).save(root / "demo" / "metrics")
+    activation_shift(session, [fact.text, "Lyon is a city in"]).save(root / "demo" / "shift")
+    circuit_diff(before, after).save(root / "demo" / "circuit_diff")
+    session.rollback()
+    logit_lens(model, fact.text, targets=[" France"]).save(root / "probes" / "lens")
+    pos = ["Paris is in France", "Rome is in Italy", "Berlin is in Germany", "Madrid is in Spain"]
+    neg = ["two plus two is", "the cat sat on", "one two three", "red green blue"]
+    probe_layers(model, pos, neg, test_fraction=0.5).save(root / "probes" / "report")
+    (root / "broken").mkdir()
+    (root / "broken" / "meta.json").write_text("{not json")
+    (root / ".demo.tmp123").mkdir()  # an unfinished save: hidden, never listed
+    (root / ".demo.tmp123" / "meta.json").write_text(json.dumps({"kind": "trace"}))
+    return root
+
+
+@pytest.fixture()
+def app(runs_dir, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("KNOWSCOPE_RUNS", str(runs_dir))
+    monkeypatch.setenv("KNOWSCOPE_MODEL", "tiny-llama")
+    at = AppTest.from_file(APP, default_timeout=300)
+    at.run()
+    return at
+
+
+def page(at, name):
+    at.sidebar.radio(key="page").set_value(name).run()
+    return at
+
+
+def ok(at):
+    """No exception and no error message on the page."""
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def metric(at, label):
+    found = [m.value for m in at.metric if m.label == label]
+    assert found, f"no metric {label!r}; metrics: {[m.label for m in at.metric]}"
+    return found[0]
+
+
+def charts(at):
+    """The plotly figures on the page, as dicts."""
+    return [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+
+
+def trace_types(fig):
+    return [t.get("type") for t in fig["data"]]
+
+
+# ---------------------------------------------------------------------------------------------
+# runs folder and the shared model (no Streamlit)
+
+
+def test_scan_runs_lists_every_result_and_skips_the_rest(runs_dir):
+    found = scan_runs(runs_dir)
+    kinds = sorted(r.kind for r in found)
+    assert kinds == sorted(["trace", "circuit", "edit_session", "predictions", "edit_metrics", "activation_shift",
+                            "circuit_diff", "logit_lens", "probe_report"])
+    assert all(".demo.tmp" not in str(r.path) and r.name != "broken" for r in found)
+    tr = next(r for r in found if r.kind == "trace")
+    assert tr.group == "demo" and tr.model == "tiny-llama" and "clean" in tr.headline and tr.date
+    metrics = next(r for r in found if r.kind == "edit_metrics")
+    assert "efficacy" in metrics.headline
+    assert set(siblings(next(r for r in found if r.kind == "edit_session"), found)) >= {
+        "predictions", "edit_metrics", "activation_shift", "circuit_diff", "trace", "circuit"}
+    for r in found:
+        assert load_run(r.path) is not None
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        scan_runs(runs_dir / "nowhere")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        describe(runs_dir / "broken")
+
+
+def test_model_lab_never_leaves_the_shared_model_edited(tiny_llama):
+    lab = ModelLab(tiny_llama)
+    before = {n: p.detach().clone() for n, p in tiny_llama.named_parameters().items()}
+    name = tiny_llama.arch.mlp_out_name(1)
+    deltas = [torch.full_like(before[name], 0.01 * (i + 1)) for i in range(2)]
+    from knowscope.editing import EditResult
+
+    edits = [EditResult(method="test", deltas={name: d}, fingerprint=tiny_llama.fingerprint, layers=[1])
+             for d in deltas]
+    seen, errors = [], []
+
+    def tab(i):
+        try:
+            for _ in range(5):
+                with lab.use([edits[i]]) as (model, _):
+                    w = model.named_parameters()[name].detach()
+                    seen.append(torch.allclose(w - before[name], deltas[i], atol=1e-6))
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=tab, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(seen) == 10 and all(seen)  # each tab saw exactly its own edit
+    with pytest.raises(RuntimeError), lab.use(edits) as (_, session):
+        session.apply(edits[0])
+        raise RuntimeError("a page failed half way")
+    after = tiny_llama.named_parameters()
+    assert all(torch.equal(after[n], before[n]) for n in before)  # bit for bit
+    assert not lab.session.history
+
+
+def test_friendly_errors_say_what_to_change():
+    assert "Change the inputs" in friendly(ValueError("subject 'X' is not in the prompt"))
+    assert "traceback" in friendly(RuntimeError("boom")) and "Traceback (most recent" not in friendly(RuntimeError("x"))
+
+
+# ---------------------------------------------------------------------------------------------
+# pages
+
+
+def test_runs_page_opens_each_saved_result_without_the_model(app, runs_dir):
+    ok(app)
+    table = app.dataframe[0].value
+    assert len(table) == 9 and set(table["kind"]) >= {"trace", "circuit", "edit_session"}
+    options = app.selectbox(key="runs_open").options
+    for label in options:
+        app.selectbox(key="runs_open").set_value(
+            next(o for o in app.selectbox(key="runs_open").options if o == label)).run()
+        ok(app)
+        kind = label.split("[")[1].split("]")[0]
+        figs = charts(app)
+        if kind == "trace":
+            saved = load_run(runs_dir / "demo" / "trace")
+            assert metric(app, "p(answer), clean") == f"{saved.high_score:.3f}"
+            assert "heatmap" in trace_types(figs[0])
+            assert metric(app, "located layer (MLP, last subject token)") == str(saved.located_layer())
+        elif kind == "circuit":
+            saved = load_run(runs_dir / "demo" / "circuit")
+            assert metric(app, "edges kept") == f"{saved.n_edges} of {saved.n_edges_total}"
+            assert len(figs) == 2  # graph + faithfulness curve
+        elif kind == "edit_session":
+            # the edit with its group: predictions, metrics, activation shift, circuit diff
+            frames = [d.value for d in app.dataframe]
+            assert any("before" in f.columns and "after" in f.columns for f in frames)
+            assert metric(app, "efficacy_score") != "n/a"
+            assert len(figs) == 3
+        elif kind == "logit_lens":
+            assert "heatmap" in trace_types(figs[0])
+    assert "lab" not in str(app.session_state)  # no live model work was needed
+
+
+def test_trace_page_runs_a_trace_and_reports_errors(app, runs_dir):
+    page(app, "Causal trace")
+    app.radio(key="trace_source").set_value("my prompt").run()
+    app.text_input(key="trace_prompt").input("Paris is the capital of").run()
+    app.text_input(key="trace_subject").input("Paris").run()
+    app.text_input(key="trace_target").input("France").run()
+    app.number_input(key="trace_samples").set_value(2).run()
+    app.button(key="trace_run").click().run()
+    ok(app)
+    fig = charts(app)[0]
+    assert trace_types(fig).count("heatmap") == 3
+    assert float(metric(app, "p(answer), clean")) > 0
+    summary = [d.value for d in app.dataframe][0]
+    assert set(summary["kind"]) == {"hidden", "mlp", "attn"} and "last_subject" in set(summary["token_class"])
+    app.button(key="trace_save").click().run()
+    ok(app)
+    assert list((runs_dir / "viewer").glob("*trace-Paris/meta.json"))
+    # a subject that is not in the prompt: a message, not a traceback
+    app.text_input(key="trace_subject").input("Berlin").run()
+    app.button(key="trace_run").click().run()
+    assert not app.exception and app.error and "failed" in app.error[0].value
+    # a saved trace opens without tracing
+    app.radio(key="trace_source").set_value("saved trace").run()
+    ok(app)
+    assert charts(app)
+
+
+def test_circuit_explorer_resizes_and_inspects_a_node(app, runs_dir):
+    page(app, "Circuit explorer")
+    ok(app)
+    saved = load_run(runs_dir / "demo" / "circuit")
+    assert metric(app, "edges kept") == f"{saved.n_edges} of {saved.n_edges_total}"
+    app.slider(key="explorer-n").set_value(40).run()
+    ok(app)
+    assert 0 < int(metric(app, "edges kept").split()[0]) <= 40  # top 40, minus edges left dangling
+    app.radio(key="explorer-mode").set_value("score threshold").run()
+    ok(app)
+    app.radio(key="explorer-mode").set_value("top-n edges").run()
+    heads = [n for n in app.selectbox(key="circuit_node").options if n.startswith("a")]
+    assert heads, "the circuit should use at least one head"
+    app.selectbox(key="circuit_node").set_value(heads[0]).run()
+    app.button(key="circuit_inspect").click().run()
+    ok(app)
+    assert metric(app, f"role of {heads[0]}") in ("mover", "relation", "object_writer", "other")
+    figs = charts(app)
+    assert any(f["data"][0].get("type") == "heatmap" and "attention" in json.dumps(f["layout"]) for f in figs)
+    assert any(f["data"][0].get("type") == "bar" and "unembedding" in json.dumps(f["layout"]) for f in figs)
+
+
+def test_circuit_explorer_computes_a_circuit(app):
+    page(app, "Circuit explorer")
+    app.radio(key="circuit_source").set_value("compute one").run()
+    app.number_input(key="circuit_n").set_value(1).run()
+    app.selectbox(key="circuit_method").set_value("eap").run()
+    app.selectbox(key="circuit_corruption").set_value("noise").run()
+    app.button(key="circuit_run").click().run()
+    ok(app)
+    assert "of" in metric(app, "edges kept") and len(charts(app)) >= 2
+
+
+def test_edit_lab_applies_undoes_and_saves_without_editing_the_shared_model(app, runs_dir):
+    from knowscope.viewer.common import get_lab
+
+    page(app, "Edit lab")
+    app.radio(key="lab_method").set_value("ROME").run()
+    app.radio(key="lab_layer_mode").set_value("choose").run()
+    app.number_input(key="lab_layer").set_value(1).run()
+    app.number_input(key="lab_v_steps").set_value(4).run()
+    app.number_input(key="lab_stats").set_value(400).run()
+    shared = get_lab("tiny-llama").model
+    before = {n: p.detach().clone() for n, p in shared.named_parameters().items()}
+    app.button(key="lab_apply").click().run()
+    ok(app)
+    assert any("This tab's edits: 1" in m.value for m in app.markdown)
+    frames = [d.value for d in app.dataframe]
+    assert any({"before", "after", "kind"} <= set(f.columns) for f in frames)
+    assert metric(app, "efficacy_score") != "n/a"
+    assert any("Activation shift" in json.dumps(f["layout"]) for f in charts(app))
+    now = shared.named_parameters()
+    assert all(torch.equal(now[n], before[n]) for n in before)  # the shared model is not left edited
+    app.button(key="lab_save").click().run()
+    ok(app)
+    saved = [p for p in (runs_dir / "viewer").iterdir() if (p / "edit" / "meta.json").is_file()]
+    assert saved and {"edit", "predictions", "metrics", "shift"} <= {c.name for c in saved[0].iterdir()}
+    app.button(key="lab_undo").click().run()
+    ok(app)
+    assert any("This tab's edits: 0" in m.value for m in app.markdown)
+
+
+def test_edit_lab_detoxifies_a_safety_item(app):
+    page(app, "Edit lab")
+    app.radio(key="lab_target").set_value("a safety item (DINM)").run()
+    app.radio(key="lab_layer_mode").set_value("choose").run()
+    app.number_input(key="lab_layer").set_value(2).run()
+    app.number_input(key="lab_tokens").set_value(6).run()
+    app.button(key="lab_apply").click().run()
+    ok(app)
+    assert metric(app, "judged safe after").endswith("of 5")
+    rows = [d.value for d in app.dataframe if "safe_after" in d.value.columns][0]
+    assert list(rows["kind"]) == ["DS", "DG_onlyQ", "DG_otherA", "DG_otherQ", "DG_otherAQ"]
+
+
+def test_probes_page_lens_and_saved_probe(app, runs_dir):
+    page(app, "Probes")
+    ok(app)
+    report = load_run(runs_dir / "probes" / "report")
+    layer, acc = report.best("logistic")
+    assert metric(app, "best logistic") == f"{acc:.2f}"
+    app.text_input(key="lens_prompt").input("Paris is the capital of").run()
+    app.text_input(key="lens_target").input("France").run()
+    app.button(key="lens_run").click().run()
+    ok(app)
+    first = metric(app, "first layer where ' France' is top-1")
+    assert first == "never" or first.endswith("of 3")
+    assert any("heatmap" in trace_types(f) for f in charts(app))
+
+
+def test_a_missing_runs_folder_is_a_message(monkeypatch, tmp_path):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("KNOWSCOPE_RUNS", str(tmp_path / "none"))
+    monkeypatch.setenv("KNOWSCOPE_MODEL", "tiny-llama")
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.run()
+    assert not at.exception and at.warning and "knowscope demo" in at.warning[0].value
+

@@ -1,14 +1,16 @@
 """Steering directions per attention head, in the style of SafetyLock (and ITI before it).
 
 For each head, the activations ``z`` (the head's output before the output projection, hook
-``attn.hook_z``) at the last token of a *safe* and an *unsafe* response to the same harmful prompt
-are collected. Per head:
+``attn.hook_z``) at the last tokens (default 5, each a sample) of a *safe* and an *unsafe*
+response to the same harmful prompt are collected. Per head:
 
 * ``direction`` = unit vector of mean(safe) − mean(unsafe);
-* ``accuracy`` = held-out accuracy of the mean-difference probe along it;
+* ``accuracy`` = held-out accuracy (rows split into train and test) of a probe fitted on the
+  training rows (logistic regression, as SafetyLock ranks heads);
 * ``sigma`` = standard deviation of all activations projected on the direction.
 
-The ``top_k`` heads by accuracy form a :class:`SteeringVector`. Applied with strength ``α``, each
+The ``top_k`` heads (default 24, SafetyLock's) by accuracy, ties broken by effect size, form a
+:class:`SteeringVector`. Applied with strength ``α``, each
 chosen head's ``z`` gets ``α · σ · direction`` added at every position — either by a forward hook
 (:meth:`SteeringVector.hooks`) or baked into the attention output projection's bias
 (:meth:`SteeringVector.as_edit`, an :class:`~knowscope.editing.EditResult`), which is the same
@@ -30,12 +32,13 @@ from torch import Tensor, nn
 
 from knowscope.editing.result import EditResult
 from knowscope.models import Model
-from knowscope.probes.linear import collect_activations, fit_probe
+from knowscope.probes.linear import fit_probe
 from knowscope.results import load_dir, save_dir
 from knowscope.safety.chat import pair_ids
 from knowscope.safety.data import SafetyItem
 
 KIND = "steering_vector"
+WINDOWS = ("last", "first")
 _ATTN_OUT = ("self_attn.o_proj.weight", "attn.o.weight", "attn.c_proj.weight", "attn.out_proj.weight",
              "self_attention.dense.weight", "attention.dense.weight")
 
@@ -161,47 +164,110 @@ class SteeringVector:
         return fig
 
 
-def safety_rows(model: Model, items: Sequence[SafetyItem]) -> tuple[list[list[int]], list[list[int]]]:
-    """Token rows: each item's adversarial prompt (chat format) + its safe / unsafe response."""
-    safe = [sum(pair_ids(model, it.adversarial_prompt, it.safe_generation), []) for it in items]
-    unsafe = [sum(pair_ids(model, it.adversarial_prompt, it.unsafe_generation), []) for it in items]
-    return safe, unsafe
+Rows = list[list[int]]
+
+
+def safety_rows(model: Model, items: Sequence[SafetyItem]) -> tuple[Rows, Rows, list[int], list[int]]:
+    """Token rows: each item's adversarial prompt (chat format) + its safe / unsafe response, and where
+    each row's response starts."""
+    safe, unsafe, s_start, u_start = [], [], [], []
+    for it in items:
+        head, resp = pair_ids(model, it.adversarial_prompt, it.safe_generation)
+        safe.append(head + resp)
+        s_start.append(len(head))
+        head, resp = pair_ids(model, it.adversarial_prompt, it.unsafe_generation)
+        unsafe.append(head + resp)
+        u_start.append(len(head))
+    return safe, unsafe, s_start, u_start
+
+
+@torch.no_grad()
+def _head_samples(model: Model, rows: Sequence[Sequence[int]], starts: Sequence[int] | None,
+                  positions: int, window: str = "last") -> tuple[Float[Tensor, "n layer head d_head"], Tensor]:
+    """Every head's ``z`` at the last (``window="last"``) or first (``"first"``) ``positions`` tokens of
+    each row from its start on; also the row each sample came from."""
+    if window not in WINDOWS:
+        raise ValueError(f"window must be one of {WINDOWS}, got {window!r}")
+    hooks = [model.arch.hook_z(layer) for layer in range(model.arch.n_layers)]
+    wanted = set(hooks)
+    samples, owner = [], []
+    for i, r in enumerate(rows):
+        start = starts[i] if starts is not None else 0
+        first = max(len(r) - positions, start, 0) if window == "last" else max(start, 0)
+        stop = len(r) if window == "last" else min(len(r), first + positions)
+        if first >= stop:
+            raise ValueError(f"row {i} has no tokens to take activations from (start {first}, length {len(r)})")
+        _, cache = model.bridge.run_with_cache(torch.tensor([list(r)], device=model.device),
+                                               names_filter=lambda name: name in wanted)
+        z = torch.stack([cache[h][0, first:stop] for h in hooks], dim=1).float().cpu()  # [pos, layer, head, d]
+        samples.append(z)
+        owner += [i] * z.shape[0]
+    return torch.cat(samples), torch.tensor(owner)
 
 
 def fit_steering(model: Model, safe_rows: Sequence[Sequence[int]], unsafe_rows: Sequence[Sequence[int]],
-                 top_k: int = 8, test_fraction: float = 0.25, seed: int = 0) -> SteeringVector:
-    """Per-head directions from token rows of safe and unsafe examples; keep the ``top_k`` heads."""
+                 top_k: int = 24, test_fraction: float = 0.25, seed: int = 0, positions: int = 5,
+                 safe_starts: Sequence[int] | None = None, unsafe_starts: Sequence[int] | None = None,
+                 method: str = "logistic", window: str = "last") -> SteeringVector:
+    """Per-head directions from token rows of safe and unsafe examples; keep the ``top_k`` heads.
+
+    As SafetyLock: every one of a row's last ``positions`` tokens (from its start on, e.g. the
+    response) is a sample (``window="first"``: its first ``positions`` tokens from the start, where a
+    refusal and a compliance differ most: "I'm sorry, ..." vs "Sure, here is ..."); each head's
+    ``method`` probe (SafetyLock: logistic regression) is fitted on
+    the training rows and its accuracy measured on held-out rows (split by row, so no row is on both
+    sides); the ``top_k`` heads by held-out accuracy are kept, ties broken by the effect size
+    ``|Δμ| / σ``. A head's direction is the unit mean difference safe − unsafe over all samples and σ
+    the spread of all samples along it.
+    """
+    from knowscope.probes.linear import _accuracy, split
+
     n_layers, n_heads = model.arch.n_layers, model.arch.n_heads
     if not 1 <= top_k <= n_layers * n_heads:
         raise ValueError(f"top_k must be in [1, {n_layers * n_heads}], got {top_k}")
-    hooks = [model.arch.hook_z(layer) for layer in range(n_layers)]
-    pos = collect_activations(model, [], hooks, token_rows=safe_rows)
-    neg = collect_activations(model, [], hooks, token_rows=unsafe_rows)
+    if positions < 1:
+        raise ValueError(f"positions must be >= 1, got {positions}")
+    if len(safe_rows) < 2 or len(unsafe_rows) < 2:
+        raise ValueError(f"need at least 2 rows per class, got {len(safe_rows)} and {len(unsafe_rows)}")
+    pos, pos_row = _head_samples(model, safe_rows, safe_starts, positions, window)
+    neg, neg_row = _head_samples(model, unsafe_rows, unsafe_starts, positions, window)
+    tr_p, te_p = split(len(safe_rows), test_fraction, seed)
+    tr_n, te_n = split(len(unsafe_rows), test_fraction, seed + 1)
+    p_train, p_test = torch.isin(pos_row, tr_p), torch.isin(pos_row, te_p)
+    n_train, n_test = torch.isin(neg_row, tr_n), torch.isin(neg_row, te_n)
     acc = torch.zeros(n_layers, n_heads)
+    effect = torch.zeros(n_layers, n_heads)
     dirs = torch.zeros(n_layers, n_heads, model.arch.d_head)
     sig = torch.zeros(n_layers, n_heads)
-    for layer, h in enumerate(hooks):
+    for layer in range(n_layers):
         for head in range(n_heads):
-            p, n = pos[h][:, head], neg[h][:, head]
-            probe = fit_probe(p, n, "mean_diff", test_fraction, seed)
-            acc[layer, head] = probe.accuracy
-            d = p.mean(0) - n.mean(0)
-            d = d / d.norm().clamp_min(1e-12)
+            p, n = pos[:, layer, head], neg[:, layer, head]
+            probe = fit_probe(p[p_train], n[n_train], method, test_fraction=0.0, seed=seed)
+            acc[layer, head] = _accuracy(probe, p[p_test], n[n_test]) if p_test.any() and n_test.any() \
+                else probe.train_accuracy
+            diff = p.mean(0) - n.mean(0)
+            d = diff / diff.norm().clamp_min(1e-12)
             dirs[layer, head] = d
             sig[layer, head] = (torch.cat([p, n]) @ d).std()
-    order = acc.flatten().argsort(descending=True)[:top_k]
-    heads = [(int(i) // n_heads, int(i) % n_heads) for i in order]
+            effect[layer, head] = diff.norm() / sig[layer, head].clamp_min(1e-12)
+    flat_acc, flat_eff = acc.flatten(), effect.flatten()
+    order = sorted(range(n_layers * n_heads), key=lambda i: (-float(flat_acc[i]), -float(flat_eff[i])))[:top_k]
+    heads = [(i // n_heads, i % n_heads) for i in order]
     return SteeringVector(heads=heads, directions=torch.stack([dirs[layer, h] for layer, h in heads]),
                           sigma=torch.stack([sig[layer, h] for layer, h in heads]),
                           accuracy=torch.stack([acc[layer, h] for layer, h in heads]), all_accuracy=acc,
-                          fingerprint=model.fingerprint, meta={"n_safe": len(safe_rows), "n_unsafe": len(unsafe_rows),
-                                                               "top_k": top_k})
+                          fingerprint=model.fingerprint,
+                          meta={"n_safe": len(safe_rows), "n_unsafe": len(unsafe_rows), "top_k": top_k,
+                                "positions": positions, "window": window, "method": method,
+                                "test_fraction": test_fraction,
+                                "effect_size": [float(effect[layer, h]) for layer, h in heads]})
 
 
-def fit_safety_steering(model: Model, items: Sequence[SafetyItem], top_k: int = 8, **kwargs: Any) -> SteeringVector:
-    """:func:`fit_steering` on SafeEdit items (adversarial prompt + safe vs unsafe generation)."""
-    safe, unsafe = safety_rows(model, items)
-    return fit_steering(model, safe, unsafe, top_k=top_k, **kwargs)
+def fit_safety_steering(model: Model, items: Sequence[SafetyItem], top_k: int = 24, **kwargs: Any) -> SteeringVector:
+    """:func:`fit_steering` on SafeEdit items: the last tokens of the safe vs the unsafe response to
+    each item's adversarial prompt (chat format)."""
+    safe, unsafe, s_start, u_start = safety_rows(model, items)
+    return fit_steering(model, safe, unsafe, top_k=top_k, safe_starts=s_start, unsafe_starts=u_start, **kwargs)
 
 
 def steering_sweep(model: Model, sv: SteeringVector, items: Sequence[SafetyItem], alphas: Sequence[float],

@@ -139,3 +139,17 @@ def test_lens_and_shift_cli(tmp_path, capsys):
     assert main(["shift", "--model", "tiny-llama", "--edit", str(tmp_path), "--prompts",
                  str(tmp_path / "prompts.txt")]) == 2
     assert "give a saved edit" in capsys.readouterr().err
+
+
+def test_steering_samples_the_last_response_tokens(tiny_llama):
+    from knowscope.probes.steering import _head_samples
+
+    rows = [[1, 5, 6, 7, 8, 9, 10, 11], [1, 12, 13, 14, 15, 16]]
+    z, owner = _head_samples(tiny_llama, rows, starts=[6, 2], positions=5)
+    # row 0: the response starts at 6, so only its last 2 tokens; row 1: its last 4 (start 2) of 5 asked
+    assert owner.tolist() == [0, 0, 1, 1, 1, 1]
+    _, cache = tiny_llama.bridge.run_with_cache(torch.tensor([rows[0]]))
+    hook = tiny_llama.arch.hook_z(1)
+    torch.testing.assert_close(z[1, 1], cache[hook][0, -1].float())
+    with pytest.raises(ValueError, match="no tokens"):
+        _head_samples(tiny_llama, [[1, 2]], starts=[2], positions=3)

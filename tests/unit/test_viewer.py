@@ -256,15 +256,20 @@ def test_circuit_explorer_computes_a_circuit(app):
     assert "of" in metric(app, "edges kept") and len(charts(app)) >= 2
 
 
-def test_edit_lab_applies_undoes_and_saves_without_editing_the_shared_model(app, runs_dir):
+@pytest.mark.parametrize("method,layer_mode,diff", [("ROME", "choose", True), ("MEMIT", "choose", False),
+                                                     ("FT", "located", False)])
+def test_edit_lab_applies_undoes_and_saves_without_editing_the_shared_model(app, runs_dir, method, layer_mode, diff):
     from knowscope.viewer.common import get_lab
 
     page(app, "Edit lab")
-    app.radio(key="lab_method").set_value("ROME").run()
-    app.radio(key="lab_layer_mode").set_value("choose").run()
-    app.number_input(key="lab_layer").set_value(1).run()
+    app.radio(key="lab_method").set_value(method).run()
+    app.radio(key="lab_layer_mode").set_value(layer_mode).run()
+    app.number_input(key="lab_layer").set_value(2).run()
     app.number_input(key="lab_v_steps").set_value(4).run()
     app.number_input(key="lab_stats").set_value(400).run()
+    app.number_input(key="lab_samples").set_value(1).run()
+    if diff:
+        app.checkbox(key="lab_diff").check().run()
     shared = get_lab("tiny-llama").model
     before = {n: p.detach().clone() for n, p in shared.named_parameters().items()}
     app.button(key="lab_apply").click().run()
@@ -274,12 +279,19 @@ def test_edit_lab_applies_undoes_and_saves_without_editing_the_shared_model(app,
     assert any({"before", "after", "kind"} <= set(f.columns) for f in frames)
     assert metric(app, "efficacy_score") != "n/a"
     assert any("Activation shift" in json.dumps(f["layout"]) for f in charts(app))
+    assert any(f"{method.lower()} at layers" in h.value for h in app.subheader)
+    if diff:
+        assert any("circuit diff" in json.dumps(f["layout"]) for f in charts(app))
     now = shared.named_parameters()
     assert all(torch.equal(now[n], before[n]) for n in before)  # the shared model is not left edited
+    app.text_input(key="lab_save_name").input(f"lab-{method}").run()
     app.button(key="lab_save").click().run()
     ok(app)
-    saved = [p for p in (runs_dir / "viewer").iterdir() if (p / "edit" / "meta.json").is_file()]
-    assert saved and {"edit", "predictions", "metrics", "shift"} <= {c.name for c in saved[0].iterdir()}
+    saved = [p for p in (runs_dir / "viewer").iterdir() if p.name.endswith(f"lab-{method}")]
+    assert len(saved) == 1
+    expected = {"edit", "predictions", "metrics", "shift"} | ({"circuit_diff"} if diff else set())
+    assert expected <= {c.name for c in saved[0].iterdir()}
+    assert {r.kind for r in scan_runs(saved[0])} >= {"edit", "predictions", "edit_metrics", "activation_shift"}
     app.button(key="lab_undo").click().run()
     ok(app)
     assert any("This tab's edits: 0" in m.value for m in app.markdown)

@@ -66,8 +66,8 @@ def bench_steering(model: Any, alphas: list[float], top_k: int, facts: list[Any]
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", default="lens,steering")
-    ap.add_argument("--alphas", default="-6,-3,0,3,6,9")
-    ap.add_argument("--top-k", type=int, default=24)
+    ap.add_argument("--alphas", default="-2,-1,0,1,2,4")
+    ap.add_argument("--top-k", type=int, default=6, help="heads (6 of 270: the share SafetyLock keeps, 24 of 1024)")
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--out", default=str(RESULTS / "bench_probes.json"))

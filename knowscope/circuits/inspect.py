@@ -102,6 +102,10 @@ def node_detail(model: Any, circuit: Circuit, node: str, *, example: int = 0, k:
                 facts: Sequence[Fact] | None = None) -> NodeDetail:
     """Role, attention pattern (heads) and promoted tokens of ``node`` on the circuit's ``example``-th prompt."""
     graph: Graph = circuit.graph
+    saved_fp = circuit.meta.get("fingerprint")
+    if saved_fp and getattr(model, "fingerprint", None) and saved_fp != model.fingerprint:
+        raise ValueError(f"the circuit was computed on model {circuit.meta.get('model')!r} (fingerprint {saved_fp}), "
+                         f"not on the loaded {getattr(model, 'name', '?')!r}; load that model (viewer: --model)")
     if graph != Graph.from_model(model):
         raise ValueError(f"the circuit was computed on another architecture ({graph.to_dict()}); "
                          "load the model it was computed on")

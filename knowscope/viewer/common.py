@@ -91,7 +91,7 @@ def slug(text: str) -> str:
 
 def save_target(cfg: ViewerConfig, name: str) -> Path:
     """A fresh folder under the runs folder for a result saved from the page."""
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
     return cfg.runs_dir / "viewer" / f"{stamp}-{slug(name)}"
 
 

@@ -27,8 +27,9 @@ class ModelLab:
 
     def __init__(self, model: Any) -> None:
         self.model = model
-        self.lock = threading.RLock()
+        self.lock = threading.Lock()
         self.session = EditSession(model)
+        self._owner: int | None = None
 
     @contextlib.contextmanager
     def use(self, edits: Sequence[EditResult] = ()) -> Iterator[tuple[Any, EditSession]]:
@@ -37,16 +38,20 @@ class ModelLab:
         Yields ``(model, session)``; edits applied to ``session`` inside the block are rolled back
         with the others when it ends, whatever happens inside.
         """
+        if self._owner == threading.get_ident():
+            raise RuntimeError("ModelLab.use() is not re-entrant: the inner block would roll back the outer one")
         with self.lock:
-            if self.session.history:  # never expected: every block ends rolled back
-                logger.warning("model lab found %d edits left applied; rolling back", len(self.session.history))
-                self.session.rollback()
+            self._owner = threading.get_ident()
             try:
+                if self.session.history:  # never expected: every block ends rolled back
+                    logger.warning("model lab found %d edits left applied; rolling back", len(self.session.history))
+                    self.session.rollback()
                 for e in edits:
                     self.session.apply(e)
                 yield self.model, self.session
             finally:
                 self.session.rollback()
+                self._owner = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -56,9 +61,12 @@ class ModelLab:
 def friendly(exc: BaseException) -> str:
     """What went wrong and what to change, in one or two sentences (never a traceback)."""
     from knowscope.facts import FactFormatError
+    from knowscope.models import ModelLoadError
     from knowscope.results import ResultFormatError
 
     msg = str(exc).strip() or type(exc).__name__
+    if isinstance(exc, ModelLoadError):
+        return f"The model could not be loaded: {msg}. Start the viewer with another --model."
     if isinstance(exc, EditMismatchError):
         return f"This edit does not fit the loaded model: {msg}. Open the viewer with that edit's model (--model)."
     if isinstance(exc, ResultFormatError):
@@ -69,6 +77,6 @@ def friendly(exc: BaseException) -> str:
         return f"File not found: {msg}. Check the path."
     if isinstance(exc, (ValueError, KeyError, IndexError)):
         return f"{msg}. Change the inputs above and try again."
-    if isinstance(exc, MemoryError):
+    if isinstance(exc, MemoryError) or "out of memory" in msg.lower():
         return "Out of memory: try fewer facts, samples or tokens."
     return f"Unexpected {type(exc).__name__}: {msg}. The full traceback is in the viewer's log."

@@ -47,7 +47,8 @@ def circuit_graph(c: Any, key: str = "circuit") -> Any:
         shown = c if n == c.n_edges else c.with_mask(prune(c.graph, c.scores, top_n=n))
     else:
         top = float(c.scores.abs().max()) or 1.0
-        thr = st.slider("keep edges with |score| at least", 0.0, top, top / 10, format="%.4f", key=f"{key}-thr")
+        thr = st.slider("keep edges with |score| at least", 0.0, top, top / 10, step=top / 200, format="%.5f",
+                        key=f"{key}-thr")
         shown = c.with_mask(prune(c.graph, c.scores, threshold=thr))
     cols = st.columns(3)
     cols[0].metric("edges kept", f"{shown.n_edges} of {shown.n_edges_total}")
@@ -73,6 +74,7 @@ def predictions(p: Any) -> None:
     st.markdown(f"**Before vs after** — {p.fact.get('subject')}: {p.fact.get('target_true')!r} -> "
                 f"{p.fact.get('target_new')!r}")
     st.dataframe(p.rows, hide_index=True)
+    st.caption("before: the unedited model; after: with the edit(s) applied")
     changed = p.changed()
     if changed:
         st.caption("top prediction changed: " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in changed.items()))

@@ -124,11 +124,13 @@ def describe(path: str | os.PathLike[str], root: str | os.PathLike[str] | None =
     """A :class:`RunInfo` for one result directory (``ResultFormatError`` if it is not one)."""
     p = Path(path)
     try:
-        meta = json.loads((p / META).read_text())
+        meta = json.loads((p / META).read_text(encoding="utf-8"))
     except OSError as exc:
         raise ResultFormatError(f"{p} is not a knowscope result directory (no readable {META})") from exc
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ResultFormatError(f"{p / META} is not valid JSON: {exc}") from exc
+    if not isinstance(meta, dict):
+        raise ResultFormatError(f"{p / META} holds a JSON {type(meta).__name__}, not a result's metadata")
     kind = meta.get("kind")
     if not isinstance(kind, str):
         raise ResultFormatError(f"{p / META} has no 'kind'")
@@ -140,11 +142,11 @@ def describe(path: str | os.PathLike[str], root: str | os.PathLike[str] | None =
         except ValueError:
             group = str(p.parent)
     try:
-        headline = _headline(kind, meta)
-    except Exception as exc:  # a headline must never hide a run
+        headline, model = _headline(kind, meta), _model_of(meta)
+    except Exception as exc:  # odd metadata must never hide a run
         logger.warning("no headline for %s: %s", p, exc)
-        headline = ""
-    return RunInfo(path=p, kind=kind, model=_model_of(meta), date=date, headline=headline, group=group)
+        headline, model = "", ""
+    return RunInfo(path=p, kind=kind, model=model, date=date, headline=headline, group=group)
 
 
 def scan_runs(root: str | os.PathLike[str], max_depth: int = 4) -> list[RunInfo]:
@@ -222,7 +224,7 @@ def load_run(path: str | os.PathLike[str]) -> Any:
 def siblings(info: RunInfo, runs: list[RunInfo]) -> dict[str, RunInfo]:
     """The other results of ``info``'s group, by kind (the newest of each kind)."""
     out: dict[str, RunInfo] = {}
-    for r in runs:
+    for r in sorted(runs, key=lambda r: r.date, reverse=True):
         if r.group == info.group and r.path != info.path and r.kind not in out:
             out[r.kind] = r
     return out

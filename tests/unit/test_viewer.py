@@ -83,6 +83,13 @@ def ok(at):
     assert not at.error, [e.value for e in at.error]
 
 
+def keyed(widgets, suffix, prefix="explorer-"):
+    """The circuit explorer's widget whose key (which names the circuit shown) ends with ``suffix``."""
+    found = [w for w in widgets if (w.key or "").startswith(prefix) and w.key.endswith(suffix)]
+    assert len(found) == 1, [w.key for w in widgets]
+    return found[0]
+
+
 def metric(at, label):
     found = [m.value for m in at.metric if m.label == label]
     assert found, f"no metric {label!r}; metrics: {[m.label for m in at.metric]}"
@@ -148,9 +155,11 @@ def test_model_lab_never_leaves_the_shared_model_edited(tiny_llama):
     for t in threads:
         t.join()
     assert not errors and len(seen) == 10 and all(seen)  # each tab saw exactly its own edit
-    with pytest.raises(RuntimeError), lab.use(edits) as (_, session):
+    with pytest.raises(RuntimeError, match="half way"), lab.use(edits) as (_, session):
         session.apply(edits[0])
         raise RuntimeError("a page failed half way")
+    with pytest.raises(RuntimeError, match="re-entrant"), lab.use(edits[:1]), lab.use():
+        pass
     after = tiny_llama.named_parameters()
     assert all(torch.equal(after[n], before[n]) for n in before)  # bit for bit
     assert not lab.session.history
@@ -228,12 +237,13 @@ def test_circuit_explorer_resizes_and_inspects_a_node(app, runs_dir):
     ok(app)
     saved = load_run(runs_dir / "demo" / "circuit")
     assert metric(app, "edges kept") == f"{saved.n_edges} of {saved.n_edges_total}"
-    app.slider(key="explorer-n").set_value(40).run()
+    keyed(app.slider, "-n").set_value(40).run()
     ok(app)
     assert 0 < int(metric(app, "edges kept").split()[0]) <= 40  # top 40, minus edges left dangling
-    app.radio(key="explorer-mode").set_value("score threshold").run()
+    keyed(app.radio, "-mode").set_value("score threshold").run()
     ok(app)
-    app.radio(key="explorer-mode").set_value("top-n edges").run()
+    assert keyed(app.slider, "-thr") is not None
+    keyed(app.radio, "-mode").set_value("top-n edges").run()
     heads = [n for n in app.selectbox(key="circuit_node").options if n.startswith("a")]
     assert heads, "the circuit should use at least one head"
     app.selectbox(key="circuit_node").set_value(heads[0]).run()
@@ -284,14 +294,14 @@ def test_edit_lab_applies_undoes_and_saves_without_editing_the_shared_model(app,
         assert any("circuit diff" in json.dumps(f["layout"]) for f in charts(app))
     now = shared.named_parameters()
     assert all(torch.equal(now[n], before[n]) for n in before)  # the shared model is not left edited
-    app.text_input(key="lab_save_name").input(f"lab-{method}").run()
+    app.text_input(key="lab_save_name-1").input(f"lab-{method}").run()
     app.button(key="lab_save").click().run()
     ok(app)
     saved = [p for p in (runs_dir / "viewer").iterdir() if p.name.endswith(f"lab-{method}")]
     assert len(saved) == 1
     expected = {"edit", "predictions", "metrics", "shift"} | ({"circuit_diff"} if diff else set())
     assert expected <= {c.name for c in saved[0].iterdir()}
-    assert {r.kind for r in scan_runs(saved[0])} >= {"edit", "predictions", "edit_metrics", "activation_shift"}
+    assert {r.kind for r in scan_runs(saved[0])} >= {"edit_session", "predictions", "edit_metrics", "activation_shift"}
     app.button(key="lab_undo").click().run()
     ok(app)
     assert any("This tab's edits: 0" in m.value for m in app.markdown)

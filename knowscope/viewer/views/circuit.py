@@ -7,7 +7,7 @@ import time
 import streamlit as st
 
 from knowscope.viewer import render
-from knowscope.viewer.common import ViewerConfig, bundled_facts, guard, lab, pick_run, save_target
+from knowscope.viewer.common import ViewerConfig, bundled_facts, guard, lab, pick_run, save_target, slug
 
 
 def _compute(cfg: ViewerConfig) -> None:
@@ -22,6 +22,10 @@ def _compute(cfg: ViewerConfig) -> None:
                                    help="swap: another subject of the same token length; noise: ROME's noise")
     st.caption("facts: " + "; ".join(f.text + " " + f.target_true for f in of_rel[: int(n)]))
     if st.button("Find the circuit", type="primary", key="circuit_run"):
+        st.session_state["circuit_result"] = None
+        st.session_state["circuit_node_detail"] = None
+        st.session_state["circuit_id"] = f"live-{st.session_state.get('circuit_runs', 0) + 1}"
+        st.session_state["circuit_runs"] = st.session_state.get("circuit_runs", 0) + 1
         with guard("The circuit search"):
             from knowscope.circuits import knowledge_circuit
 
@@ -31,11 +35,10 @@ def _compute(cfg: ViewerConfig) -> None:
                     c = knowledge_circuit(model, of_rel[: int(n)], method=method, corruption=corruption,
                                           pool=facts)
                 st.session_state["circuit_result"] = c
-                st.session_state["circuit_node_detail"] = None
                 status.update(label=f"Circuit found in {time.perf_counter() - t0:.1f} s", state="complete")
 
 
-def _node_panel(cfg: ViewerConfig, shown: object) -> None:
+def _node_panel(cfg: ViewerConfig, shown: object, cid: str) -> None:
     names = [n for n in shown.nodes() if n not in ("input", "logits")]
     if not names:
         st.info("This circuit has no head or MLP node at this size.")
@@ -44,17 +47,21 @@ def _node_panel(cfg: ViewerConfig, shown: object) -> None:
     cols = st.columns([2, 1, 1])
     node = cols[0].selectbox("node", names, key="circuit_node")
     prompts = (shown.meta.get("batch") or {}).get("prompts") or [""]
-    example = cols[1].selectbox("prompt", range(len(prompts)), format_func=lambda i: prompts[i][:60],
+    example = cols[1].selectbox("prompt", range(len(prompts)), format_func=lambda i: f"{i}: {prompts[i][:60]}",
                                 key="circuit_example")
+    wanted = (cid, node, int(example), shown.n_edges)
     if cols[2].button("Inspect node", key="circuit_inspect"):
+        st.session_state["circuit_node_detail"] = None
         with guard(f"Inspecting {node}"):
             from knowscope.circuits.inspect import node_detail
 
             with st.spinner(f"Reading {node} on the model ..."), lab(cfg).use() as (model, _):
-                st.session_state["circuit_node_detail"] = node_detail(model, shown, node, example=int(example))
-    d = st.session_state.get("circuit_node_detail")
-    if d is None or d.node != node:
+                st.session_state["circuit_node_detail"] = (wanted, node_detail(model, shown, node,
+                                                                                example=int(example)))
+    found = st.session_state.get("circuit_node_detail")
+    if found is None or found[0] != wanted:
         return
+    d = found[1]
     role = d.role.to_dict() if d.role else {"role": "n/a"}
     st.metric(f"role of {d.node}", role.get("role", "n/a"))
     st.dataframe([role], hide_index=True)
@@ -80,12 +87,14 @@ def render_page(cfg: ViewerConfig) -> None:
         if info is None:
             return
         if st.session_state.get("circuit_loaded_path") != str(info.path):
+            st.session_state["circuit_result"] = None
+            st.session_state["circuit_loaded_path"] = str(info.path)
+            st.session_state["circuit_node_detail"] = None
+            st.session_state["circuit_id"] = f"saved-{slug(str(info.path))}"
             with guard("Opening the circuit"):
                 from knowscope.circuits import Circuit
 
                 st.session_state["circuit_result"] = Circuit.load(info.path)
-                st.session_state["circuit_loaded_path"] = str(info.path)
-                st.session_state["circuit_node_detail"] = None
     else:
         _compute(cfg)
         if st.session_state.get("circuit_loaded_path"):
@@ -95,8 +104,9 @@ def render_page(cfg: ViewerConfig) -> None:
     if c is None:
         return
     with guard("Drawing the circuit"):
-        shown = render.circuit(c, key="explorer")
-        _node_panel(cfg, shown)
+        cid = st.session_state.get("circuit_id", "circuit")
+        shown = render.circuit(c, key=f"explorer-{cid}")
+        _node_panel(cfg, shown, cid)
     if source == "compute one" and st.button("Save this circuit to the runs folder", key="circuit_save"):
         with guard("Saving the circuit"):
             st.success(f"saved to {c.save(save_target(cfg, 'circuit'))}")

@@ -24,6 +24,7 @@ from knowscope.viewer.common import (
     lab,
     save_target,
 )
+from knowscope.viewer.lab import friendly
 
 FACT_METHODS = ("ROME", "MEMIT", "FT")
 EDITS = "edit_lab_edits"  # this tab's applied edits
@@ -58,7 +59,9 @@ def _apply_fact(cfg: ViewerConfig, fact: Any, method: str, layer_mode: str, chos
                 settings: dict[str, Any]) -> dict[str, Any]:
     from knowscope.circuits import circuit_diff, knowledge_circuit, locate
     from knowscope.editing import ft, memit, rome
+    from knowscope.editing.compute import context_templates
     from knowscope.editing.evaluate import PredictionTable, evaluate
+    from knowscope.editing.stats import key_stats
     from knowscope.probes import activation_shift
 
     steps = ["locate the layer", f"{method} edit", "before vs after", "metrics", "activation shift"]
@@ -79,8 +82,19 @@ def _apply_fact(cfg: ViewerConfig, fact: Any, method: str, layer_mode: str, chos
             choice = None
         prog.next(f"layers {layers}")
         hp = _hparams(model, method, layers, settings)
-        module = {"ROME": rome, "MEMIT": memit, "FT": ft}[method]
-        result = module.edit(model, [fact], layers=layers if method != "ROME" else layers[0], hparams=hp)
+        stats = None
+        if method in ("ROME", "MEMIT"):
+            # the key statistics and prefix templates are cached under the unedited model's
+            # fingerprint: compute (or read) them on the unedited weights, never on this tab's edits
+            with session.unedited():
+                stats = key_stats(model, layers, n_tokens=hp.stats_tokens, source=hp.stats_source, progress=False)
+                context_templates(model, hp.context_lengths, hp.seed)
+        if method == "ROME":
+            result = rome.edit(model, [fact], layers=layers[0], hparams=hp, stats=stats)
+        elif method == "MEMIT":
+            result = memit.edit(model, [fact], layers=layers, hparams=hp, stats=stats)
+        else:
+            result = ft.edit(model, [fact], layers=layers, hparams=hp)
         session.apply(result)
         prog.next()
         preds = PredictionTable.compute(model, fact, session)
@@ -89,16 +103,20 @@ def _apply_fact(cfg: ViewerConfig, fact: Any, method: str, layer_mode: str, chos
         prog.next()
         prompts = [fact.text, *fact.paraphrase_prompts[:2], *fact.neighborhood_prompts[:2]]
         shift = activation_shift(session, prompts)
-        diff = None
+        diff, diff_error = None, None
         if settings["diff"]:
             prog.next()
-            with session.unedited():
-                before = knowledge_circuit(model, [fact], corruption="noise", method="eap-ig")
-            after = knowledge_circuit(model, [fact], corruption="noise", method="eap-ig")
-            diff = circuit_diff(before, after)
+            try:  # a failing diff (e.g. new and true object share a first token) keeps the edit
+                with session.unedited():
+                    before = knowledge_circuit(model, [fact], corruption="noise", method="eap-ig")
+                after = knowledge_circuit(model, [fact], corruption="noise", method="eap-ig")
+                diff = circuit_diff(before, after)
+            except ValueError as exc:
+                diff_error = friendly(exc)
     prog.done(f"{method} edit at layers {layers} applied to this tab")
     return {"kind": "fact", "edit": result, "predictions": preds, "edit_metrics": metrics,
-            "activation_shift": shift, "circuit_diff": diff, "layer_choice": choice}
+            "activation_shift": shift, "circuit_diff": diff, "circuit_diff_error": diff_error,
+            "layer_choice": choice}
 
 
 def _apply_safety(cfg: ViewerConfig, item: Any, layer_mode: str, chosen: int,
@@ -156,12 +174,16 @@ def _show_report(rep: dict[str, Any]) -> None:
     render.chart(rep["activation_shift"].figure(), key="lab-shift")
     if rep.get("circuit_diff") is not None:
         render.diff(rep["circuit_diff"], key="lab-diff")
+    elif rep.get("circuit_diff_error"):
+        st.warning(f"No circuit diff: {rep['circuit_diff_error']}")
 
 
-def _save(cfg: ViewerConfig, rep: dict[str, Any], name: str) -> str:
-    """Save the edit and what was measured with it as one group under the runs folder."""
+def _save(cfg: ViewerConfig, rep: dict[str, Any], name: str, edits: list[Any]) -> str:
+    """Save this tab's edits (an edit session: the measurements were made with all of them applied)
+    and what was measured, as one group under the runs folder."""
     folder = save_target(cfg, name)
-    rep["edit"].save(folder / "edit")
+    with lab(cfg).use(edits) as (_, session):
+        session.save(folder / "edit")
     rep["predictions"].save(folder / "predictions")
     rep["activation_shift"].save(folder / "shift")
     for key, sub in (("edit_metrics", "metrics"), ("circuit_diff", "circuit_diff"), ("toxic_region", "toxic")):
@@ -187,7 +209,7 @@ def render_page(cfg: ViewerConfig) -> None:
     else:
         facts = bundled_facts()
         fact = st.selectbox("fact", facts, format_func=fact_label, key="lab_fact")
-        new = st.text_input("new object", fact.target_new, key="lab_new")
+        new = st.text_input("new object", fact.target_new, key=f"lab_new-{facts.index(fact)}")
         method = st.radio("method", FACT_METHODS, horizontal=True, key="lab_method")
     cols = st.columns(2)
     layer_mode = cols[0].radio("layer", ["located", "choose"], horizontal=True, key="lab_layer_mode",
@@ -228,8 +250,8 @@ def render_page(cfg: ViewerConfig) -> None:
     rep = st.session_state.get(REPORT)
     if rep is not None:
         name = cols[1].text_input("save as", f"{rep['edit'].method}-{rep['predictions'].fact.get('subject', '')}",
-                                  key="lab_save_name", label_visibility="collapsed")
+                                  key=f"lab_save_name-{len(edits)}", label_visibility="collapsed")
         if cols[2].button("Save this edit", key="lab_save"):
             with guard("Saving the edit"):
-                st.success(f"saved to {_save(cfg, rep, name)}")
+                st.success(f"saved to {_save(cfg, rep, name, edits)}")
         _show_report(rep)

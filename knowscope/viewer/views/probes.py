@@ -26,6 +26,7 @@ def _lens(cfg: ViewerConfig) -> None:
     target = cols[1].text_input("target token (optional)", "Paris", key="lens_target")
     k = cols[2].number_input("top-k", 1, 20, 5, key="lens_k")
     if st.button("Run logit lens", type="primary", key="lens_run"):
+        st.session_state["lens_result"] = None
         with guard("The logit lens"):
             if not prompt.strip():
                 raise ValueError("enter a prompt")
@@ -65,8 +66,8 @@ def _probe(cfg: ViewerConfig) -> None:
         if info.kind == "probe_report":
             cols = st.columns(len(obj.accuracy) or 1)
             for col, method in zip(cols, obj.accuracy, strict=False):
-                layer, acc = obj.best(method)
-                col.metric(f"best {method}", f"{acc:.2f}", help=f"at layer {layer}")
+                i, acc = obj.best(method)
+                col.metric(f"best {method}", f"{acc:.2f}", help=f"at {obj.hooks[i]}")
             render.chart(obj.figure(), key="probe-fig")
             st.dataframe([{"hook": h, **{m: obj.accuracy[m][i] for m in obj.accuracy}}
                           for i, h in enumerate(obj.hooks)], hide_index=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from knowscope.viewer import render
-from knowscope.viewer.common import ViewerConfig, guard, run_label
+from knowscope.viewer.common import ViewerConfig, guard, run_label, slug
 from knowscope.viewer.runs import scan_runs
 
 
@@ -29,4 +29,4 @@ def render_page(cfg: ViewerConfig) -> None:
         return
     info = st.selectbox("open a run", shown, format_func=run_label, key="runs_open")
     with guard(f"Opening {info.path}"):
-        render.show_run(info, found, key="runs")
+        render.show_run(info, found, key=f"runs-{slug(info.group)}-{slug(info.name)}")

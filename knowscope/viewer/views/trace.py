@@ -40,6 +40,7 @@ def render_page(cfg: ViewerConfig) -> None:
     kinds = cols[2].multiselect("kinds", ["hidden", "mlp", "attn"], ["hidden", "mlp", "attn"], key="trace_kinds")
 
     if st.button("Run trace", type="primary", key="trace_run"):
+        st.session_state["trace_result"] = None
         with guard("The causal trace"):
             if not prompt.strip() or not subject.strip():
                 raise ValueError("enter a prompt and the subject in it")

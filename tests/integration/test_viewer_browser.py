@@ -58,7 +58,8 @@ def demo_runs(tmp_path_factory):
     if os.environ.get("KNOWSCOPE_DEMO_RUNS"):  # runs saved by an earlier `knowscope demo --out DIR/demo`
         return Path(os.environ["KNOWSCOPE_DEMO_RUNS"])
     out = tmp_path_factory.mktemp("runs") / "demo"
-    code = main(["demo", "--out", str(out), "--facts", "2", "--samples", "2", "--circuit-facts", "2"])
+    code = main(["demo", "--out", str(out), "--facts", "2", "--samples", "2", "--locate-facts", "3",
+                 "--circuit-facts", "2"])
     assert code == 0
     return out.parent
 

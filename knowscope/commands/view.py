@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
     if runs.exists() and not runs.is_dir():
         raise CLIError(f"{runs} is a file, not a runs folder")
     print(f"knowscope viewer on http://localhost:{args.port}  (runs: {runs.resolve()}; Ctrl-C stops it)", flush=True)
-    code = serve(runs, args.port, args.model, headless=not args.browser)
+    code = serve(runs, args.port, args.model, headless=not args.browser, replace_process=True)
     if code not in (0, -2, 130):
         raise CLIError(f"streamlit exited with status {code}")
     return None

@@ -37,6 +37,25 @@ def environment(runs_dir: str | os.PathLike[str] = "runs", model: str | None = N
 
 
 def serve(runs_dir: str | os.PathLike[str] = "runs", port: int = 8501, model: str | None = None,
-          headless: bool = True) -> int:
-    """Run the viewer in the foreground until interrupted; returns streamlit's exit status."""
-    return subprocess.call(command(runs_dir, port, headless), env=environment(runs_dir, model))
+          headless: bool = True, replace_process: bool = False) -> int:
+    """Run the viewer in the foreground until it stops; returns streamlit's exit status.
+
+    ``replace_process=True`` (the CLI) execs streamlit in place of this process, so that stopping
+    ``knowscope view`` (Ctrl-C, SIGTERM) stops the server itself and leaves no orphan behind.
+    Otherwise streamlit runs as a child that is terminated when this call ends, however it ends.
+    """
+    cmd, env = command(runs_dir, port, headless), environment(runs_dir, model)
+    if replace_process:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execve(cmd[0], cmd, env)
+    proc = subprocess.Popen(cmd, env=env)
+    try:
+        return proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()

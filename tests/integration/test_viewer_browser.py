@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -72,7 +73,8 @@ def viewer(demo_runs, tmp_path_factory):
     cmd = [str(exe)] if exe.is_file() else [sys.executable, "-c", "from knowscope.cli import main; main()"]
     log_path = tmp_path_factory.mktemp("viewer") / "viewer.log"
     log = open(log_path, "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([*cmd, "view", str(demo_runs), "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([*cmd, "view", str(demo_runs), "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
     url = f"http://localhost:{port}"
     try:
         deadline = time.time() + 120
@@ -88,12 +90,13 @@ def viewer(demo_runs, tmp_path_factory):
             time.sleep(0.5)
         yield url
     finally:
-        proc.terminate()
+        proc.terminate()  # `knowscope view` execs streamlit, so this stops the server itself
         try:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
         log.close()
+        assert proc.returncode is not None
 
 
 @pytest.fixture(scope="module")

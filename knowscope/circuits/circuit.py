@@ -420,6 +420,18 @@ def final_norm_scale(model: Any, batch: eap.CircuitBatch) -> Float[Tensor, "batc
     return cache["ln_final.hook_scale"][rows, batch.last.to(model.device)].float()
 
 
+def through_final_norm(model: Any, x: Float[Tensor, "... d_model"], scale: Tensor) -> Float[Tensor, "... d_model"]:
+    """A component's output as the final norm passes it on with a frozen ``scale``: centred first
+    (LayerNorm only), times the norm's weight, divided by ``scale`` (broadcast against ``x``)."""
+    ln = model.bridge.ln_final.original_component
+    x = x.float()
+    if not hasattr(ln, "variance_epsilon") and getattr(ln, "bias", None) is not None:
+        x = x - x.mean(-1, keepdim=True)
+    if getattr(ln, "weight", None) is not None:
+        x = x * ln.weight.float().to(x.device)
+    return x / scale.to(x.device)
+
+
 def node_logit_attribution(
     model: Any, graph: Graph, batch: eap.CircuitBatch, outputs: Tensor | None = None,
     token_ids: Tensor | None = None, scale: Tensor | None = None,
@@ -435,15 +447,10 @@ def node_logit_attribution(
     ids = batch.answer if token_ids is None else token_ids
     rows = torch.arange(batch.size, device=outputs.device)
     last = outputs[rows, batch.last.to(outputs.device)].float()  # [batch, node, d]
-    ln = model.bridge.ln_final.original_component
-    centred = not hasattr(ln, "variance_epsilon") and getattr(ln, "bias", None) is not None
     if scale is None:
         scale = final_norm_scale(model, batch)  # [batch, 1]
-    scale = scale.to(last.device)
-    x = last - last.mean(-1, keepdim=True) if centred else last
-    w = ln.weight.float() if getattr(ln, "weight", None) is not None else torch.ones(last.shape[-1])
+    x = through_final_norm(model, last, scale[:, None, :])
     unembed = model.hf.get_output_embeddings().weight.float()  # [vocab, d]
-    x = x * w / scale[:, None, :]
     col = unembed[ids.to(unembed.device)]  # [batch, d]
     direct = torch.einsum("bnd,bd->bn", x, col)
     mean = torch.einsum("bnd,d->bn", x, unembed.mean(0))

@@ -25,7 +25,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from knowscope.circuits import eap
-from knowscope.circuits.circuit import Circuit, final_norm_scale
+from knowscope.circuits.circuit import Circuit, final_norm_scale, through_final_norm
 from knowscope.circuits.graph import Graph
 from knowscope.circuits.roles import NodeRole, head_roles
 from knowscope.facts import Fact
@@ -122,13 +122,8 @@ def node_detail(model: Any, circuit: Circuit, node: str, *, example: int = 0, k:
     outputs, _ = eap.record_outputs(model, graph, batch.clean)
     scale = final_norm_scale(model, batch)[example]  # [1]
     last = int(batch.last[example])
-    x = outputs[example, last, u].float()
-    ln = model.bridge.ln_final.original_component
-    if not hasattr(ln, "variance_epsilon") and getattr(ln, "bias", None) is not None:
-        x = x - x.mean()
-    if getattr(ln, "weight", None) is not None:
-        x = x * ln.weight.float()
-    logits = model.hf.get_output_embeddings().weight.float() @ (x / scale.to(x.device))
+    x = through_final_norm(model, outputs[example, last, u], scale)
+    logits = model.hf.get_output_embeddings().weight.float() @ x
     logits = logits - logits.mean()
     top, bottom = logits.topk(k), (-logits).topk(k)
     dec = model.tokenizer.decode

@@ -81,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"knowscope {args.command}: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return int(getattr(args, "exit_status", 0))  # a command that ran but found a problem (doctor) sets 1
 
 
 if __name__ == "__main__":

@@ -38,6 +38,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
+from knowscope.compat import detect as detect_compat
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -189,6 +191,8 @@ class Model:
         self.fingerprint = compute_fingerprint(self)
         for p in self.hf.parameters():
             p.requires_grad_(False)
+        # calling conventions that move between releases, measured on this model (knowscope.compat)
+        self.compat = detect_compat(bridge, self.hf, self.to_tokens("The capital of France is").to(self.device))
 
     # --- parameters -----------------------------------------------------------------------
     def named_parameters(self) -> dict[str, nn.Parameter]:
@@ -273,17 +277,35 @@ class Model:
         p, idx = probs.topk(min(k, probs.numel()))
         return [(self.tokenizer.decode([int(i)]), float(q), int(i)) for q, i in zip(p, idx, strict=True)]
 
+    @property
+    def pad_token_id(self) -> int:
+        """The id used to pad batches: the tokenizer's pad token, else its EOS, else its BOS, else 0."""
+        tok = self.tokenizer
+        for tid in (tok.pad_token_id, tok.eos_token_id, tok.bos_token_id):
+            if tid is not None:
+                return int(tid)
+        return 0
+
+    @torch.no_grad()
+    def generate(self, input_ids: Int[Tensor, "batch pos"], attention_mask: Tensor | None = None,
+                 **kwargs: Any) -> Int[Tensor, "batch total"]:
+        """``generate()`` of the HF model (the bridge's weights), with the KV cache only where it works.
+
+        Every knowscope generation goes through here: the cache is used when the load-time probe
+        (:mod:`knowscope.compat`) found cached decoding equal to uncached decoding, else decoding
+        recomputes the whole sequence each step (same tokens, slower). Returns prompt + new tokens.
+        """
+        kwargs.setdefault("pad_token_id", self.pad_token_id)
+        kwargs["use_cache"] = bool(self.compat.kv_cache) and kwargs.get("use_cache", True)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        return self.hf.generate(input_ids, attention_mask=attention_mask, **kwargs)
+
     @torch.no_grad()
     def greedy(self, prompt: str, max_new_tokens: int = 10) -> str:
         """Greedy continuation of ``prompt`` (through the HF model; same weights as the bridge)."""
         toks = self.to_tokens(prompt).to(self.device)
-        out = self.hf.generate(
-            toks,
-            attention_mask=torch.ones_like(toks),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
-        )
+        out = self.generate(toks, max_new_tokens=max_new_tokens, do_sample=False)
         return self.tokenizer.decode(out[0, toks.shape[1] :], skip_special_tokens=True)
 
     def __getattr__(self, item: str) -> Any:  # fall through to the bridge (cfg, run_with_cache, ...)

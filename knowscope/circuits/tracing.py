@@ -54,6 +54,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from knowscope.compat import FIX_HINT
 from knowscope.facts import Fact
 from knowscope.models import Model
 from knowscope.results import load_dir, save_dir
@@ -64,6 +65,7 @@ KINDS = ("hidden", "mlp", "attn")
 SEVERED_KINDS = ("hidden_frozen_mlp", "hidden_frozen_attn")
 ALL_KINDS = KINDS + SEVERED_KINDS
 METHODS = ("fast", "reference", "attribution")
+FAST_MODES = ("suffix", "full")
 TOKEN_CLASSES = ("first_subject", "middle_subject", "last_subject", "first_subsequent", "further", "last")
 TOKEN_CLASS_LABELS = {
     "first_subject": "First subject token",
@@ -378,14 +380,14 @@ class _PrefixKV:
 
 
 class _OutputPatch:
-    """Forward hook on a HookPoint that overwrites ``out[rows, 0]`` (position t of a partial pass)."""
+    """Forward hook on a HookPoint that overwrites ``out[rows, pos]`` (token t of a partial pass)."""
 
-    def __init__(self, rows: Tensor, values: Tensor) -> None:
-        self.rows, self.values = rows, values
+    def __init__(self, rows: Tensor, values: Tensor, pos: int = 0) -> None:
+        self.rows, self.values, self.pos = rows, values, pos
 
     def __call__(self, module: Any, inputs: Any, out: Tensor) -> Tensor:
         out = out.clone()
-        out[self.rows, 0] = self.values.to(out.dtype)
+        out[self.rows, self.pos] = self.values.to(out.dtype)
         return out
 
 
@@ -403,10 +405,20 @@ def _supports_partial_forward(model: Model) -> bool:
     return model.arch.positional in ("standard", "rotary")
 
 
-def _block(model: Model, layer: int, h: Tensor, start: int, cache: _PrefixKV) -> Tensor:
-    """Run block ``layer`` on positions ``start..start+pos`` of ``h`` (earlier positions via ``cache``)."""
+def _block(model: Model, layer: int, h: Tensor, start: int, cache: _PrefixKV | None) -> Tensor:
+    """Run block ``layer`` on positions ``start..start+pos`` of ``h`` (earlier positions via ``cache``).
+
+    The cache goes in under the keyword the decoder layer declares (found at load time,
+    :func:`knowscope.compat.cache_keyword`); ``cache=None`` runs the block on ``h`` alone, which then
+    must start at position 0.
+    """
     bridge = model.bridge
-    kwargs: dict[str, Any] = {"past_key_values": cache}
+    kwargs: dict[str, Any] = {}
+    if cache is not None:
+        keyword = model.compat.cache_keyword
+        if keyword is None:
+            raise RuntimeError("this model's decoder layers take no KV cache")
+        kwargs[keyword] = cache
     if model.arch.positional == "rotary":
         pos = torch.arange(start, start + h.shape[1], device=h.device).unsqueeze(0)
         kwargs["position_embeddings"] = bridge.rotary_emb(h, pos)
@@ -425,7 +437,13 @@ class _Record:
     attn: list[Tensor]
 
 
-def _record_run(model: Model, h0: Tensor) -> _Record:
+def _record_run(model: Model, h0: Tensor, with_kv: bool = True) -> _Record:
+    """Run the model block by block from ``h0``, recording what the fast path reuses.
+
+    ``with_kv`` records every layer's keys/values through a recording cache (the ``"suffix"``
+    partial forward needs them); a model whose attention never writes to the cache records
+    fewer layers than it has, which :func:`_fast_mode` detects.
+    """
     n = model.arch.n_layers
     kv: dict[int, tuple[Tensor, Tensor]] = {}
     resid, mlp, attn = [h0], [], []
@@ -436,7 +454,7 @@ def _record_run(model: Model, h0: Tensor) -> _Record:
         handles = [hd[f"blocks.{layer}.hook_mlp_out"].register_forward_hook(cm),
                    hd[f"blocks.{layer}.hook_attn_out"].register_forward_hook(ca)]
         try:
-            h = _block(model, layer, h, 0, _PrefixKV(record=kv))
+            h = _block(model, layer, h, 0, _PrefixKV(record=kv) if with_kv else None)
         finally:
             for hd_ in handles:
                 hd_.remove()
@@ -445,9 +463,59 @@ def _record_run(model: Model, h0: Tensor) -> _Record:
         attn.append(ca.value)
     # the cache is keyed by each attention's own layer index; map it to block order
     keys = sorted(kv)
-    if len(keys) != n:
-        raise RuntimeError(f"recorded keys/values for {len(keys)} of {n} layers; method='fast' cannot run this model")
-    return _Record(resid=resid, kv={i: kv[k] for i, k in enumerate(keys)}, mlp=mlp, attn=attn)
+    return _Record(resid=resid, kv={i: kv[k] for i, k in enumerate(keys)} if len(keys) == n else {},
+                   mlp=mlp, attn=attn)
+
+
+def _fast_mode(model: Model, h0: Tensor, reference: dict[str, Tensor]) -> str:
+    """How the fast path runs a partial forward pass on this model, measured once per model.
+
+    ``"suffix"``: positions t..end only, the corrupted keys/values of positions < t fed in as a KV
+    cache (fastest). ``"full"``: positions 0..end with no cache; positions < t then recompute the
+    corrupted run exactly (causal attention), so the result is the same, at more compute. Suffix is
+    used when it reproduces the bridge's own forward pass and a suffix pass reproduces the
+    recorded positions; otherwise full, when it reproduces the bridge; otherwise this raises.
+    ``reference`` holds the bridge's ``blocks.L.hook_resid_post`` activations of the run from ``h0``.
+    """
+    mode = getattr(model.compat, "trace_mode", None)
+    if mode is not None:
+        return mode
+    n = model.arch.n_layers
+    problems = []
+    if model.compat.cache_keyword is not None:
+        try:
+            rec = _record_run(model, h0, with_kv=True)
+            if not rec.kv:
+                raise RuntimeError("the attention did not write keys/values to the cache it was given")
+            _check_record(rec, reference, n)
+            t = max(1, h0.shape[1] // 2)
+            for layer in (0, n - 1):
+                k, v = rec.kv[layer]
+                out = _block(model, layer, rec.resid[layer][:, t:], t, _PrefixKV(k[:, :, :t], v[:, :, :t]))
+                want = rec.resid[layer + 1][:, t:]
+                err = float((out - want).abs().max())
+                if err > 1e-3 * (float(want.abs().max()) + 1e-6):
+                    raise RuntimeError(f"a suffix pass with cached prefix differs at layer {layer} "
+                                       f"(max diff {err:.3g})")
+            mode = "suffix"
+        except Exception as exc:  # noqa: BLE001 - any failure of the cache route falls back to "full"
+            problems.append(f"suffix: {exc}")
+    if mode is None:
+        try:
+            _check_record(_record_run(model, h0, with_kv=False), reference, n)
+            mode = "full"
+        except Exception as exc:  # noqa: BLE001 - reported below with what to do
+            problems.append(f"full: {exc}")
+    if mode is None:
+        import transformers
+
+        raise RuntimeError(
+            f"method='fast' cannot run this model with transformers {transformers.__version__}: "
+            + "; ".join(problems) + f". To fix: {FIX_HINT}")
+    if problems:
+        logger.info("fast trace runs full-sequence partial passes (%s)", "; ".join(problems))
+    model.compat.trace_mode = mode
+    return mode
 
 
 @dataclass
@@ -529,7 +597,7 @@ class _Tracer:
     # --- fast: partial forward passes from the first restored layer and token ------------------
     @torch.no_grad()
     def fast(self, kinds: Sequence[str], clean: _Record, corrupt: _Record, low: float,
-             positions: Sequence[int], progress: bool) -> dict[str, Tensor]:
+             positions: Sequence[int], progress: bool, mode: str = "suffix") -> dict[str, Tensor]:
         from tqdm.auto import tqdm
 
         n, S = self.n_layers, self.samples
@@ -557,25 +625,29 @@ class _Tracer:
             per_chunk = max(1, self.max_rows // S)
             for c in range(0, len(jobs), per_chunk):
                 chunk = jobs[c : c + per_chunk]
-                scores = self._run_chunk(t, chunk, clean, corrupt)
+                scores = self._run_chunk(t, chunk, clean, corrupt, mode)
                 for job, score in zip(chunk, scores.tolist(), strict=True):
                     kind, tt, L = job.index
                     out[kind][tt, L] = score
         return out
 
-    def _run_chunk(self, t: int, chunk: list[_Job], clean: _Record, corrupt: _Record) -> Tensor:
+    def _run_chunk(self, t: int, chunk: list[_Job], clean: _Record, corrupt: _Record, mode: str) -> Tensor:
+        """One batched partial pass of the jobs of token t; ``mode`` as :func:`_fast_mode`."""
         n, S, dev = self.n_layers, self.samples, self.tokens.device
         hd = self.model.bridge.hook_dict
+        suffix = mode == "suffix"
+        first = t if suffix else 0  # first position the rows hold
+        at = t - first  # index of token t in a row
         h: Tensor | None = None
         active = 0
         self.passes += 1
         for layer in range(chunk[0].start, n + 1):
             new = [j for j in chunk[active:] if j.start == layer]
             if new:
-                init = corrupt.resid[layer][:, t:].unsqueeze(0).repeat(len(new), 1, 1, 1)  # [jobs, S, pos, d]
+                init = corrupt.resid[layer][:, first:].unsqueeze(0).repeat(len(new), 1, 1, 1)  # [jobs, S, pos, d]
                 for i, job in enumerate(new):
                     if job.restore:
-                        init[i, :, 0] = clean.resid[layer][0, t]
+                        init[i, :, at] = clean.resid[layer][0, t]
                 init = init.reshape(len(new) * S, *init.shape[2:])
                 h = init if h is None else torch.cat([h, init])
                 active += len(new)
@@ -590,13 +662,15 @@ class _Tracer:
                         rows.append(torch.arange(i * S, (i + 1) * S, device=dev))
                         vals.append(p[1].expand(S, -1))
                 if rows:
-                    hook = _OutputPatch(torch.cat(rows), torch.cat(vals))
+                    hook = _OutputPatch(torch.cat(rows), torch.cat(vals), at)
                     handles.append(hd[f"blocks.{layer}.hook_{mod}_out"].register_forward_hook(hook))
-            k, v = corrupt.kv[layer]
-            cache = _PrefixKV(k[:, :, :t].repeat(active, 1, 1, 1), v[:, :, :t].repeat(active, 1, 1, 1)) if t else \
-                _PrefixKV()
+            cache = None
+            if suffix:
+                k, v = corrupt.kv[layer]
+                cache = _PrefixKV(k[:, :, :t].repeat(active, 1, 1, 1), v[:, :, :t].repeat(active, 1, 1, 1)) if t \
+                    else _PrefixKV()
             try:
-                h = _block(self.model, layer, h, t, cache)
+                h = _block(self.model, layer, h, first, cache)
             finally:
                 for handle in handles:
                     handle.remove()
@@ -669,6 +743,7 @@ def trace(
     max_rows: int = 512,
     tokens: str | Sequence[str | int] | None = None,
     progress: bool = False,
+    fast_mode: str | None = None,
 ) -> TraceResult:
     """Causal trace of ``prompt`` with ``subject`` corrupted (ROME), per kind ``[token, layer]``.
 
@@ -691,6 +766,9 @@ def trace(
         tokens: trace only these token positions (ints, or ROME token classes such as ``"last_subject"``,
             ``"last"``); other rows of the table are NaN. ``None`` traces every token.
         progress: show a tqdm progress bar.
+        fast_mode: how the fast path runs partial passes, ``"suffix"`` (KV cache) or ``"full"`` (no
+            cache); ``None`` measures once per model which one this install supports (see
+            :func:`_fast_mode`). Both give the same numbers.
     """
     kinds_t = _check_kinds(kinds)
     if method not in METHODS:
@@ -743,12 +821,19 @@ def trace(
             scores[k][untraced] = math.nan
     else:
         with torch.no_grad():
-            clean_rec = _record_run(model, _resid_pre0(model, tokens, None))
-            corrupt_rec = _record_run(model, _resid_pre0(model, tracer.corrupted_tokens(), tracer.noise_hook()))
+            h0 = _resid_pre0(model, tokens, None)
+            mode = fast_mode if fast_mode is not None else _fast_mode(model, h0, clean_cache)
+            if mode not in FAST_MODES:
+                raise ValueError(f"unknown fast_mode {mode!r}; valid: {', '.join(FAST_MODES)}")
+            clean_rec = _record_run(model, h0, with_kv=mode == "suffix")
+            corrupt_rec = _record_run(model, _resid_pre0(model, tracer.corrupted_tokens(), tracer.noise_hook()),
+                                      with_kv=mode == "suffix")
         tracer.passes += 2
         _check_record(clean_rec, clean_cache, n)
         _check_record(corrupt_rec, corrupt_cache, n)
-        scores = tracer.fast(kinds_t, clean_rec, corrupt_rec, low, positions, progress)
+        if mode == "suffix" and not (clean_rec.kv and corrupt_rec.kv):
+            raise RuntimeError(f"fast_mode='suffix': the attention did not write keys/values to the cache. {FIX_HINT}")
+        scores = tracer.fast(kinds_t, clean_rec, corrupt_rec, low, positions, progress, mode)
 
     return TraceResult(
         prompt=prompt, subject=subject, tokens=model.to_str_tokens(tokens[0]), subject_range=(s0, s1),
@@ -809,8 +894,7 @@ def _check_record(rec: _Record, cache: dict[str, Tensor], n: int, tol: float = 1
         if err > tol * scale:
             raise RuntimeError(
                 f"the fast path's block-by-block forward pass differs from the bridge's at layer {layer} "
-                f"(max abs diff {err:.3g}); this architecture is not supported by method='fast': use "
-                "method='reference'"
+                f"(max abs diff {err:.3g}); method='fast' cannot run this model on this install. To fix: {FIX_HINT}"
             )
 
 

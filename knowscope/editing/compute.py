@@ -63,8 +63,8 @@ def context_templates(model: Model, lengths: Sequence[Sequence[int]] = ((10, 5),
             start = torch.full((n, 1), bos, dtype=torch.long, device=model.device)
             with torch.no_grad(), torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):
                 torch.manual_seed(hash_seed("templates", seed, length, n))
-                out = model.hf.generate(
-                    start, attention_mask=torch.ones_like(start), do_sample=True, top_k=5,
+                out = model.generate(
+                    start, do_sample=True, top_k=5,
                     max_new_tokens=length, min_new_tokens=length,
                     pad_token_id=model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else bos,
                 )

@@ -271,29 +271,20 @@ def generate_texts(
         raise ValueError(f"n_gen_per_prompt must be >= 1, got {n_gen_per_prompt}")
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k must be >= 1 or None (greedy), got {top_k}")
-    gen = torch.Generator(device="cpu").manual_seed(seed)
     texts = []
-    for prompt in prompts:
-        tokens = model.to_tokens(prompt).to(model.device).repeat(n_gen_per_prompt, 1)
-        n_new = max(0, max_out_len - (tokens.shape[1] - 1))
-        out = model.hf(input_ids=tokens, use_cache=True)
-        past = out.past_key_values
-        logits = out.logits[:, -1].float()
-        for step in range(n_new):
-            if top_k is None:
-                nxt = logits.argmax(dim=-1, keepdim=True)
-            else:
-                vals, idx = logits.topk(min(top_k, logits.shape[-1]), dim=-1)
-                choice = torch.multinomial(torch.softmax(vals, dim=-1).cpu(), 1, generator=gen).to(idx.device)
-                nxt = idx.gather(1, choice)
-            tokens = torch.cat([tokens, nxt], dim=1)
-            if step + 1 < n_new:
-                out = model.hf(input_ids=nxt, past_key_values=past, use_cache=True)
-                past = out.past_key_values
-                logits = out.logits[:, -1].float()
-        for row in tokens:
-            text = model.tokenizer.decode(row.tolist(), skip_special_tokens=True)
-            texts.append(unicodedata.normalize("NFKD", text).replace("\n\n", " "))
+    sampling = {"do_sample": False} if top_k is None else {"do_sample": True, "top_k": top_k, "top_p": 1.0,
+                                                             "temperature": 1.0}
+    with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        for prompt in prompts:
+            tokens = model.to_tokens(prompt).to(model.device).repeat(n_gen_per_prompt, 1)
+            n_new = max(0, max_out_len - (tokens.shape[1] - 1))
+            if n_new:
+                # ROME's generate_fast samples to the length limit: EOS neither stops a row nor is banned
+                tokens = model.generate(tokens, max_new_tokens=n_new, eos_token_id=None, **sampling)
+            for row in tokens:
+                text = model.tokenizer.decode(row.tolist(), skip_special_tokens=True)
+                texts.append(unicodedata.normalize("NFKD", text).replace("\n\n", " "))
     return texts
 
 

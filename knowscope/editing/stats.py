@@ -140,9 +140,8 @@ def generated_batch(model: Model, index: int, batch_size: int, seq_len: int, see
     start = torch.full((batch_size, 1), bos, dtype=torch.long, device=model.device)
     with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):
         torch.manual_seed(hash_seed(seed, index))
-        out = model.hf.generate(
+        out = model.generate(
             start,
-            attention_mask=torch.ones_like(start),
             do_sample=True,
             top_k=0,
             top_p=1.0,

@@ -69,8 +69,8 @@ def respond(model: Model, prompts: Sequence[str], max_new_tokens: int = 48, batc
     for start in range(0, len(prompts), batch_size):
         rows = [input_ids(model, p, chat) for p in prompts[start : start + batch_size]]
         ids, mask = left_pad(model, rows)
-        gen = model.hf.generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                                pad_token_id=pad_id)
+        gen = model.generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                             pad_token_id=pad_id)
         for row in gen[:, ids.shape[1]:]:
             out.append(tok.decode(row, skip_special_tokens=True).strip())
     return out

@@ -39,9 +39,11 @@ def _kwargs(**kw):
     return base
 
 
-def test_fast_equals_reference_all_kinds(sharp):
-    """The batched partial-forward path gives the per-cell loop's numbers (GPT-2 Conv1D; Llama GQA + RoPE)."""
-    fast = trace(sharp, PROMPT, SUBJECT, kinds=ALL_KINDS, method="fast", **_kwargs())
+@pytest.mark.parametrize("fast_mode", [None, "suffix", "full"])
+def test_fast_equals_reference_all_kinds(sharp, fast_mode):
+    """The batched partial-forward path gives the per-cell loop's numbers (GPT-2 Conv1D; Llama GQA + RoPE),
+    in both partial-forward modes (KV-cache suffix passes and cache-free full passes) and the auto-detected one."""
+    fast = trace(sharp, PROMPT, SUBJECT, kinds=ALL_KINDS, method="fast", fast_mode=fast_mode, **_kwargs())
     ref = trace(sharp, PROMPT, SUBJECT, kinds=ALL_KINDS, method="reference", **_kwargs())
     assert fast.low_score == pytest.approx(ref.low_score, abs=1e-7)
     for kind in ALL_KINDS:

@@ -26,6 +26,31 @@ class CLIError(Exception):
     """An expected failure to report on one line (bad input, missing file, ...)."""
 
 
+SAVE_DESTS = ("out", "save")  # options naming a folder a command saves results to
+
+
+def _precheck(args: argparse.Namespace) -> None:
+    """Refuse bad output paths before any computation (one line, exit 2)."""
+    from pathlib import Path
+
+    from knowscope.results import check_writable
+
+    target = getattr(args, "json", None)
+    if target:
+        p = Path(target)
+        if p.is_dir():
+            raise CLIError(f"--json {target}: is a folder; give a file name")
+        parent = p.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not parent.is_dir():
+            raise CLIError(f"--json {target}: {parent} is a file, not a folder")
+    for dest in SAVE_DESTS:
+        value = getattr(args, dest, None)
+        if isinstance(value, str) and value:
+            check_writable(value, None, bool(getattr(args, "overwrite", False)))
+
+
 def _command_modules() -> list[Any]:
     mods = []
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda i: i.name):
@@ -47,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
         mod.add_arguments(p)
         if getattr(mod, "TAKES_JSON", True):
             p.add_argument("--json", metavar="FILE", help="write the result as JSON to FILE")
+        if any(a.dest in SAVE_DESTS for a in p._actions):
+            p.add_argument("--overwrite", action="store_true",
+                           help="allow replacing a knowscope result of another kind at the save path (a folder "
+                                "with files knowscope did not write is never replaced)")
         p.set_defaults(_run=mod.run)
     return parser
 
@@ -63,11 +92,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     from knowscope.facts import FactFormatError, write_json_atomic
     from knowscope.models import ModelLoadError
-    from knowscope.results import ResultFormatError
+    from knowscope.results import ResultFormatError, allow_overwrite
 
-    expected = (CLIError, ModelLoadError, FactFormatError, ResultFormatError, FileNotFoundError, ValueError, KeyError)
+    expected = (CLIError, ModelLoadError, FactFormatError, ResultFormatError, FileNotFoundError, ValueError, KeyError,
+                UnicodeDecodeError, IsADirectoryError, NotADirectoryError)
     try:
-        result = args._run(args)
+        _precheck(args)
+        with allow_overwrite(bool(getattr(args, "overwrite", False))):
+            result = args._run(args)
         if getattr(args, "json", None) and result is not None:
             write_json_atomic(args.json, result)
             print(f"wrote {args.json}")

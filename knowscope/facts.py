@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import string
 import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -26,6 +27,10 @@ from pathlib import Path
 from typing import Any
 
 BUNDLED_FACTS = "facts.json"
+
+
+#: longest subject or prompt template a fact may have (CounterFact prompts are one sentence)
+MAX_FIELD_CHARS = 1000
 
 
 class FactFormatError(ValueError):
@@ -52,12 +57,25 @@ class Fact:
     locality: list[tuple[str, str]] = field(default_factory=list)
     portability: list[tuple[str, str]] = field(default_factory=list)
 
-    def __post_init__(self) -> None:
+    def __post_init__(self) -> None:  # noqa: C901 - one check per field
         where = f"fact {self.case_id!r}" if self.case_id is not None else f"fact about {self.subject!r}"
         if not isinstance(self.subject, str) or not self.subject.strip():
             raise FactFormatError(f"{where}: field 'subject' must be a non-empty string")
         if not isinstance(self.prompt, str) or self.prompt.count("{}") != 1:
             raise FactFormatError(f"{where}: field 'prompt' must contain exactly one '{{}}', got {self.prompt!r}")
+        try:
+            fields = [f for _, f, _, _ in string.Formatter().parse(self.prompt) if f is not None]
+        except ValueError as exc:
+            raise FactFormatError(f"{where}: field 'prompt' {self.prompt!r} is not a template ({exc})") from None
+        other = [f for f in fields if f != ""]
+        if other:
+            raise FactFormatError(f"{where}: field 'prompt' {self.prompt!r} has format field {{{other[0]}}}; only "
+                                  "'{}' (the subject) may appear (write other braces as '{{' and '}}')")
+        for name in ("subject", "prompt"):
+            if len(getattr(self, name)) > MAX_FIELD_CHARS:
+                n_chars = len(getattr(self, name))
+                raise FactFormatError(f"{where}: field {name!r} is {n_chars:,} characters long; a fact is one "
+                                      f"sentence (at most {MAX_FIELD_CHARS:,} characters)")
         for name in ("target_true", "target_new"):
             value = getattr(self, name)
             if not isinstance(value, str) or not value.strip():
@@ -299,10 +317,17 @@ def detect_format(record: dict[str, Any], index: int = 0) -> str:
 def load_facts(path: str | os.PathLike[str], fmt: str = "auto") -> list[Fact]:
     """Read facts from a JSON file (CounterFact, EasyEdit/KnowEdit or zsRE; detected per record)."""
     p = Path(path)
+    if p.is_dir():
+        raise FactFormatError(f"fact file {p} is a folder; give a JSON file")
     if not p.is_file():
         raise FileNotFoundError(f"fact file {p} does not exist")
     try:
         records = json.loads(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise FactFormatError(f"fact file {p} is not UTF-8 text (byte {exc.object[exc.start]:#x} at position "
+                              f"{exc.start}); save it as UTF-8") from None
+    except RecursionError:
+        raise FactFormatError(f"fact file {p} is nested too deeply to be a fact list") from None
     except json.JSONDecodeError as exc:
         raise FactFormatError(f"{p} is not valid JSON: {exc}") from exc
     try:

@@ -1,25 +1,49 @@
 """Saving and loading result objects: a directory with ``meta.json`` and ``arrays.safetensors``.
 
 Every result type (TraceResult, Circuit, EditResult, ...) stores its metadata as JSON and its
-tensors as safetensors through :func:`save_dir` / :func:`load_dir`; no pickle anywhere. A save is
-atomic: the directory is written under a temporary name beside the target and renamed into place,
-so an interrupted save never leaves a half-written result behind.
+tensors as safetensors through :func:`save_dir` / :func:`load_dir`; no pickle anywhere.
+
+Every directory knowscope writes - a result, a group of results (``edit --save``), a converted
+model in the cache - goes through :func:`atomic_directory`, which makes the write safe:
+
+* nothing is lost: a path that holds anything other than a knowscope result of the same kind is
+  refused (``overwrite=True`` also replaces a knowscope result of another kind or an empty folder;
+  a folder with files knowscope did not write is never deleted), and an existing file is never
+  replaced by a folder;
+* atomic and crash-safe: the new directory is written under a temporary name beside the target,
+  its files and the directory are fsynced, then the old target is renamed aside and the new one
+  into place. A kill at any step leaves the old or the new result loadable: the next save or load
+  of the same path restores a target left renamed aside and removes temporaries of dead writers;
+* safe under concurrent writers: saves of one path take an exclusive lock (a file in the cache's
+  ``locks/``, keyed by the path), loads a shared one, so two processes never interleave renames.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+from knowscope.paths import lock_path
+
+try:  # POSIX; elsewhere saves are still atomic, only not serialised between processes
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
 
 META = "meta.json"
 ARRAYS = "arrays.safetensors"
+GROUP = "knowscope-group.json"  # marks a folder of results written together (e.g. ``edit --save``)
 FORMAT_VERSION = 1
 
 
@@ -27,53 +51,277 @@ class ResultFormatError(ValueError):
     """A directory does not hold a knowscope result of the expected kind."""
 
 
-def save_dir(path: str | os.PathLike[str], kind: str, meta: dict[str, Any], arrays: dict[str, torch.Tensor]) -> Path:
-    """Write ``meta`` (JSON) and ``arrays`` (safetensors) to directory ``path``, atomically.
+class SaveRefusedError(ResultFormatError):
+    """A save would replace something that is not a knowscope result of the same kind."""
 
-    An existing directory at ``path`` is replaced only after the new one is complete.
+
+# --------------------------------------------------------------------------------------------------
+# what is at a path
+
+
+def read_json(path: Path) -> Any:
+    """JSON from ``path``; malformed, too deeply nested or non-UTF-8 content is a ResultFormatError."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except RecursionError as exc:
+        raise ResultFormatError(f"{path} is nested too deeply to be knowscope metadata") from exc
+    except UnicodeDecodeError as exc:
+        raise ResultFormatError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    except json.JSONDecodeError as exc:
+        raise ResultFormatError(f"{path} is not valid JSON: {exc}") from exc
+
+
+def written_kind(path: str | os.PathLike[str]) -> str | None:
+    """The kind of what knowscope wrote at ``path`` (a result's ``kind``, a group's ``group:KIND``), else None."""
+    p = Path(path)
+    for name, prefix in ((META, ""), (GROUP, "group:")):
+        f = p / name
+        if f.is_file():
+            try:
+                body = read_json(f)
+            except (ResultFormatError, OSError):
+                return None
+            if isinstance(body, dict) and isinstance(body.get("kind"), str):
+                return prefix + body["kind"]
+    return None
+
+
+def check_writable(path: str | os.PathLike[str], kind: str | None, overwrite: bool | None = None) -> Path:
+    """Raise :class:`SaveRefusedError` unless a ``kind`` directory may be written at ``path``.
+
+    Call it before long computations, so a bad ``--save`` fails in a second, not after the work;
+    ``kind=None`` accepts whatever knowscope wrote (the kind is checked again when saving).
+    ``overwrite=None`` uses :func:`allow_overwrite`'s setting.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        body = {"kind": kind, "format_version": FORMAT_VERSION, **meta}
-        (tmp / META).write_text(json.dumps(body, indent=1, ensure_ascii=False, default=_default) + "\n")
-        tensors = {k: v.detach().to("cpu").contiguous() for k, v in arrays.items()}
-        save_file(tensors, str(tmp / ARRAYS))
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    overwrite = _OVERWRITE.get() if overwrite is None else overwrite
+    if target.is_symlink() or (target.exists() and not target.is_dir()):
+        raise SaveRefusedError(f"{target} exists and is not a folder; refusing to replace it with a {kind!r} result "
+                               "(choose another path)")
+    if target.is_dir():
+        found = written_kind(target)
+        if found is not None and (kind is None or found == kind):
+            return target
+        empty = not any(target.iterdir())
+        if found is None and not empty:
+            raise SaveRefusedError(f"{target} is a folder with files knowscope did not write; refusing to replace it "
+                                   "(choose a new or empty folder)")
+        if found is not None and not overwrite:
+            raise SaveRefusedError(f"{target} holds a knowscope {found!r} result, not {kind!r}; pass --overwrite "
+                                   "(overwrite=True) to replace it")
+    parent = target.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if parent.exists() and not parent.is_dir():
+        raise SaveRefusedError(f"cannot save to {target}: {parent} is a file, not a folder")
     return target
 
 
-def load_dir(path: str | os.PathLike[str], kind: str | None = None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Read a result directory written by :func:`save_dir`; check its ``kind`` if given."""
-    p = Path(path)
-    if not (p / META).is_file():
-        raise ResultFormatError(f"{p} is not a knowscope result directory (no {META})")
+# --------------------------------------------------------------------------------------------------
+# locking, recovery, fsync
+
+
+@contextlib.contextmanager
+def _locked(target: Path, exclusive: bool) -> Iterator[None]:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:
+        yield
+        return
+    lock = lock_path(target)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        meta = json.loads((p / META).read_text())
-    except json.JSONDecodeError as exc:
-        raise ResultFormatError(f"{p / META} is not valid JSON: {exc}") from exc
-    if kind is not None and meta.get("kind") != kind:
-        raise ResultFormatError(f"{p} holds a {meta.get('kind')!r} result, not a {kind!r}")
-    arrays = load_file(str(p / ARRAYS)) if (p / ARRAYS).is_file() else {}
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def path_lock(target: str | os.PathLike[str]) -> contextlib.AbstractContextManager[None]:
+    """The exclusive lock that saves of ``target`` hold (for check-then-write sequences like caches)."""
+    return _locked(Path(target), exclusive=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _leftovers(target: Path) -> list[tuple[str, int, Path]]:
+    """Temporaries of earlier saves of ``target``: ("tmp" | "old", writer pid, path)."""
+    out = []
+    prefix = f".{target.name}."
+    if not target.parent.is_dir():
+        return out
+    for p in target.parent.iterdir():
+        if not p.name.startswith(prefix):
+            continue
+        parts = p.name[len(prefix):].split("-")
+        if len(parts) >= 3 and parts[0] in ("tmp", "old") and parts[1].isdigit():
+            out.append((parts[0], int(parts[1]), p))
+    return out
+
+
+def recover(target: str | os.PathLike[str]) -> None:
+    """Finish or undo what a killed save of ``target`` left: restore a target left renamed aside,
+    remove temporaries of writers that are no longer running. Called (under the lock) by every
+    save and load; harmless when there is nothing to do."""
+    target = Path(target)
+    for what, pid, p in sorted(_leftovers(target), key=lambda x: x[0] != "old"):
+        if _pid_alive(pid):
+            continue
+        if what == "old" and not target.exists():
+            os.replace(p, target)  # killed between the two renames: the previous result comes back
+        else:
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _fsync_tree(path: Path) -> None:
+    for root, _dirs, files in os.walk(path):
+        for f in files:
+            fd = os.open(os.path.join(root, f), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(root))
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+_OVERWRITE: contextvars.ContextVar[bool] = contextvars.ContextVar("knowscope_overwrite", default=False)
+
+
+@contextlib.contextmanager
+def allow_overwrite(enabled: bool = True) -> Iterator[None]:
+    """Inside this block, saves may replace a knowscope result of another kind (CLI: ``--overwrite``)."""
+    token = _OVERWRITE.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _OVERWRITE.reset(token)
+
+
+#: test hook: called with the step name at each step of a swap (fault injection in the tests)
+_STEP: Callable[[str], None] = lambda step: None  # noqa: E731
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike[str], kind: str, overwrite: bool | None = None,
+                     check: bool = True, lock: bool = True) -> Iterator[Path]:
+    """Write a directory atomically: yields a temporary folder to fill, then swaps it into ``path``.
+
+    ``kind`` is what will be at ``path`` (a result kind, or ``group:KIND`` for a folder of results);
+    see the module docstring for what is refused, the crash-safety and the locking. If the body
+    raises, nothing at ``path`` changes. ``check=False`` skips the refusal rules (for caches whose
+    every file knowscope wrote); ``lock=False`` when the caller already holds :func:`path_lock`.
+    """
+    target = Path(path)
+    if check:
+        check_writable(target, kind, overwrite)
+    with _locked(target, exclusive=True) if lock else contextlib.nullcontext():
+        recover(target)
+        if check:
+            check_writable(target, kind, overwrite)  # again, under the lock
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)  # mkdtemp makes 0700; a result folder gets the usual permissions
+        try:
+            yield tmp
+            _fsync_tree(tmp)
+            _STEP("written")
+            if target.exists():
+                old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-{os.getpid()}-", dir=target.parent))
+                os.replace(target, old)
+                _STEP("moved-aside")
+                os.replace(tmp, target)
+                _STEP("swapped")
+                _fsync_dir(target.parent)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, target)
+                _fsync_dir(target.parent)
+            _STEP("done")
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save_dir(path: str | os.PathLike[str], kind: str, meta: dict[str, Any], arrays: dict[str, torch.Tensor],
+             overwrite: bool | None = None) -> Path:
+    """Write ``meta`` (JSON) and ``arrays`` (safetensors) to directory ``path`` (see :func:`atomic_directory`).
+
+    An existing result of the same kind at ``path`` is replaced only after the new one is complete.
+    """
+    with atomic_directory(path, kind, overwrite) as tmp:
+        body = {"kind": kind, "format_version": FORMAT_VERSION, **meta}
+        (tmp / META).write_text(json.dumps(body, indent=1, ensure_ascii=False, default=_default) + "\n",
+                                encoding="utf-8")
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in arrays.items()}
+        save_file(tensors, str(tmp / ARRAYS))
+    return Path(path)
+
+
+def write_group_marker(folder: Path, kind: str, meta: dict[str, Any] | None = None) -> None:
+    """Mark ``folder`` (inside :func:`atomic_directory`) as a group of results knowscope wrote."""
+    (folder / GROUP).write_text(json.dumps({"kind": kind, **(meta or {})}, indent=1) + "\n", encoding="utf-8")
+
+
+def load_dir(path: str | os.PathLike[str], kind: str | None = None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Read a result directory written by :func:`save_dir`; check its ``kind`` if given.
+
+    Malformed content (metadata that is not a JSON object, nested too deeply, not UTF-8; arrays
+    that are not safetensors) raises :class:`ResultFormatError` naming the file.
+    """
+    p = Path(path)
+    with _locked(p, exclusive=False) if p.parent.is_dir() else contextlib.nullcontext():
+        if p.parent.is_dir():
+            with contextlib.suppress(OSError):
+                recover(p)
+        if not p.exists():
+            raise ResultFormatError(f"{p} does not exist")
+        if not (p / META).is_file():
+            raise ResultFormatError(f"{p} is not a knowscope result directory (no {META})")
+        meta = read_json(p / META)
+        if not isinstance(meta, dict):
+            raise ResultFormatError(f"{p / META} holds a JSON {type(meta).__name__}, not a result's metadata")
+        if kind is not None and meta.get("kind") != kind:
+            raise ResultFormatError(f"{p} holds a {meta.get('kind')!r} result, not a {kind!r}")
+        version = meta.get("format_version", FORMAT_VERSION)
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise ResultFormatError(f"{p / META} has format_version {version!r}; this knowscope reads up to "
+                                    f"{FORMAT_VERSION}: upgrade knowscope to open it")
+        arrays: dict[str, torch.Tensor] = {}
+        if (p / ARRAYS).is_file():
+            try:
+                arrays = load_file(str(p / ARRAYS))
+            except (SafetensorError, OSError, ValueError) as exc:
+                raise ResultFormatError(f"{p / ARRAYS} is not a readable safetensors file ({exc})") from exc
     return meta, arrays
 
 
 def result_kind(path: str | os.PathLike[str]) -> str | None:
     """The ``kind`` of a saved result directory, or None if it is not one."""
-    try:
-        return json.loads((Path(path) / META).read_text()).get("kind")
-    except (OSError, json.JSONDecodeError):
-        return None
+    found = written_kind(path)
+    return None if found is None or found.startswith("group:") else found
 
 
 def _default(obj: Any) -> Any:

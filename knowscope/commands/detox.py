@@ -10,7 +10,6 @@ as ``DIR/edits/NNNN`` (an :class:`~knowscope.editing.EditResult` that ``EditSess
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 from knowscope.commands import add_model_argument, load_from_args
@@ -80,11 +79,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     out.update({"model": model.name, "fingerprint": model.fingerprint, "data": args.data or "bundled",
                 "n_facts_checked": len(facts or [])})
     if args.save:
-        root = Path(args.save)
-        for i, res in enumerate(edits):
-            res.save(root / "edits" / f"{i:04d}")
-        write_json_atomic(root / "report.json", out)
-        out["saved"] = str(root)
+        from knowscope.results import atomic_directory, write_group_marker
+
+        with atomic_directory(args.save, "group:detox_run") as root:
+            for i, res in enumerate(edits):
+                res.save(root / "edits" / f"{i:04d}")
+            write_json_atomic(root / "report.json", out)
+            write_group_marker(root, "detox_run", {"n_items": len(items)})
+        out["saved"] = str(args.save)
     print(f"\nDINM on {model.name}: {len(items)} items, judge {report.judge}, toxic layers {report.toxic_layers}")
     print(report.table())
     return out

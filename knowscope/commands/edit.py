@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 from typing import Any
 
 from knowscope.commands import add_model_argument, load_from_args
@@ -181,15 +180,18 @@ def _progress(n: int, total: int, group: list[Any], metrics: Any) -> None:
 
 
 def _save(path: str, session: Any, results: list[Any], metrics: Any, sequential: bool) -> str:
-    out = Path(path)
-    out.mkdir(parents=True, exist_ok=True)
-    if sequential:
-        session.save(out / "session")
-    else:
-        for i, result in enumerate(results):
-            result.save(out / "edits" / f"{i:04d}")
-    metrics.save(out / "metrics")
-    return str(out)
+    """Write the run as one group, atomically: a second save replaces the whole group (no stale edits)."""
+    from knowscope.results import atomic_directory, write_group_marker
+
+    with atomic_directory(path, "group:edit_run") as out:
+        if sequential:
+            session.save(out / "session")
+        else:
+            for i, result in enumerate(results):
+                result.save(out / "edits" / f"{i:04d}")
+        metrics.save(out / "metrics")
+        write_group_marker(out, "edit_run", {"n_edits": len(results), "sequential": sequential})
+    return str(path)
 
 
 def _print_summary(args: argparse.Namespace, model: Any, metrics: Any, layers: list[int], n: int) -> None:

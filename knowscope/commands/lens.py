@@ -26,6 +26,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.top_k < 1:
         raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
+    if args.top_k > 1000:
+        raise ValueError(f"--top-k {args.top_k} is too many to show; use at most 1000")
     if not args.prompt.strip():
         raise ValueError("--prompt is empty")
     model = load_from_args(args)

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +30,10 @@ from knowscope.models import Model
 from knowscope.results import load_dir, save_dir
 
 logger = logging.getLogger(__name__)
+
+
+#: the largest ||delta|| / ||W|| an edit may have (ROME/MEMIT deltas are ~0.01-0.5; DINM/FT below 1)
+MAX_RELATIVE_DELTA = 10.0
 
 
 class EditMismatchError(ValueError):
@@ -101,12 +107,31 @@ class EditSession:
     >>> with session.unedited(): ...      # original weights for the duration
     >>> session.undo()                    # back to before the last apply, bit for bit
     >>> with session.temporary(result): ...  # applied only inside the block
+
+    One model has one edit ledger: while a session has edits applied, another session on the same
+    model refuses to apply (undoing in two sessions would otherwise leave edits no history knows).
     """
 
     def __init__(self, model: Model) -> None:
         self.model = model
         self._original: dict[str, Tensor] = {}
         self._stack: list[tuple[EditResult, dict[str, Tensor]]] = []
+
+    def _owner(self) -> EditSession | None:
+        ref = getattr(self.model, "_edit_owner", None)
+        owner = ref() if ref is not None else None
+        return owner if owner is not None and owner._stack else None
+
+    def _claim(self) -> None:
+        owner = self._owner()
+        if owner is not None and owner is not self:
+            raise EditMismatchError(
+                f"{self.model.name!r} already carries {len(owner._stack)} edit(s) applied by another EditSession; "
+                "apply through that session, or undo / roll back its edits first")
+
+    def _release_if_clean(self) -> None:
+        if not self._stack and self._owner() in (None, self):
+            self.model._edit_owner = None
 
     # --- state ------------------------------------------------------------------------------
     @property
@@ -134,13 +159,26 @@ class EditSession:
                 raise EditMismatchError(
                     f"delta for {name!r} has shape {tuple(delta.shape)}, the parameter {tuple(params[name].shape)}"
                 )
-            if not torch.isfinite(delta).all():
-                raise EditMismatchError(f"delta for {name!r} contains NaN or inf; refusing to apply it")
+            param = params[name]
+            cast = delta.to(dtype=param.dtype)  # a finite float64 delta can overflow in the weight's dtype
+            if not torch.isfinite(cast).all():
+                raise EditMismatchError(f"delta for {name!r} is NaN or inf in the weight's dtype ({param.dtype}); "
+                                        "refusing to apply it")
+            # scale: the weight's norm, at least that of entries of RMS 1 (zero-initialised biases)
+            scale = max(float(param.detach().double().norm()), math.sqrt(param.numel()))
+            d_norm = float(cast.double().norm())
+            if d_norm > MAX_RELATIVE_DELTA * scale:
+                raise EditMismatchError(
+                    f"delta for {name!r} has norm {d_norm:.3g}, {d_norm / scale:.3g} x the weight's scale "
+                    f"{scale:.3g} (more than {MAX_RELATIVE_DELTA:g} x is not an edit); refusing to apply it")
+            if not torch.isfinite(param.detach() + cast.to(param.device)).all():
+                raise EditMismatchError(f"applying the delta for {name!r} overflows the weight; refusing to apply it")
 
     # --- applying ---------------------------------------------------------------------------
     @torch.no_grad()
     def apply(self, result: EditResult) -> EditResult:
         """Add the result's deltas to the weights. On any failure the weights are left untouched."""
+        self._claim()
         self.check(result)
         params = self.model.named_parameters()
         before = {name: params[name].detach().clone() for name in result.deltas}
@@ -154,6 +192,7 @@ class EditSession:
             self._restore(before)
             raise
         self._stack.append((result, before))
+        self.model._edit_owner = weakref.ref(self)
         logger.info("applied %r", result)
         return result
 
@@ -164,6 +203,7 @@ class EditSession:
             raise ValueError("nothing to undo: no edit has been applied in this session")
         result, before = self._stack.pop()
         self._restore(before)
+        self._release_if_clean()
         return result
 
     @torch.no_grad()
@@ -171,6 +211,7 @@ class EditSession:
         """Restore every touched parameter to its original value, bit for bit, and clear the history."""
         self._restore(self._original)
         self._stack.clear()
+        self._release_if_clean()
 
     @torch.no_grad()
     def _restore(self, values: dict[str, Tensor]) -> None:

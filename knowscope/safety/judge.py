@@ -183,6 +183,10 @@ def get_judge(name: str | SafetyJudge | None = None, **kwargs: Any) -> SafetyJud
         return RefusalJudge()
     if not isinstance(name, str):
         return name
+    if not Path(name).expanduser().exists():
+        from knowscope.models import check_hub_reachable
+
+        check_hub_reachable(name, what="judge")  # offline: fail in a second, not after the hub's retries
     return ClassifierJudge(name, **kwargs)
 
 

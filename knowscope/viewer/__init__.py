@@ -29,6 +29,7 @@ def environment(runs_dir: str | os.PathLike[str] = "runs", model: str | None = N
     """The process environment the viewer reads its settings from."""
     env = dict(os.environ)
     env["KNOWSCOPE_RUNS"] = str(Path(runs_dir).resolve())
+    env["STREAMLIT_BROWSER_GATHER_USAGE_STATS"] = "false"  # no usage statistics to any outside host
     if model:
         env["KNOWSCOPE_MODEL"] = model
     else:

@@ -12,7 +12,6 @@ group.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import logging
 import os
 from collections.abc import Callable
@@ -20,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from knowscope.results import META, ResultFormatError
+from knowscope.results import META, ResultFormatError, read_json
 
 logger = logging.getLogger(__name__)
 
@@ -124,11 +123,9 @@ def describe(path: str | os.PathLike[str], root: str | os.PathLike[str] | None =
     """A :class:`RunInfo` for one result directory (``ResultFormatError`` if it is not one)."""
     p = Path(path)
     try:
-        meta = json.loads((p / META).read_text(encoding="utf-8"))
+        meta = read_json(p / META)
     except OSError as exc:
         raise ResultFormatError(f"{p} is not a knowscope result directory (no readable {META})") from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ResultFormatError(f"{p / META} is not valid JSON: {exc}") from exc
     if not isinstance(meta, dict):
         raise ResultFormatError(f"{p / META} holds a JSON {type(meta).__name__}, not a result's metadata")
     kind = meta.get("kind")
@@ -152,18 +149,29 @@ def describe(path: str | os.PathLike[str], root: str | os.PathLike[str] | None =
 def scan_runs(root: str | os.PathLike[str], max_depth: int = 4) -> list[RunInfo]:
     """Every result directory under ``root`` (``root`` itself included), newest group first.
 
-    Hidden directories (temporary ones of an unfinished save start with ``.``) and caches are skipped.
+    Hidden directories (temporary ones of an unfinished save start with ``.``) and caches are skipped;
+    symbolic links are not followed out of ``root``; one unreadable run is skipped and logged, never
+    more.
     """
     base = Path(root)
     if not base.is_dir():
         raise FileNotFoundError(f"runs folder {base} does not exist; save runs there first (e.g. `knowscope demo`)")
     found: list[RunInfo] = []
 
+    inside = base.resolve()
+
+    def within(c: Path) -> bool:
+        try:
+            c.resolve().relative_to(inside)
+        except (ValueError, OSError, RuntimeError):
+            return False
+        return True
+
     def walk(d: Path, depth: int) -> None:
         if (d / META).is_file():
             try:
                 info = describe(d, base)
-            except ResultFormatError as exc:
+            except (ResultFormatError, OSError, RecursionError, ValueError) as exc:
                 logger.warning("skipping %s: %s", d, exc)
                 return
             if info.kind not in SKIP_KINDS:
@@ -172,7 +180,7 @@ def scan_runs(root: str | os.PathLike[str], max_depth: int = 4) -> list[RunInfo]
         if depth >= max_depth:
             return
         try:
-            children = sorted(c for c in d.iterdir() if c.is_dir() and not c.name.startswith("."))
+            children = sorted(c for c in d.iterdir() if c.is_dir() and not c.name.startswith(".") and within(c))
         except OSError:
             return
         for c in children:

@@ -679,7 +679,18 @@ class _Tracer:
         return self.probs(logits).reshape(len(chunk), S).mean(1).cpu()
 
     # --- attribution patching --------------------------------------------------------------------
-    def attribution(self, kinds: Sequence[str], clean: dict[str, Tensor], low: float) -> dict[str, Tensor]:
+    def attribution(self, kinds: Sequence[str], clean: dict[str, Tensor], low: float,
+                    positions: Sequence[int] | None = None) -> dict[str, Tensor]:
+        """First-order estimate of every cell: ``low + sum over restored sites of (clean - corrupt) . grad``.
+
+        For one restored site (``hidden``; ``mlp``/``attn`` with ``window == 1``) the gradient is the
+        plain one of the corrupted run, so one backward pass serves every cell. A window restores
+        several sites of token t at once, and a later window site then no longer depends on an
+        earlier one: the first-order term needs, for each site, the gradient with the window's
+        *other* sites at token t held fixed (paths through them do not count).
+        :meth:`_windowed_gradients` computes those exactly; it costs one batched backward pass per
+        token, with one row group per distinct window end.
+        """
         n = self.n_layers
         names = {m: [_hook_for(m, L) for L in range(n)] for m in kinds}
         flat = [nm for m in kinds for nm in names[m]]
@@ -696,15 +707,92 @@ class _Tracer:
             metric = self.probs(logits[:, -1]).mean()
             metric.backward()
         self.passes += 2
-        # first-order effect of restoring each (token, layer) site: sum over samples of diff . grad
-        delta = {nm: ((clean[nm][0].unsqueeze(0) - acts[nm].detach()) * acts[nm].grad).sum(dim=(0, 2)).cpu()
+        corrupt = {nm: acts[nm].detach() for nm in flat}
+        # first-order effect of restoring each (token, layer) site alone: sum over samples of diff . grad
+        delta = {nm: ((clean[nm][0].unsqueeze(0) - corrupt[nm]) * acts[nm].grad).sum(dim=(0, 2)).cpu()
                  for nm in flat}
         out = {}
+        traced = list(range(self.n_tokens)) if positions is None else list(positions)
         for kind in kinds:
             table = torch.stack([delta[nm] for nm in names[kind]], dim=1)  # [pos, layer]
-            if kind in ("mlp", "attn"):
-                table = torch.stack([table[:, list(window_layers(L, self.window, n))].sum(1) for L in range(n)], 1)
+            if kind in ("mlp", "attn") and self.window > 1:
+                table = self._windowed_table(kind, clean, corrupt, traced)
             out[kind] = low + table
+        return out
+
+    def _windowed_table(self, kind: str, clean: dict[str, Tensor], corrupt: dict[str, Tensor],
+                        positions: Sequence[int]) -> Float[Tensor, "pos layer"]:
+        """The windowed first-order term of ``kind`` for every (token, centre layer) cell."""
+        n = self.n_layers
+        windows = [window_layers(L, self.window, n) for L in range(n)]
+        ends = sorted({w.stop for w in windows})
+        table = torch.zeros(self.n_tokens, n)
+        for t in positions:
+            if t < self.s0:  # before the subject the clean and corrupted runs agree: no effect
+                continue
+            grads = self._windowed_gradients(kind, t, ends)  # end -> [layer, samples, d]
+            for L, w in enumerate(windows):
+                g = grads[w.stop]
+                total = 0.0
+                for layer in w:
+                    nm = _hook_for(kind, layer)
+                    diff = clean[nm][0, t].unsqueeze(0) - corrupt[nm][:, t]  # [samples, d]
+                    total += float((diff * g[layer]).sum())
+                table[t, L] = total
+        return table
+
+    def _windowed_gradients(self, kind: str, t: int, ends: Sequence[int]) -> dict[int, Tensor]:
+        """For each window end ``e``: d mean-P / d site(l, t) for every l < e, with every ``kind`` site
+        of token t below ``e`` made an independent input (a leaf), so that a site's gradient counts
+        no path through another site of the same window. One row group of ``samples`` rows per end,
+        batched (chunked to ``max_rows // 4`` rows: a backward pass keeps every activation)."""
+        per = max(1, (self.max_rows // 4) // self.samples)
+        out: dict[int, Tensor] = {}
+        for c in range(0, len(ends), per):
+            out.update(self._leaf_gradients(kind, t, list(ends[c : c + per])))
+        return out
+
+    def _leaf_gradients(self, kind: str, t: int, group: list[int]) -> dict[int, Tensor]:
+        S, n = self.samples, self.n_layers
+        rows_end = torch.tensor(group).repeat_interleave(S)  # the window end of each row
+        leaves: dict[int, Tensor] = {}
+
+        def make_leaf(layer: int) -> Callable:
+            def hook(act: Tensor, hook: Any) -> Tensor:
+                rows = (rows_end > layer).nonzero().flatten().to(act.device)
+                if rows.numel() == 0:
+                    return act
+                leaf = act[rows, t].detach().clone().requires_grad_(True)
+                leaves[layer] = leaf
+                act = act.clone()
+                act[rows, t] = leaf
+                return act
+
+            return hook
+
+        noise, s0, s1 = self.noise.repeat(len(group), 1, 1), self.s0, self.s1
+
+        def add_noise(x: Tensor, hook: Any) -> Tensor:
+            full = torch.zeros_like(x)
+            full[:, s0:s1] = noise.to(x.dtype)
+            return x + full
+
+        hooks = [("hook_embed", add_noise)] + [(_hook_for(kind, layer), make_leaf(layer)) for layer in range(n)]
+        with torch.enable_grad():
+            logits = self.model.bridge.run_with_hooks(self.tokens.expand(len(group) * S, -1), fwd_hooks=hooks)
+            metric = self.probs(logits[:, -1]).sum() / S  # each row group is one mean over the samples
+            layers = sorted(leaves)
+            grads = torch.autograd.grad(metric, [leaves[la] for la in layers], allow_unused=True)
+        self.passes += 2
+        out: dict[int, Tensor] = {}
+        for i, end in enumerate(group):
+            stack = torch.zeros(n, S, self.model.arch.d_model)
+            for la, g in zip(layers, grads, strict=True):
+                if la < end and g is not None:
+                    rows = (rows_end > la).nonzero().flatten().tolist()
+                    first = rows.index(i * S)  # this group's rows among the leaf's rows
+                    stack[la] = g[first : first + S].detach().float().cpu()
+            out[end] = stack
         return out
 
 
@@ -815,7 +903,7 @@ def trace(
     if method == "reference":
         scores = tracer.reference(kinds_t, clean_cache, corrupt_cache, positions, progress)
     elif method == "attribution":
-        scores = tracer.attribution(kinds_t, clean_cache, low)
+        scores = tracer.attribution(kinds_t, clean_cache, low, positions)
         untraced = [t for t in range(tokens.shape[1]) if t not in set(positions)]
         for k in scores:
             scores[k][untraced] = math.nan

@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     def progress(i: int, row: dict[str, Any]) -> None:
         b, a = row["before"]["safe"]["DS"], row["after"]["safe"]["DS"]
         print(f"[{i + 1}/{len(items)}] item {row['item_id']} ({row['category']}): layer {row['layer']}, "
-              f"DS {'safe' if b else 'unsafe'} -> {'safe' if a else 'unsafe'}", flush=True)
+              f"DS {_word(b)} -> {_word(a)}", flush=True)
 
     report = detox(model, items, judge=judge, layer=layer, facts=facts, max_new_tokens=args.max_new_tokens,
                    on_item=progress, keep_edits=edits if args.save else None)
@@ -90,3 +90,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print(f"\nDINM on {model.name}: {len(items)} items, judge {report.judge}, toxic layers {report.toxic_layers}")
     print(report.table())
     return out
+
+
+def _word(score: float) -> str:
+    """A response's safety score in words (0.5 = an empty response, as SafeEdit scores it)."""
+    return "safe" if score >= 1 else ("empty" if score > 0 else "unsafe")

@@ -126,12 +126,34 @@ def check_request(model: Model, fact: Fact) -> None:
 # keys and values
 
 
+def template_group_weights(lengths: Sequence[Sequence[int]]) -> Float[Tensor, " n_templates"]:
+    """Weights of :func:`context_templates`' templates when each group counts equally (MEMIT).
+
+    The templates form groups: the plain ``"{}"``, then ``n`` prefixes per ``(length, n)`` entry.
+    MEMIT's ``compute_ks`` averages the keys within each group and then over the groups, so with
+    the default ``((10, 5),)`` the plain prompt weighs 1/2 and each prefixed one 1/10.
+    """
+    sizes = [1] + [int(n) for _, n in lengths]
+    return torch.cat([torch.full((size,), 1.0 / (len(sizes) * size), dtype=torch.float64) for size in sizes])
+
+
 @torch.no_grad()
 def compute_keys(
-    model: Model, layer: int, requests: Sequence[Fact], templates: Sequence[str]
+    model: Model, layer: int, requests: Sequence[Fact], templates: Sequence[str],
+    weights: Float[Tensor, " n_templates"] | None = None,
 ) -> Float[Tensor, "n_requests d_mlp"]:
-    """MLP key (input of the output projection) at each subject's last token, averaged over templates."""
-    return template_keys(model, layer, requests, templates).mean(1)
+    """MLP key (input of the output projection) at each subject's last token, averaged over templates.
+
+    ``weights=None`` averages uniformly over the templates (ROME's ``compute_u``); MEMIT passes
+    :func:`template_group_weights` (its ``compute_ks``).
+    """
+    keys = template_keys(model, layer, requests, templates)
+    if weights is None:
+        return keys.mean(1)
+    if weights.shape != (len(templates),):
+        raise ValueError(f"{weights.shape[0]} template weights for {len(templates)} templates")
+    w = (weights / weights.sum()).to(device=keys.device, dtype=torch.float64)
+    return torch.einsum("rtd,t->rd", keys.double(), w).to(keys.dtype)
 
 
 @torch.no_grad()

@@ -7,7 +7,7 @@ For one SafeEdit item:
 2. train that layer's MLP output projection (``down_proj`` / ``c_proj``; its bias too where there
    is one) with Adam on
 
-       loss = NLL(safe generation | adversarial prompt)  +  kl_weight · KL_tok(unedited ‖ edited)
+       loss = nll_weight · NLL(safe generation | adversarial prompt)  +  kl_weight · KL_tok(unedited ‖ edited)
 
    where the NLL is the mean over the safe response's tokens and KL_tok is the per-token KL of the
    next-token distributions over the knowledge constraint's answer tokens (prompt and answer in
@@ -15,8 +15,16 @@ For one SafeEdit item:
    before training. Training stops after ``num_steps`` or when the loss is below
    ``early_stop_loss``; with ``norm_constraint`` the weight change is clamped elementwise.
 
-Differences from EasyEdit's code, on purpose: the KL term reaches the gradient (EasyEdit computes
-the post-edit logits under ``no_grad``, so its KL never constrains the update), and no suffix
+The weighting, knowscope's default beside EasyEdit's DINM (``hparams/DINM/llama-7b.yaml``,
+``dinm_main.py``): ``nll_weight`` 1.0 (EasyEdit: ``kl_factor`` = 0.1 multiplies the NLL),
+``kl_weight`` 1.0 (EasyEdit: 1.0), ``kl_grad`` True (EasyEdit: False - its post-edit logits are
+computed under ``no_grad``, so the KL only enters the early-stopping test and never constrains the
+update; its update is that of 0.1 · NLL, which under Adam - invariant to the loss's scale - is
+nearly that of plain NLL fine-tuning).
+:meth:`DINMHyperParams.easyedit` gives EasyEdit's weighting exactly.
+
+Differences from EasyEdit's code, on purpose: the KL term reaches the gradient by default (see
+above; a knowledge constraint that cannot constrain is not one), and no suffix
 system prompt is appended (EasyEdit appends one to the training input and to every post-edit
 evaluation input but not to the pre-edit ones). The result is an :class:`EditResult`; the model's
 weights are unchanged when :func:`edit` returns or raises.
@@ -51,7 +59,9 @@ class DINMHyperParams:
     layer: int | None = None
     lr: float = 5e-4
     num_steps: int = 10
-    kl_weight: float = 1.0
+    nll_weight: float = 1.0  # EasyEdit: kl_factor = 0.1 (it multiplies the NLL there)
+    kl_weight: float = 1.0  # EasyEdit: 1.0
+    kl_grad: bool = True  # EasyEdit: False (KL under no_grad: in the loss value, not in the update)
     norm_constraint: float | None = None
     early_stop_loss: float = 1e-4
     locate_distance: str = "l2"
@@ -64,6 +74,8 @@ class DINMHyperParams:
             raise ValueError(f"num_steps must be >= 1, got {self.num_steps}")
         if self.kl_weight < 0:
             raise ValueError(f"kl_weight must be >= 0, got {self.kl_weight}")
+        if self.nll_weight <= 0:
+            raise ValueError(f"nll_weight must be > 0, got {self.nll_weight}")
         if self.norm_constraint is not None and self.norm_constraint <= 0:
             raise ValueError(f"norm_constraint must be > 0 or None, got {self.norm_constraint}")
 
@@ -74,6 +86,11 @@ class DINMHyperParams:
         setting ``benchmarks/bench_detox.py`` measures over the whole bundled set)."""
         base = cls(lr=3e-4) if is_smollm2_135m(model) else cls()
         return replace(base, **overrides)
+
+    @classmethod
+    def easyedit(cls, **overrides: Any) -> DINMHyperParams:
+        """EasyEdit's DINM objective and settings: ``0.1 · NLL + KL`` with the KL under ``no_grad``."""
+        return replace(cls(lr=5e-4, num_steps=10, nll_weight=0.1, kl_weight=1.0, kl_grad=False), **overrides)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -128,9 +145,10 @@ def edit(model: Model, item: SafetyItem, layer: int | str | None = "auto",
             opt.zero_grad(set_to_none=True)
             logp = torch.log_softmax(_logits(model, safe_row)[safe_pos], dim=-1)
             nll = -logp.gather(1, safe_tgt[:, None]).mean()
-            kc_logp = torch.log_softmax(_logits(model, kc_row)[kc_pos], dim=-1)
-            kl = torch.nn.functional.kl_div(kc_logp, kc_ref, log_target=True, reduction="batchmean")
-            loss = nll + hp.kl_weight * kl
+            with torch.set_grad_enabled(hp.kl_grad):
+                kc_logp = torch.log_softmax(_logits(model, kc_row)[kc_pos], dim=-1)
+                kl = torch.nn.functional.kl_div(kc_logp, kc_ref, log_target=True, reduction="batchmean")
+            loss = hp.nll_weight * nll + hp.kl_weight * kl
             history.append({"loss": loss.item(), "nll": nll.item(), "kl": kl.item()})
             if history[-1]["loss"] < hp.early_stop_loss:
                 break

@@ -24,6 +24,15 @@ Scores are averaged over each fact's prompts first, then over facts (ROME's per-
   predictions, never with the ground truth);
 * ``portability_acc``: token accuracy of each portability pair's answer, when facts have them.
 
+**Specificity only where nothing was edited.** In a batch or a sequential run many neighbourhood
+prompts name a subject that is itself edited; such a prompt is supposed to change, so counting it
+measures the edits, not the damage. ``neighborhood_score`` / ``neighborhood_magnitude`` /
+``locality_acc`` are therefore taken over the prompts that name no edited subject (word-boundary
+match; the edited subjects are the evaluated facts', the session's edits' and any passed as
+``edited_subjects``); the figures over every prompt are kept as ``neighborhood_score_all``,
+``neighborhood_magnitude_all`` and ``locality_acc_all``, and ``notes["specificity_prompts"]`` says how
+many prompts each kept and dropped.
+
 Locality is always measured against the unedited model: pass the :class:`EditSession` (its
 ``unedited()`` lends the original weights) or a :class:`PreEditPredictions` taken before any edit
 (:func:`pre_edit_predictions`), which also serves sequential editing where many edits pile up.
@@ -66,6 +75,8 @@ CF_KEYS = (
     "fluency",
 )
 EE_KEYS = ("rewrite_acc", "rephrase_acc", "locality_acc", "portability_acc")
+# specificity over every neighbourhood / locality prompt, including those about edited subjects
+UNFILTERED_KEYS = ("neighborhood_score_all", "neighborhood_magnitude_all", "locality_acc_all")
 
 # ROME's generation-entropy weights for the 2- and 3-gram entropies
 _NGRAM_WEIGHTS = {2: 2 / 3, 3: 4 / 3}
@@ -320,6 +331,9 @@ class EditMetrics:
     portability_acc: float | None
     per_fact: list[dict[str, Any]] = field(default_factory=list)
     notes: dict[str, Any] = field(default_factory=dict)
+    neighborhood_score_all: float | None = None
+    neighborhood_magnitude_all: float | None = None
+    locality_acc_all: float | None = None
 
     def counterfact(self) -> dict[str, float | None]:
         """The CounterFact-protocol metrics (ROME/MEMIT papers)."""
@@ -329,15 +343,20 @@ class EditMetrics:
         """The EasyEdit-protocol metrics (token accuracies)."""
         return {k: getattr(self, k) for k in EE_KEYS}
 
+    def unfiltered(self) -> dict[str, float | None]:
+        """Specificity over every neighbourhood / locality prompt, those about edited subjects included."""
+        return {k: getattr(self, k) for k in UNFILTERED_KEYS}
+
     def flat(self) -> dict[str, float | None]:
         """All metrics in one flat dict (the CLI's ``metrics`` field)."""
-        return {**self.counterfact(), **self.easyedit()}
+        return {**self.counterfact(), **self.easyedit(), **self.unfiltered()}
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "n_facts": self.n_facts,
             "counterfact": self.counterfact(),
             "easyedit": self.easyedit(),
+            "unfiltered": self.unfiltered(),
             "notes": self.notes,
             "per_fact": self.per_fact,
         }
@@ -350,6 +369,7 @@ class EditMetrics:
             **{k: d["easyedit"].get(k) for k in EE_KEYS},
             per_fact=list(d.get("per_fact", [])),
             notes=dict(d.get("notes", {})),
+            **{k: (d.get("unfiltered") or {}).get(k) for k in UNFILTERED_KEYS},
         )
 
     @classmethod
@@ -371,6 +391,7 @@ class EditMetrics:
             **{k: agg(k) for k in EE_KEYS},
             per_fact=rows,
             notes=dict(notes or {}),
+            **{k: agg(k) for k in UNFILTERED_KEYS},
         )
 
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -404,6 +425,15 @@ class EditMetrics:
         return f"CounterFact: {fmt(self.counterfact())}\nEasyEdit:    {fmt(self.easyedit())}"
 
 
+def _subject_matcher(subjects: Iterable[str]) -> Any:
+    """A predicate: does a prompt name any of ``subjects`` (as a whole word / phrase)?"""
+    subs = sorted({s.strip() for s in subjects if s and s.strip()}, key=len, reverse=True)
+    if not subs:
+        return lambda prompt: False
+    pattern = re.compile("|".join(rf"(?<!\w){re.escape(s)}(?!\w)" for s in subs))
+    return lambda prompt: bool(pattern.search(prompt))
+
+
 def _mean(values: Iterable[float]) -> float | None:
     vals = list(values)
     return sum(vals) / len(vals) if vals else None
@@ -422,8 +452,13 @@ def evaluate(
     top_k: int | None = 5,
     seed: int = 0,
     batch_size: int = 32,
+    edited_subjects: Iterable[str] | None = None,
 ) -> EditMetrics:
     """Evaluate the model as it is now (edited or not) on ``facts``, under both protocols.
+
+    Neighbourhood and locality scores leave out prompts that name an edited subject: the subjects
+    of ``facts``, of the edits in ``session`` and ``edited_subjects`` (see the module docstring;
+    the unfiltered figures are the ``*_all`` metrics).
 
     Locality (``locality_acc``) is compared with the unedited model's predictions, from ``reference``
     if given, else computed with ``session.unedited()``. With neither, the model is taken to be
@@ -443,6 +478,16 @@ def evaluate(
         )
     if reference is None and session is not None:
         reference = pre_edit_predictions(model, facts, session=session, batch_size=batch_size)
+
+    subjects = {f.subject for f in facts} | set(edited_subjects or ())
+    if session is not None:
+        for result in session.history:
+            for req in result.requests:
+                sub = (req.get("requested_rewrite") or req).get("subject") if isinstance(req, dict) else None
+                if isinstance(sub, str):
+                    subjects.add(sub)
+    names_edited = _subject_matcher(subjects)
+    kept_dropped = {"neighborhood": [0, 0], "locality": [0, 0]}
 
     # one batched pass over every distinct sequence any metric needs
     plan: list[tuple[int, str, tuple[str, str]]] = []
@@ -473,24 +518,37 @@ def evaluate(
         row["paraphrase_score"] = _mean(float(n > t) for n, t in para)
         row["paraphrase_magnitude"] = _mean(n - t for n, t in para)
         neigh = new_true("neighborhood")
-        row["neighborhood_score"] = _mean(float(t > n) for n, t in neigh)
-        row["neighborhood_magnitude"] = _mean(t - n for n, t in neigh)
+        keep = [not names_edited(p) for p in fact.neighborhood_prompts]
+        kept = [nt for nt, k in zip(neigh, keep, strict=True) if k]
+        kept_dropped["neighborhood"][0] += len(kept)
+        kept_dropped["neighborhood"][1] += len(neigh) - len(kept)
+        row["neighborhood_score"] = _mean(float(t > n) for n, t in kept)
+        row["neighborhood_magnitude"] = _mean(t - n for n, t in kept)
+        row["neighborhood_score_all"] = _mean(float(t > n) for n, t in neigh)
+        row["neighborhood_magnitude_all"] = _mean(t - n for n, t in neigh)
+        row["n_neighborhood"], row["n_neighborhood_dropped"] = len(kept), len(neigh) - len(kept)
         # EasyEdit: token accuracies of target_new (even positions of rewrite/paraphrase are target_new)
         row["rewrite_acc"] = _mean(scored[k].token_acc for _, k in entry["rewrite"][0::2])
         row["rephrase_acc"] = _mean(scored[k].token_acc for _, k in entry["paraphrase"][0::2])
         row["portability_acc"] = _mean(scored[k].token_acc for _, k in entry["portability"])
         if reference is not None:
-            row["locality_acc"] = _mean(
-                float((scored[k].argmax == torch.tensor(reference.lookup(k))).float().mean())
-                for _, k in entry["locality"]
-            )
+            acc = [(not names_edited(prompt),
+                    float((scored[k].argmax == torch.tensor(reference.lookup(k))).float().mean()))
+                   for (prompt, _), k in entry["locality"]]
+            row["locality_acc"] = _mean(a for k, a in acc if k)
+            row["locality_acc_all"] = _mean(a for _, a in acc)
+            kept_dropped["locality"][0] += sum(k for k, _ in acc)
+            kept_dropped["locality"][1] += sum(not k for k, _ in acc)
         else:
-            row["locality_acc"] = None
+            row["locality_acc"] = row["locality_acc_all"] = None
         rows.append(row)
 
     notes: dict[str, Any] = {
         "probability": "exp(-mean token NLL of ' ' + target), BOS-prepended prompt",
         "locality_reference": "pre-edit predictions" if reference is not None else "none (model taken as unedited)",
+        "specificity_prompts": {kind: {"kept": k, "dropped_edited_subject": d}
+                                for kind, (k, d) in kept_dropped.items()},
+        "edited_subjects": len(subjects),
     }
     if fluency:
         gen_settings = dict(n_gen_per_prompt=n_gen_per_prompt, max_out_len=max_out_len, top_k=top_k, seed=seed)

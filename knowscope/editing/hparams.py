@@ -77,6 +77,10 @@ class MEMITHyperParams(VOptParams):
     ``null_space_threshold``: eigenvalues of C below ``null_space_threshold * max eigenvalue`` span
     the approximate null space the null-space mode (AlphaEdit) projects updates onto.
     ``null_space_l2``: AlphaEdit's ridge term on the projected update.
+    ``key_averaging``: ``"groups"`` (default) averages the keys within each context-template group
+    and then over the groups, as MEMIT's ``compute_ks`` (the plain prompt weighs 1/2 with the default
+    templates); ``"templates"`` averages uniformly over all templates (the plain prompt weighs 1/6), which
+    knowscope did before; it is kept as an option, not measured to be better.
     """
 
     layers: tuple[int, ...] = (3, 4, 5, 6, 7)
@@ -87,6 +91,7 @@ class MEMITHyperParams(VOptParams):
     null_space_threshold: float = 1e-2
     null_space_l2: float = 10.0
     layers_window: int = field(default=5)
+    key_averaging: str = "groups"
 
     @classmethod
     def for_model(cls, model: Any) -> MEMITHyperParams:

@@ -39,6 +39,7 @@ from knowscope.editing.compute import (
     facts_meta,
     optimize_delta,
     prompt_ids,
+    template_group_weights,
 )
 from knowscope.editing.hparams import MEMITHyperParams
 from knowscope.editing.result import EditResult
@@ -192,6 +193,9 @@ class SequentialMEMIT:
         layers = self._setup(requests)
         model, hp = self.model, self.hp
         templates = context_templates(model, hp.context_lengths, hp.seed)
+        if hp.key_averaging not in ("groups", "templates"):
+            raise ValueError(f"key_averaging must be 'groups' (MEMIT) or 'templates', got {hp.key_averaging!r}")
+        key_weights = template_group_weights(hp.context_lengths) if hp.key_averaging == "groups" else None
         z_layer = layers[-1]
         z_hook = model.arch.hook_resid_post(z_layer)
         names = [model.arch.mlp_out_name(layer) for layer in layers]
@@ -203,7 +207,7 @@ class SequentialMEMIT:
             Z, infos = compute_zs(model, requests, z_layer, templates, hp)
             rows, idx = zip(*(prompt_ids(model, f.prompt, f.subject) for f in requests), strict=True)
             for i, layer in enumerate(layers):
-                K = compute_keys(model, layer, requests, templates).T.double().cpu()  # [d_mlp, n]
+                K = compute_keys(model, layer, requests, templates, key_weights).T.double().cpu()  # [d_mlp, n]
                 cur = capture(model, z_hook, list(rows), list(idx)).T.double().cpu()  # [d_model, n]
                 R = (Z.cpu() - cur) / (len(layers) - i)
                 if self.null_space:

@@ -51,9 +51,21 @@ def test_hidden_at_last_token_rises_late(aggregate, default_model):
 
 
 def test_locate_picks_the_mlp_peak(aggregate, default_model):
+    """locate() against the MLP effect recomputed here from the raw per-fact tables (score minus the
+    corrupted score at each fact's last subject token, averaged over facts) - not from the aggregate."""
+    n = default_model.arch.n_layers
+    rows = []
+    for tr in aggregate.traces:
+        t = tr.subject_range[1] - 1
+        rows.append(tr.scores["mlp"][t] - tr.low_score)
+    effect = torch.stack(rows).mean(0)
     choice = locate(default_model, aggregate, kind="mlp", window=5)
-    assert choice.layer == int(aggregate.effect("mlp", "last_subject").argmax())
+    assert choice.layer == int(effect.argmax())
+    torch.testing.assert_close(torch.as_tensor(choice.effect_by_layer, dtype=effect.dtype), effect,
+                               rtol=1e-5, atol=1e-6)
     assert len(choice.layers) == 5 and choice.layer in choice.layers and choice.n_facts == N_FACTS
+    assert choice.layers == sorted(choice.layers) and choice.layers[-1] - choice.layers[0] == 4
+    assert 0 <= choice.layers[0] and choice.layers[-1] < n
 
 
 def test_fast_equals_reference_on_the_default_model(default_model):

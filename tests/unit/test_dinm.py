@@ -97,6 +97,23 @@ def test_dinm_kl_term_shapes_the_update(tiny_llama, items):
     assert kl.extra["loss_history"][-1]["kl"] <= plain.extra["loss_history"][-1]["kl"] + 1e-6
 
 
+def test_dinm_easyedit_weighting_is_kl_free_nll(tiny_llama, items):
+    """EasyEdit's objective (0.1 · NLL + KL under no_grad) updates exactly as 0.1 · NLL alone; with the
+    gradient-carrying KL (knowscope's default) the update differs."""
+    name = tiny_llama.arch.mlp_out_name(1)
+    ee = dinm.edit(tiny_llama, items[5], layer=1, hparams=dinm.DINMHyperParams.easyedit(num_steps=3))
+    nll_only = dinm.edit(tiny_llama, items[5], layer=1,
+                         hparams=dinm.DINMHyperParams(lr=5e-4, num_steps=3, nll_weight=0.1, kl_weight=0.0))
+    torch.testing.assert_close(ee.deltas[name], nll_only.deltas[name], rtol=0, atol=0)
+    assert ee.extra["loss_history"][0]["loss"] == pytest.approx(
+        0.1 * ee.extra["loss_history"][0]["nll"] + ee.extra["loss_history"][0]["kl"], rel=1e-6)
+    with_grad = dinm.edit(tiny_llama, items[5], layer=1,
+                          hparams=dinm.DINMHyperParams.easyedit(num_steps=3, kl_grad=True, kl_weight=50.0))
+    assert not torch.allclose(with_grad.deltas[name], ee.deltas[name])
+    with pytest.raises(ValueError, match="nll_weight"):
+        dinm.DINMHyperParams(nll_weight=0.0)
+
+
 def test_dinm_norm_constraint_and_errors(tiny_llama, items):
     res = dinm.edit(tiny_llama, items[0], layer=0, hparams=dinm.DINMHyperParams(num_steps=3, lr=1e-1,
                                                                                   norm_constraint=1e-3))

@@ -263,3 +263,42 @@ def test_bad_input(tiny):
         evaluate(tiny, facts, reference=partial, fluency=False)
     with pytest.raises(ValueError, match="top_k"):
         generate_texts(tiny, ["a"], top_k=0)
+
+
+def test_specificity_leaves_out_prompts_about_edited_subjects(tiny):
+    """Neighbourhood / locality prompts naming an edited subject are left out of the main scores
+    (counted in notes), and kept in the *_all figures; a subject inside another word does not count."""
+    facts = [
+        Fact(subject="Paris", prompt="{} is the capital of", target_true="France", target_new="Italy", case_id=0,
+             neighborhood_prompts=["Berlin is the capital of", "Lyon is a city in", "Parisian food is from"]),
+        Fact(subject="Berlin", prompt="{} is the capital of", target_true="Germany", target_new="Spain", case_id=1,
+             neighborhood_prompts=["Paris is the capital of", "Munich is a city in"]),
+    ]
+    session = EditSession(tiny)
+    try:
+        session.apply(_edit(tiny))
+        m = evaluate(tiny, facts, session=session, fluency=False)
+        for fact, kept_prompts in ((facts[0], ["Lyon is a city in", "Parisian food is from"]),
+                                   (facts[1], ["Munich is a city in"])):
+            row = next(r for r in m.per_fact if r["case_id"] == fact.case_id)
+            new, true = fact.new_continuation, fact.true_continuation
+            pn = {p: (_ref_prob(tiny, p, new), _ref_prob(tiny, p, true)) for p in fact.neighborhood_prompts}
+            kept = [pn[p] for p in kept_prompts]
+            assert row["neighborhood_score"] == pytest.approx(sum(t > n for n, t in kept) / len(kept))
+            assert row["neighborhood_magnitude"] == pytest.approx(sum(t - n for n, t in kept) / len(kept), abs=1e-6)
+            every = list(pn.values())
+            assert row["neighborhood_score_all"] == pytest.approx(sum(t > n for n, t in every) / len(every))
+            assert row["n_neighborhood"] == len(kept_prompts)
+            assert row["n_neighborhood_dropped"] == len(fact.neighborhood_prompts) - len(kept_prompts)
+        notes = m.notes["specificity_prompts"]
+        assert notes["neighborhood"] == {"kept": 3, "dropped_edited_subject": 2}
+        assert notes["locality"] == {"kept": 3, "dropped_edited_subject": 2}
+        assert m.neighborhood_score_all is not None and "neighborhood_score_all" in m.flat()
+        # one fact evaluated alone: only its own subject counts as edited, so Berlin's prompt stays
+        alone = evaluate(tiny, facts[:1], reference=pre_edit_predictions(tiny, facts[:1], session=session),
+                         fluency=False)
+        assert alone.per_fact[0]["n_neighborhood"] == 3
+        # the unfiltered figures survive a save/load round trip
+        assert EditMetrics.from_dict(m.to_dict()).neighborhood_score_all == pytest.approx(m.neighborhood_score_all)
+    finally:
+        session.rollback()

@@ -136,21 +136,32 @@ def bench_rome(model: Any, facts: list[Fact], hp: ROMEHyperParams) -> dict[str, 
 
 
 def bench_memit(model: Any, facts: list[Fact], hp: MEMITHyperParams, null_space: bool = False) -> dict[str, Any]:
+    """One MEMIT batch. Neighbourhood and locality are scored on prompts about unedited subjects (the
+    batch's own subjects are edited); the figures over every prompt are kept as ``*_all``."""
+    from knowscope.editing.evaluate import pre_edit_predictions
+
     session = EditSession(model)
     stats = key_stats(model, list(hp.layers), n_tokens=hp.stats_tokens, source=hp.stats_source, progress=False)
+    reference = pre_edit_predictions(model, facts)
     t = time.perf_counter()
     res = memit_mod.edit(model, facts, hparams=hp, null_space=null_space, stats=stats)
     secs = time.perf_counter() - t
     with session.temporary(res):
-        sc = counterfact_scores(model, facts)
+        m = evaluate(model, facts, reference=reference, fluency=False)
     out = {"n_facts": len(facts), "layers": list(hp.layers), "null_space": null_space, "seconds": secs,
-           "hparams": hp.to_dict(), "update_norms": res.extra["update_norms"]}
+           "hparams": hp.to_dict(), "update_norms": res.extra["update_norms"],
+           "specificity_prompts": m.notes["specificity_prompts"]}
     for k in ("efficacy", "paraphrase", "neighborhood"):
-        out[f"{k}_score"] = mean(sc[f"{k}_per_fact"])
-        out[f"{k}_magnitude"] = mean(sc[f"{k}_magnitude_per_fact"])
+        out[f"{k}_score"] = getattr(m, f"{k}_score")
+        out[f"{k}_magnitude"] = getattr(m, f"{k}_magnitude")
+    out["neighborhood_score_all"] = m.neighborhood_score_all
+    out["locality_acc"], out["locality_acc_all"] = m.locality_acc, m.locality_acc_all
     print(f"\nMEMIT batch of {len(facts)} (layers {list(hp.layers)}, null_space={null_space}): {secs:.1f}s")
-    for k in ("efficacy", "paraphrase", "neighborhood"):
-        print(f"{k + '_score':>22} {out[k + '_score']:>8.3f}")
+    for k in ("efficacy_score", "paraphrase_score", "neighborhood_score", "neighborhood_score_all", "locality_acc",
+              "locality_acc_all"):
+        print(f"{k:>24} {out[k]:>8.3f}")
+    print(f"{'neighbourhood prompts':>24} kept {m.notes['specificity_prompts']['neighborhood']['kept']}, dropped "
+          f"{m.notes['specificity_prompts']['neighborhood']['dropped_edited_subject']} (about edited subjects)")
     return out
 
 

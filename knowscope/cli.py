@@ -18,12 +18,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from knowscope import commands
+from knowscope.commands import CLIError
 
 logger = logging.getLogger("knowscope")
-
-
-class CLIError(Exception):
-    """An expected failure to report on one line (bad input, missing file, ...)."""
 
 
 SAVE_DESTS = ("out", "save")  # options naming a folder a command saves results to

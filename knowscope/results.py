@@ -27,6 +27,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,9 @@ except ImportError:  # pragma: no cover - Windows
 META = "meta.json"
 ARRAYS = "arrays.safetensors"
 GROUP = "knowscope-group.json"  # marks a folder of results written together (e.g. ``edit --save``)
-FORMAT_VERSION = 1
+#: the envelope written by this knowscope: ``{"kind", "format_version": 2, "data": {...}}``; version 1
+#: (before the envelope) had the fields beside ``kind`` and is still read
+FORMAT_VERSION = 2
 
 
 class ResultFormatError(ValueError):
@@ -234,12 +237,10 @@ def atomic_directory(path: str | os.PathLike[str], kind: str, overwrite: bool | 
     every file knowscope wrote); ``lock=False`` when the caller already holds :func:`path_lock`.
     """
     target = Path(path)
-    if check:
-        check_writable(target, kind, overwrite)
     with _locked(target, exclusive=True) if lock else contextlib.nullcontext():
         recover(target)
-        if check:
-            check_writable(target, kind, overwrite)  # again, under the lock
+        if check:  # under the lock: another writer's swap is never half-seen
+            check_writable(target, kind, overwrite)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
         umask = os.umask(0)
         os.umask(umask)
@@ -272,12 +273,85 @@ def save_dir(path: str | os.PathLike[str], kind: str, meta: dict[str, Any], arra
     An existing result of the same kind at ``path`` is replaced only after the new one is complete.
     """
     with atomic_directory(path, kind, overwrite) as tmp:
-        body = {"kind": kind, "format_version": FORMAT_VERSION, **meta}
+        data = {k: v for k, v in meta.items() if k not in ("kind", "format_version")}
+        body = {"kind": kind, "format_version": FORMAT_VERSION, "data": data}
         (tmp / META).write_text(json.dumps(body, indent=1, ensure_ascii=False, default=_default) + "\n",
                                 encoding="utf-8")
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in arrays.items()}
         save_file(tensors, str(tmp / ARRAYS))
     return Path(path)
+
+
+def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A result directory's metadata as one flat dict (``kind``, ``format_version`` and the fields).
+
+    Reads the envelope (version 2) and the flat layout before it (version 1); refuses a newer
+    version, and metadata that is not a JSON object or lacks ``kind``, with the file named.
+    """
+    f = Path(path) / META
+    body = read_json(f)
+    if not isinstance(body, dict):
+        raise ResultFormatError(f"{f} holds a JSON {type(body).__name__}, not a result's metadata")
+    if not isinstance(body.get("kind"), str):
+        raise ResultFormatError(f"{f} has no 'kind'")
+    version = body.get("format_version", 1)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ResultFormatError(f"{f} has format_version {version!r}, which no knowscope wrote")
+    if version > FORMAT_VERSION:
+        raise ResultFormatError(f"{f} has format_version {version}; this knowscope reads up to {FORMAT_VERSION}: "
+                                "upgrade knowscope to open it")
+    if version == 1:
+        return body
+    data = body.get("data")
+    if not isinstance(data, dict):
+        raise ResultFormatError(f"{f}: 'data' must be a JSON object, got {type(data).__name__}")
+    return {**data, "kind": body["kind"], "format_version": version}
+
+
+# --------------------------------------------------------------------------------------------------
+# the registry of result kinds
+
+
+@dataclass(frozen=True)
+class ResultKind:
+    """One kind of saved result: how to load it and its one-line headline (from metadata alone)."""
+
+    kind: str
+    load: Callable[[Path], Any]
+    headline: Callable[[dict[str, Any]], str]
+
+
+_REGISTRY: dict[str, ResultKind] = {}
+
+
+def register(kind: str, load: Callable[[Path], Any], headline: Callable[[dict[str, Any]], str] | None = None) -> None:
+    """Register a result kind (each result module calls this once, at import)."""
+    _REGISTRY[kind] = ResultKind(kind, load, headline or (lambda meta: ""))
+
+
+def registered() -> dict[str, ResultKind]:
+    """The result kinds registered so far (import ``knowscope.circuits``, ``.editing``, ``.probes`` first)."""
+    return dict(_REGISTRY)
+
+
+def headline(kind: str, meta: dict[str, Any]) -> str:
+    """The registered one-line summary of a result's metadata ("" for an unknown kind)."""
+    entry = _REGISTRY.get(kind)
+    return entry.headline(meta) if entry else ""
+
+
+def load_result(path: str | os.PathLike[str]) -> Any:
+    """The typed object saved at ``path``, by its kind's registered loader."""
+    kind = read_meta(path)["kind"]
+    if kind not in _REGISTRY:
+        raise ResultFormatError(f"{path} holds a {kind!r} result, which no imported knowscope module loads "
+                                f"(known: {', '.join(sorted(_REGISTRY)) or 'none'})")
+    return _REGISTRY[kind].load(Path(path))
+
+
+def fmt(x: Any, spec: str = ".3f") -> str:
+    """A number for a headline ("n/a" for None or NaN)."""
+    return format(x, spec) if isinstance(x, (int, float)) and not isinstance(x, bool) and x == x else "n/a"
 
 
 def write_group_marker(folder: Path, kind: str, meta: dict[str, Any] | None = None) -> None:
@@ -300,15 +374,9 @@ def load_dir(path: str | os.PathLike[str], kind: str | None = None) -> tuple[dic
             raise ResultFormatError(f"{p} does not exist")
         if not (p / META).is_file():
             raise ResultFormatError(f"{p} is not a knowscope result directory (no {META})")
-        meta = read_json(p / META)
-        if not isinstance(meta, dict):
-            raise ResultFormatError(f"{p / META} holds a JSON {type(meta).__name__}, not a result's metadata")
+        meta = read_meta(p)
         if kind is not None and meta.get("kind") != kind:
             raise ResultFormatError(f"{p} holds a {meta.get('kind')!r} result, not a {kind!r}")
-        version = meta.get("format_version", FORMAT_VERSION)
-        if not isinstance(version, int) or version > FORMAT_VERSION:
-            raise ResultFormatError(f"{p / META} has format_version {version!r}; this knowscope reads up to "
-                                    f"{FORMAT_VERSION}: upgrade knowscope to open it")
         arrays: dict[str, torch.Tensor] = {}
         if (p / ARRAYS).is_file():
             try:

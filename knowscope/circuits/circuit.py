@@ -36,7 +36,7 @@ from torch import Tensor
 from knowscope.circuits import eap
 from knowscope.circuits.graph import Graph
 from knowscope.facts import Fact
-from knowscope.results import load_dir, save_dir
+from knowscope.results import fmt, load_dir, register, save_dir
 
 logger = logging.getLogger(__name__)
 
@@ -525,3 +525,14 @@ def knowledge_circuit(
         },
     )
     return circuit
+
+
+def _headline(m: dict[str, Any]) -> str:
+    inner = m.get("meta") or {}
+    batch = inner.get("batch") or {}
+    rel = ",".join(batch.get("relations") or [])
+    return (f"{inner.get('method', '?')} circuit{' of ' + rel if rel else ''}: faithfulness "
+            f"{fmt(m.get('faithfulness'), '.2f')}, {len(batch.get('prompts') or [])} prompts")
+
+
+register(KIND, Circuit.load, _headline)

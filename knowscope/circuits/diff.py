@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from knowscope.circuits.circuit import Circuit
-from knowscope.results import load_dir, save_dir
+from knowscope.results import fmt, load_dir, register, save_dir
 
 KIND = "circuit_diff"
 
@@ -103,3 +103,12 @@ def circuit_diff(before: Circuit, after: Circuit, *, reweight_ratio: float = 0.5
     }
     return CircuitDiff(gained=rows(ma & ~mb), lost=rows(mb & ~ma), reweighted=rows(rew), new_carriers=carriers,
                        summary=summary)
+
+
+def _headline(m: dict[str, Any]) -> str:
+    s = m.get("summary") or {}
+    return (f"{s.get('n_gained')} edges gained, {s.get('n_lost')} lost, {s.get('n_reweighted')} re-weighted; "
+            f"Jaccard {fmt(s.get('jaccard'), '.2f')}")
+
+
+register(KIND, CircuitDiff.load, _headline)

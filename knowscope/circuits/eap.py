@@ -44,7 +44,8 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from knowscope.circuits.graph import Graph
-from knowscope.facts import Fact
+from knowscope.circuits.tracing import embedding_std
+from knowscope.facts import Fact, load_bundled_facts
 
 logger = logging.getLogger(__name__)
 
@@ -140,7 +141,6 @@ def noise_scale(model: Any, facts: Sequence[Fact] | None = None) -> float:
     The std is causal tracing's (:func:`knowscope.circuits.tracing.embedding_std`), so circuits and
     traces corrupt with the same noise; ``facts`` defaults to the bundled facts.
     """
-    from knowscope.circuits.tracing import embedding_std
 
     if facts is not None and not facts:
         raise ValueError("no subjects to estimate the embedding std from (the fact list is empty)")
@@ -213,7 +213,6 @@ def make_batch(
             other_subject = contrast_subjects[i] if contrast_subjects is not None else None
             if other_subject is None:
                 if pool is None:
-                    from knowscope.facts import load_bundled_facts
 
                     pool = load_bundled_facts()
                 shuffled = list(pool)

@@ -30,10 +30,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from knowscope.chat import input_ids
 from knowscope.models import Model
-from knowscope.results import load_dir, save_dir
-from knowscope.safety.chat import input_ids
-from knowscope.safety.data import SafetyItem
+from knowscope.results import load_dir, register, save_dir
+from knowscope.safeedit import SafetyItem
 
 KIND = "toxic_region"
 DISTANCES = ("l2", "relative")
@@ -140,3 +140,6 @@ def locate_toxic(model: Model, item: SafetyItem, *, distance: str = "l2", contex
     return ToxicRegion(item_id=item.id, layer=int(profile.argmax()), distance=distance, context=context, l2=l2,
                        relative=relative, mlp_shift=mlp_shift, model_name=model.name, fingerprint=model.fingerprint,
                        meta={"category": item.category})
+
+
+register(KIND, ToxicRegion.load, lambda m: f"toxic layer {m.get('layer')} ({m.get('distance', 'l2')} distance)")

@@ -54,10 +54,11 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from knowscope.circuits.patching import cache_activations
 from knowscope.compat import FIX_HINT
-from knowscope.facts import Fact
+from knowscope.facts import Fact, load_bundled_facts
 from knowscope.models import Model
-from knowscope.results import load_dir, save_dir
+from knowscope.results import fmt, load_dir, register, save_dir
 
 logger = logging.getLogger(__name__)
 
@@ -126,7 +127,6 @@ def embedding_std(model: Model, subjects: Sequence[str] | None = None) -> float:
     bundled). Each subject is tokenized on its own, without BOS, as ROME does. Cached per model.
     """
     if subjects is None:
-        from knowscope.facts import load_bundled_facts
 
         try:
             subjects = sorted({f.subject for f in load_bundled_facts()})
@@ -889,7 +889,6 @@ def trace(
     n = model.arch.n_layers
 
     needed = sorted({_hook_for(k, L) for k in ("hidden", "mlp", "attn") for L in range(n)})
-    from knowscope.circuits.patching import cache_activations
 
     with torch.no_grad():
         clean_logits, clean_cache = cache_activations(model, tokens, needed)
@@ -1233,3 +1232,20 @@ def locate(
     return LayerChoice(layer=layer, layers=layers, kind=kind, effect_by_layer=effects, n_facts=agg.n_facts,
                        facts=[t.prompt for t in agg.traces], window=window,
                        settings={**agg.settings, "trace_window": trace_window})
+
+
+# --------------------------------------------------------------------------------------------
+# the saved kinds (knowscope.results registry)
+
+
+def _trace_headline(m: dict[str, Any]) -> str:
+    peak = (m.get("peak") or {}).get("mlp") or {}
+    return (f"{m.get('prompt')!r} -> {m.get('target')!r}: clean {fmt(m.get('high_score'))}, "
+            f"corrupted {fmt(m.get('low_score'))}" + (f", MLP peak layer {peak['layer']}" if peak else ""))
+
+
+register("trace", TraceResult.load, _trace_headline)
+register("trace_facts", FactsTraceResult.load,
+         lambda m: f"{len(m.get('facts', m.get('prompts', [])) or [])} facts, kinds {m.get('kinds')}")
+register("layer_choice", LayerChoice.load,
+         lambda m: f"layer {m.get('layer')} ({m.get('trace_kind')} effect over {m.get('n_facts')} facts)")

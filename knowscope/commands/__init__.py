@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 
 
+class CLIError(Exception):
+    """An expected failure to report on one line (bad input, missing file, ...); the CLI prints it, exit 2."""
+
+
 def add_model_argument(parser: argparse.ArgumentParser) -> None:
     """The ``--model`` / ``--device`` options every model-using subcommand shares."""
     parser.add_argument("--model", default=None, help="model name or local HF directory (default: smollm2-135m)")

@@ -43,7 +43,7 @@ def _layer(spec: str) -> int | str:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from knowscope.facts import load_bundled_facts, write_json_atomic
-    from knowscope.safety.data import load_bundled_safety, load_safety
+    from knowscope.safeedit import load_bundled_safety, load_safety
     from knowscope.safety.judge import get_judge
     from knowscope.safety.metrics import detox
 

@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any] | None:
-    from knowscope.cli import CLIError
+    from knowscope.commands import CLIError
     from knowscope.viewer import serve
 
     if not 0 < args.port < 65536:

@@ -41,12 +41,13 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from knowscope.chat import pair_ids
+from knowscope.circuits.toxic import locate_toxic
 from knowscope.editing.compute import TrainableWeights, mlp_out_parameters
 from knowscope.editing.hparams import is_smollm2_135m
 from knowscope.editing.result import EditResult
 from knowscope.models import Model
-from knowscope.safety.chat import pair_ids
-from knowscope.safety.data import SafetyItem
+from knowscope.safeedit import SafetyItem
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +124,6 @@ def edit(model: Model, item: SafetyItem, layer: int | str | None = "auto",
         if hp.layer is not None:
             chosen = model.arch.check_layer(hp.layer)
         else:
-            from knowscope.circuits.toxic import locate_toxic
 
             region = locate_toxic(model, item, distance=hp.locate_distance, context=hp.locate_context)
             chosen = region.layer

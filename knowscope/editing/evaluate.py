@@ -61,7 +61,7 @@ from torch import Tensor
 from knowscope.editing.result import EditResult, EditSession
 from knowscope.facts import Fact
 from knowscope.models import Model
-from knowscope.results import load_dir, save_dir
+from knowscope.results import fmt, load_dir, register, save_dir
 
 logger = logging.getLogger(__name__)
 
@@ -650,3 +650,18 @@ class PredictionTable:
     def load(cls, path: str | os.PathLike[str]) -> PredictionTable:
         meta, _ = load_dir(path, "predictions")
         return cls(fact=dict(meta["fact"]), rows=list(meta["rows"]))
+
+
+def _metrics_headline(m: dict[str, Any]) -> str:
+    cf = m.get("counterfact") or {}
+    return (f"{m.get('n_facts')} facts: efficacy {fmt(cf.get('efficacy_score'))}, paraphrase "
+            f"{fmt(cf.get('paraphrase_score'))}, neighbourhood {fmt(cf.get('neighborhood_score'))}")
+
+
+def _predictions_headline(m: dict[str, Any]) -> str:
+    f = m.get("fact") or {}
+    return f"{f.get('subject')}: {f.get('target_true')!r} -> {f.get('target_new')!r}, {len(m.get('rows', []))} prompts"
+
+
+register("edit_metrics", EditMetrics.load, _metrics_headline)
+register("predictions", PredictionTable.load, _predictions_headline)

@@ -31,6 +31,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from knowscope.circuits.tracing import locate
 from knowscope.editing.compute import TrainableWeights, mlp_out_parameters
 from knowscope.editing.result import EditResult
 from knowscope.facts import Fact
@@ -99,7 +100,6 @@ def _resolve_layers(model: Model, layers: int | Sequence[int] | str | None, hp: 
     if isinstance(layers, str):
         if layers != "auto":
             raise ValueError(f"layers {layers!r} is not valid: give 'auto', an int or a list of ints")
-        from knowscope.circuits.tracing import locate  # the layer whose MLP restores the fact most
 
         layers = int(locate(model, list(requests), kind="mlp", window=None).layer)
     if isinstance(layers, int) and not isinstance(layers, bool):

@@ -30,6 +30,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from knowscope.circuits.tracing import locate
 from knowscope.editing.compute import (
     WeightGuard,
     capture,
@@ -96,7 +97,6 @@ def resolve_layers(model: Model, requests: Sequence[Fact], layers: Any, hp: MEMI
     elif isinstance(layers, str):
         if layers != "auto":
             raise ValueError(f"layers={layers!r} is not valid for MEMIT; give 'auto', a list of layers or None")
-        from knowscope.circuits.tracing import locate
 
         loc = locate(model, list(requests), kind="mlp", window=len(hp.layers))
         out = [int(x) for x in loc.layers]

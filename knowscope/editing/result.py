@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from knowscope.models import Model
-from knowscope.results import load_dir, save_dir
+from knowscope.results import ResultFormatError, load_dir, register, result_kind, save_dir
 
 logger = logging.getLogger(__name__)
 
@@ -253,18 +253,43 @@ class EditSession:
         meta = {"fingerprint": self.model.fingerprint, "model_name": self.model.name, "edits": metas}
         return save_dir(path, "edit_session", meta, arrays)
 
+    @staticmethod
+    def load_edits(path: str | os.PathLike[str]) -> list[EditResult]:
+        """The edits saved at ``path`` (a session or a single :class:`EditResult`), in order; no model needed."""
+        if result_kind(path) == "edit":
+            return [EditResult.load(path)]
+        meta, arrays = load_dir(path, "edit_session")
+        edits = meta.get("edits")
+        if not isinstance(edits, list):
+            raise ResultFormatError(f"{path}: 'edits' must be a list of edit metadata")
+        return [
+            EditResult._from(m, {k.split("/", 1)[1]: v for k, v in arrays.items() if k.split("/", 1)[0] == str(i)})
+            for i, m in enumerate(edits)
+        ]
+
     @classmethod
     def load(cls, model: Model, path: str | os.PathLike[str]) -> EditSession:
         """A new session on ``model`` with the saved edits re-applied (refuses another model's edits).
 
-        Accepts a saved session or a single saved :class:`EditResult`.
+        Accepts a saved session or a single saved :class:`EditResult`. All or nothing: if one edit does
+        not fit, the ones already applied are rolled back.
         """
-        from knowscope.results import result_kind
-
+        if result_kind(path) != "edit":
+            meta, _ = load_dir(path, "edit_session")
+            if meta.get("fingerprint") != model.fingerprint:
+                raise EditMismatchError(
+                    f"{path} holds edits of a different model (fingerprint {meta.get('fingerprint')}, "
+                    f"{meta.get('model_name')!r}); the loaded model has fingerprint {model.fingerprint}"
+                )
+        results = cls.load_edits(path)
         session = cls(model)
-        if result_kind(path) == "edit":
-            session.apply(EditResult.load(path))
-            return session
+        try:
+            for r in results:
+                session.apply(r)
+        except BaseException:
+            session.rollback()
+            raise
+        return session
         meta, arrays = load_dir(path, "edit_session")
         if meta["fingerprint"] != model.fingerprint:
             raise EditMismatchError(
@@ -282,3 +307,22 @@ class EditSession:
             session.rollback()
             raise
         return session
+
+
+def _edit_words(m: dict[str, Any]) -> str:
+    reqs = m.get("requests") or []
+    first = reqs[0] if reqs else {}
+    if isinstance(first, dict) and "requested_rewrite" in first:
+        first = first["requested_rewrite"]
+    what = f"{first.get('subject', '?')} -> {first.get('target_new', '?')!r}" if first else "no requests"
+    more = f" (+{len(reqs) - 1} more)" if len(reqs) > 1 else ""
+    return f"{m.get('method', '?')} at layers {m.get('layers')}: {what}{more}"
+
+
+def _session_headline(m: dict[str, Any]) -> str:
+    edits = m.get("edits") or []
+    return f"{len(edits)} edit(s)" + (f"; last: {_edit_words(edits[-1])}" if edits else "")
+
+
+register("edit", EditResult.load, _edit_words)
+register("edit_session", EditSession.load_edits, _session_headline)

@@ -25,6 +25,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from knowscope.circuits.tracing import locate
 from knowscope.editing.compute import (
     WeightGuard,
     check_request,
@@ -85,7 +86,6 @@ def resolve_layer(model: Model, requests: Sequence[Fact], layers: Any, hp: ROMEH
     if isinstance(layers, str):
         if layers != "auto":
             raise ValueError(f"layers={layers!r} is not valid for ROME; give 'auto', a layer index, [index] or None")
-        from knowscope.circuits.tracing import locate
 
         return model.arch.check_layer(int(locate(model, list(requests), kind="mlp", window=None).layer))
     if isinstance(layers, int) and not isinstance(layers, bool):

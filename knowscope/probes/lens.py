@@ -19,7 +19,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from knowscope.models import Model
-from knowscope.results import load_dir, save_dir
+from knowscope.results import load_dir, register, save_dir
 
 KIND = "logit_lens"
 
@@ -127,3 +127,7 @@ def logit_lens(model: Model, prompt: str, targets: Sequence[str] = (), k: int = 
                            top_tokens=top_tokens, targets=list(targets), target_ranks=ranks.long(),
                            target_probs=tprobs.float(), meta={"model_name": model.name,
                                                              "fingerprint": model.fingerprint})
+
+
+register(KIND, LogitLensResult.load,
+         lambda m: f"{m.get('prompt')!r}" + (f", targets {m.get('targets')}" if m.get("targets") else ""))

@@ -27,7 +27,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from knowscope.models import Model
-from knowscope.results import load_dir, save_dir
+from knowscope.results import fmt, load_dir, register, save_dir
 
 METHODS = ("mean_diff", "pca", "logistic")
 KIND = "linear_probe"
@@ -234,3 +234,14 @@ def probe_layers(model: Model, positive: Sequence[str], negative: Sequence[str],
                                                                                          strict=True)]
     return ProbeReport(hooks=hooks, accuracy=accuracy, cosine=cosine, probes=probes, fingerprint=model.fingerprint,
                        meta={"n_positive": len(positive), "n_negative": len(negative), "layers": layers})
+
+
+def _report_headline(m: dict[str, Any]) -> str:
+    acc = m.get("accuracy") or {}
+    best = {k: max(v) for k, v in acc.items() if v}
+    return "best held-out accuracy " + ", ".join(f"{k} {fmt(v, '.2f')}" for k, v in best.items())
+
+
+register(KIND, LinearProbe.load,
+         lambda m: f"{m.get('method')} probe at {m.get('hook')}: accuracy {fmt(m.get('accuracy'), '.2f')}")
+register(REPORT_KIND, ProbeReport.load, _report_headline)

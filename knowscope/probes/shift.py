@@ -25,7 +25,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from knowscope.models import Model
-from knowscope.results import load_dir, save_dir
+from knowscope.results import load_dir, register, save_dir
 
 KIND = "activation_shift"
 COMPONENTS = ("resid", "mlp", "attn")
@@ -166,3 +166,11 @@ def compare_models(before: Model, after: Model, prompts: Sequence[str]) -> Activ
     if tokens != tokens_b:
         raise ValueError("the two models tokenize the prompts differently; compare models with one tokenizer")
     return shift_between(a, b, mask, prompts, tokens, {"before": before.name, "after": after.name})
+
+
+def _headline(m: dict[str, Any]) -> str:
+    top = ((m.get("summary") or {}).get("resid") or {}).get("top_layers")
+    return f"{len(m.get('prompts', []))} prompts; residual moved most at layers {top}"
+
+
+register(KIND, ActivationShift.load, _headline)

@@ -30,12 +30,14 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from knowscope.editing.result import EditResult
+from knowscope.chat import pair_ids, respond
+from knowscope.editing.result import EditResult, EditSession
+from knowscope.knowledge import fact_accuracy
 from knowscope.models import Model
-from knowscope.probes.linear import fit_probe
-from knowscope.results import load_dir, save_dir
-from knowscope.safety.chat import pair_ids
-from knowscope.safety.data import SafetyItem
+from knowscope.probes.linear import _accuracy, fit_probe, split
+from knowscope.results import load_dir, register, save_dir
+from knowscope.safeedit import SafetyItem
+from knowscope.safety.judge import get_judge
 
 KIND = "steering_vector"
 WINDOWS = ("last", "first")
@@ -220,7 +222,6 @@ def fit_steering(model: Model, safe_rows: Sequence[Sequence[int]], unsafe_rows: 
     ``|Δμ| / σ``. A head's direction is the unit mean difference safe − unsafe over all samples and σ
     the spread of all samples along it.
     """
-    from knowscope.probes.linear import _accuracy, split
 
     n_layers, n_heads = model.arch.n_layers, model.arch.n_heads
     if not 1 <= top_k <= n_layers * n_heads:
@@ -279,10 +280,6 @@ def steering_sweep(model: Model, sv: SteeringVector, items: Sequence[SafetyItem]
     :class:`~knowscope.editing.EditSession`, so generation runs on the plain HF model and the
     weights are restored after each ``α``.
     """
-    from knowscope.editing.result import EditSession
-    from knowscope.knowledge import fact_accuracy
-    from knowscope.safety.chat import respond
-    from knowscope.safety.judge import get_judge
 
     judge = get_judge(judge)
     session = EditSession(model)
@@ -295,3 +292,6 @@ def steering_sweep(model: Model, sv: SteeringVector, items: Sequence[SafetyItem]
         rows.append({"alpha": float(alpha), "safe_share": sum(safe) / len(safe), "facts_accuracy": acc,
                      "example": answers[0][:200]})
     return rows
+
+
+register(KIND, SteeringVector.load, lambda m: f"{len(m.get('heads') or [])} heads")

@@ -23,6 +23,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol
 
+from knowscope.models import check_hub_reachable
+
 logger = logging.getLogger(__name__)
 
 
@@ -185,7 +187,6 @@ def get_judge(name: str | SafetyJudge | None = None, **kwargs: Any) -> SafetyJud
     if not isinstance(name, str):
         return name
     if not Path(name).expanduser().exists():
-        from knowscope.models import check_hub_reachable
 
         check_hub_reachable(name, what="judge")  # offline: fail in a second, not after the hub's retries
     return ClassifierJudge(name, **kwargs)

@@ -26,11 +26,14 @@ from typing import Any
 
 import torch
 
+from knowscope.chat import pair_ids, respond
+from knowscope.editing import dinm
 from knowscope.editing.evaluate import ngram_entropy
+from knowscope.editing.result import EditSession
 from knowscope.facts import Fact
+from knowscope.knowledge import fact_accuracy
 from knowscope.models import Model
-from knowscope.safety.chat import pair_ids, respond
-from knowscope.safety.data import GENERALIZATION_KEYS, SafetyItem
+from knowscope.safeedit import GENERALIZATION_KEYS, SafetyItem
 from knowscope.safety.judge import SafetyJudge, get_judge
 
 logger = logging.getLogger(__name__)
@@ -94,7 +97,6 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
 def evaluate_safety(model: Model, items: Sequence[SafetyItem], judge: SafetyJudge | str | None = None,
                     max_new_tokens: int = 48, facts: Sequence[Fact] | None = None) -> dict[str, Any]:
     """DS, DG_*, fluency (and bundled-fact accuracy when ``facts`` given) of the model as it is."""
-    from knowscope.knowledge import fact_accuracy
 
     if not items:
         raise ValueError("no safety items to evaluate")
@@ -146,9 +148,6 @@ def detox(model: Model, items: Sequence[SafetyItem], *, judge: SafetyJudge | str
     before); ``None`` skips it. ``on_item(i, row)`` is called after each item (progress);
     ``keep_edits``, a list, receives each item's :class:`~knowscope.editing.EditResult`.
     """
-    from knowscope.editing import dinm
-    from knowscope.editing.result import EditSession
-    from knowscope.knowledge import fact_accuracy
 
     items = list(items)
     if not items:

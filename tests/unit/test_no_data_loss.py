@@ -74,7 +74,7 @@ def test_edit_save_twice_replaces_the_whole_group(tmp_path, capsys):
     assert sorted(p.name for p in (out / "edits").iterdir()) == ["0000", "0001", "0002"]
     assert _cli(base + ["--data", str(data1)], capsys)[0] == 0
     assert sorted(p.name for p in (out / "edits").iterdir()) == ["0000"]
-    assert len(json.loads((out / "metrics" / "meta.json").read_text())["per_fact"]) == 1
+    assert len(json.loads((out / "metrics" / "meta.json").read_text())["data"]["per_fact"]) == 1
 
 
 # --- 3: no silent truncation --------------------------------------------------------------------
@@ -284,3 +284,38 @@ def test_viewer_sends_no_usage_statistics():
     cmd = command()
     assert cmd[cmd.index("--browser.gatherUsageStats") + 1] == "false"
     assert environment()["STREAMLIT_BROWSER_GATHER_USAGE_STATS"] == "false"
+
+
+# --- one result protocol: registry, envelope, versions ---------------------------------------------------
+
+def test_registry_envelope_and_versions(tmp_path, tiny_gpt2):
+    import knowscope.circuits  # noqa: F401 - importing the packages registers their kinds
+    import knowscope.editing.evaluate  # noqa: F401
+    import knowscope.probes  # noqa: F401
+    from knowscope.circuits import trace
+    from knowscope.results import headline, load_result, registered
+
+    kinds = set(registered())
+    assert {"trace", "trace_facts", "layer_choice", "circuit", "circuit_diff", "toxic_region", "edit", "edit_session",
+            "edit_metrics", "predictions", "activation_shift", "logit_lens", "probe_report", "linear_probe",
+            "steering_vector"} <= kinds
+    tr = trace(tiny_gpt2, "Lionel Messi plays soccer in", "Lionel Messi", samples=1, kinds="hidden")
+    tr.save(tmp_path / "t")
+    body = json.loads((tmp_path / "t" / "meta.json").read_text())
+    assert set(body) == {"kind", "format_version", "data"} and body["format_version"] == 2
+    again = load_result(tmp_path / "t")
+    assert torch.equal(again.scores["hidden"].nan_to_num(), tr.scores["hidden"].nan_to_num())
+    assert "Lionel Messi" in headline("trace", {**body["data"], "kind": "trace"})
+    # a result saved before the envelope (format_version 1: fields beside kind) still loads
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "meta.json").write_text(json.dumps({"kind": "trace", "format_version": 1, **body["data"]}))
+    (old / "arrays.safetensors").write_bytes((tmp_path / "t" / "arrays.safetensors").read_bytes())
+    assert torch.equal(load_result(old).scores["hidden"].nan_to_num(), tr.scores["hidden"].nan_to_num())
+    # a newer format is refused with what to do; a non-object 'data' is named
+    (old / "meta.json").write_text(json.dumps({"kind": "trace", "format_version": 3, "data": {}}))
+    with pytest.raises(ResultFormatError, match="upgrade knowscope"):
+        load_result(old)
+    (old / "meta.json").write_text(json.dumps({"kind": "trace", "format_version": 2, "data": [1]}))
+    with pytest.raises(ResultFormatError, match="'data' must be a JSON object"):
+        load_result(old)

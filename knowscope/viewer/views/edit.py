@@ -200,7 +200,7 @@ def render_page(cfg: ViewerConfig) -> None:
                       key="lab_target")
     safety = target.startswith("a safety")
     if safety:
-        from knowscope.safety.data import load_bundled_safety
+        from knowscope.safeedit import load_bundled_safety
 
         items = load_bundled_safety()
         item = st.selectbox("safety item", items, key="lab_item",

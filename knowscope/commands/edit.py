@@ -103,7 +103,7 @@ def _editor(method: str, model: Any, layers: Any, sequential: bool, null_space: 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from knowscope.editing.evaluate import EditMetrics, evaluate, pre_edit_predictions
-    from knowscope.editing.result import EditSession
+    from knowscope.editing.session import EditSession
     from knowscope.facts import load_bundled_facts, load_facts
 
     start = time.perf_counter()

@@ -46,7 +46,7 @@ def read_prompts(path: str) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from knowscope.editing.result import EditResult, EditSession
+    from knowscope.editing.session import EditResult, EditSession
     from knowscope.probes.shift import activation_shift
     from knowscope.results import result_kind
 

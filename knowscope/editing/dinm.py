@@ -45,7 +45,7 @@ from knowscope.chat import pair_ids
 from knowscope.circuits.toxic import locate_toxic
 from knowscope.editing.compute import TrainableWeights, mlp_out_parameters
 from knowscope.editing.hparams import is_smollm2_135m
-from knowscope.editing.result import EditResult
+from knowscope.editing.session import EditResult
 from knowscope.models import Model
 from knowscope.safeedit import SafetyItem
 

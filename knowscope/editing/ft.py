@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from knowscope.circuits.tracing import locate
 from knowscope.editing.compute import TrainableWeights, mlp_out_parameters
-from knowscope.editing.result import EditResult
+from knowscope.editing.session import EditResult
 from knowscope.facts import Fact
 from knowscope.models import Model
 

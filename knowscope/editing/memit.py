@@ -43,7 +43,7 @@ from knowscope.editing.compute import (
     template_group_weights,
 )
 from knowscope.editing.hparams import MEMITHyperParams
-from knowscope.editing.result import EditResult
+from knowscope.editing.session import EditResult
 from knowscope.editing.stats import KeyStats, key_stats
 from knowscope.facts import Fact
 from knowscope.models import Model

@@ -35,7 +35,7 @@ from knowscope.editing.compute import (
     template_keys,
 )
 from knowscope.editing.hparams import ROMEHyperParams
-from knowscope.editing.result import EditResult
+from knowscope.editing.session import EditResult
 from knowscope.editing.stats import KeyStats, layer_stats
 from knowscope.facts import Fact
 from knowscope.models import Model

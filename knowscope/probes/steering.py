@@ -31,7 +31,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from knowscope.chat import pair_ids, respond
-from knowscope.editing.result import EditResult, EditSession
+from knowscope.editing.session import EditResult, EditSession
 from knowscope.knowledge import fact_accuracy
 from knowscope.models import Model
 from knowscope.probes.linear import _accuracy, fit_probe, split

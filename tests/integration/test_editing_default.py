@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from knowscope.editing.evaluate import EditMetrics, evaluate, pre_edit_predictions
-from knowscope.editing.result import EditSession
+from knowscope.editing.session import EditSession
 
 STRIDE = 19
 

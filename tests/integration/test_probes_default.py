@@ -7,7 +7,7 @@ import statistics
 import pytest
 import torch
 
-from knowscope.editing.result import EditSession
+from knowscope.editing.session import EditSession
 from knowscope.probes import fit_safety_steering, lens_logits, logit_lens
 from knowscope.safety.data import load_bundled_safety
 

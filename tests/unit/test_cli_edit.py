@@ -10,7 +10,7 @@ import torch
 
 from knowscope.cli import main
 from knowscope.commands.edit import parse_layers
-from knowscope.editing.result import EditResult, EditSession
+from knowscope.editing.session import EditResult, EditSession
 from knowscope.facts import Fact, save_facts
 from knowscope.models import load_model
 

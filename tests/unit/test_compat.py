@@ -114,7 +114,7 @@ def test_fast_trace_falls_back_to_full_passes_when_cache_is_dropped(family):
 
 
 def test_fast_trace_refuses_when_no_partial_forward_reproduces_the_bridge(monkeypatch):
-    from knowscope.circuits import tracing
+    from knowscope.circuits.tracing import partial as tracing
 
     model = tiny_model("gpt2", seed=2)
     real = tracing._block

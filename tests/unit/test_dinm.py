@@ -7,7 +7,7 @@ import torch
 
 from knowscope.circuits.toxic import ToxicRegion, locate_toxic
 from knowscope.editing import dinm
-from knowscope.editing.result import EditSession
+from knowscope.editing.session import EditSession
 from knowscope.safety.data import SafetyItem
 from knowscope.safety.metrics import detox
 
@@ -131,7 +131,7 @@ def test_detox_cli(items, tmp_path, capsys):
     import json
 
     from knowscope.cli import main
-    from knowscope.editing.result import EditResult
+    from knowscope.editing.session import EditResult
     from knowscope.safety.data import save_safety
 
     data = save_safety(items[:2], tmp_path / "items.json")

@@ -48,7 +48,7 @@ def test_doctor_fails_with_one_line_cause_when_cache_is_dropped(monkeypatch, cap
 
 
 def test_doctor_fails_when_the_fast_trace_cannot_run(monkeypatch, capsys):
-    from knowscope.circuits import tracing
+    from knowscope.circuits.tracing import partial as tracing
 
     real = tracing._block
     monkeypatch.setattr(tracing, "_block", lambda m, layer, h, start, cache: real(m, layer, h, start, cache) * 2)

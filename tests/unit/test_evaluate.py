@@ -18,7 +18,7 @@ from knowscope.editing.evaluate import (
     score_continuations,
     word_tokenize,
 )
-from knowscope.editing.result import EditResult, EditSession
+from knowscope.editing.session import EditResult, EditSession
 from knowscope.facts import Fact
 
 

@@ -7,7 +7,7 @@ import torch
 
 from knowscope.editing import ft
 from knowscope.editing.ft import FTHyperParams
-from knowscope.editing.result import EditSession
+from knowscope.editing.session import EditSession
 from knowscope.facts import Fact
 
 FACTS = [

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from knowscope.editing.result import EditSession
+from knowscope.editing.session import EditSession
 from knowscope.probes.lens import LogitLensResult, lens_logits, logit_lens
 from knowscope.probes.linear import LinearProbe, ProbeReport, fit_probe, probe_layers
 from knowscope.probes.steering import SteeringVector, fit_steering
@@ -118,7 +118,7 @@ def test_lens_and_shift_cli(tmp_path, capsys):
     import json
 
     from knowscope.cli import main
-    from knowscope.editing.result import EditResult
+    from knowscope.editing.session import EditResult
     from knowscope.models import tiny_model
 
     out = tmp_path / "lens.json"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from knowscope.editing.result import EditMismatchError, EditResult, EditSession
+from knowscope.editing.session import EditMismatchError, EditResult, EditSession
 
 
 def _snapshot(model) -> dict[str, torch.Tensor]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from knowscope.editing.result import EditResult, EditSession
+from knowscope.editing.session import EditResult, EditSession
 from knowscope.probes import ActivationShift, activation_shift, compare_models
 
 PROMPTS = ["The capital of France is", "Bees make"]

@@ -53,7 +53,7 @@ def _node_panel(cfg: ViewerConfig, shown: object, cid: str) -> None:
     if cols[2].button("Inspect node", key="circuit_inspect"):
         st.session_state["circuit_node_detail"] = None
         with guard(f"Inspecting {node}"):
-            from knowscope.circuits.inspect import node_detail
+            from knowscope.circuits.nodes import node_detail
 
             with st.spinner(f"Reading {node} on the model ..."), lab(cfg).use() as (model, _):
                 st.session_state["circuit_node_detail"] = (wanted, node_detail(model, shown, node,

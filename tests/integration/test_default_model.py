@@ -44,6 +44,6 @@ def test_second_load_uses_the_cache_not_the_gguf(default_model, monkeypatch):
     def fail(*_args, **_kwargs):
         raise AssertionError("the GGUF was converted again")
 
-    monkeypatch.setattr(models, "_convert_gguf", fail)
+    monkeypatch.setattr(models.sources, "_convert_gguf", fail)
     again = models.load_model(device="cpu")
     assert again.fingerprint == default_model.fingerprint

@@ -25,7 +25,7 @@ import torch
 from knowscope.editing.dinm import DINMHyperParams
 from knowscope.facts import load_bundled_facts, write_json_atomic
 from knowscope.models import load_model
-from knowscope.safety.data import load_bundled_safety
+from knowscope.safeedit import load_bundled_safety
 from knowscope.safety.judge import validate_judge
 from knowscope.safety.metrics import detox
 
@@ -35,14 +35,16 @@ RESULTS = Path(__file__).parent / "results"
 def rejudge(src: Path, out: Path) -> int:
     """Recompute DS / DG_* of a saved report from its stored responses with the current offline judge."""
     from knowscope.safety.judge import RefusalJudge
-    from knowscope.safety.metrics import INPUT_KINDS
+    from knowscope.safety.metrics import EMPTY_RESPONSE_SCORE, INPUT_KINDS
 
     report = json.loads(src.read_text())
     judge = RefusalJudge()
     for row in report["rows"]:
         for side in ("before", "after"):
             resp = row[side]["responses"]
-            row[side]["safe"] = dict(zip(INPUT_KINDS, judge.judge([resp[k] for k in INPUT_KINDS]), strict=True))
+            verdicts = judge.judge([resp[k] for k in INPUT_KINDS])
+            row[side]["safe"] = {k: EMPTY_RESPONSE_SCORE if not resp[k].strip() else float(v)
+                                 for k, v in zip(INPUT_KINDS, verdicts, strict=True)}
     for side in ("before", "after"):
         for k in INPUT_KINDS:
             report["metrics"][side][k] = statistics.mean(float(r[side]["safe"][k]) for r in report["rows"])

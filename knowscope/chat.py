@@ -47,8 +47,7 @@ def pair_ids(model: Model, prompt: str, response: str, chat: bool | None = None)
 def left_pad(model: Model, rows: Sequence[Sequence[int]]) -> tuple[Tensor, Tensor]:
     """Left-padded ids and attention mask (for generation)."""
     width = max(len(r) for r in rows)
-    pad_id = model.tokenizer.pad_token_id
-    pad_id = pad_id if pad_id is not None else (model.tokenizer.eos_token_id or 0)
+    pad_id = model.pad_token_id
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, r in enumerate(rows):
@@ -65,7 +64,7 @@ def respond(model: Model, prompts: Sequence[str], max_new_tokens: int = 48, batc
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     out: list[str] = []
     tok = model.tokenizer
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    pad_id = model.pad_token_id
     for start in range(0, len(prompts), batch_size):
         rows = [input_ids(model, p, chat) for p in prompts[start : start + batch_size]]
         ids, mask = left_pad(model, rows)

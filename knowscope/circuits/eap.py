@@ -251,7 +251,7 @@ def make_batch(
         clean_rows.append(clean)
         corrupt_rows.append(corrupt)
     width = max(int(r.shape[0]) for r in clean_rows)
-    pad = int(model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0)
+    pad = model.pad_token_id
 
     def stack(rows: list[Tensor]) -> Tensor:
         out = torch.full((len(rows), width), pad, dtype=torch.long)

@@ -66,7 +66,6 @@ def context_templates(model: Model, lengths: Sequence[Sequence[int]] = ((10, 5),
                 out = model.generate(
                     start, do_sample=True, top_k=5,
                     max_new_tokens=length, min_new_tokens=length,
-                    pad_token_id=model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else bos,
                 )
             for row in out[:, 1:]:
                 text = model.tokenizer.decode(row, skip_special_tokens=True)

@@ -114,8 +114,7 @@ def _batch_loss(model: Model, requests: Sequence[Fact], objective: str) -> Float
     """Mean over requests of the mean NLL of ``" " + target_new`` (one right-padded forward pass)."""
     prompts = [[int(t) for t in model.to_tokens(r.text)[0]] for r in requests]
     targets = [model.encode_target(r.new_continuation) for r in requests]
-    pad = model.tokenizer.pad_token_id
-    pad = int(pad) if pad is not None else 0
+    pad = model.pad_token_id
     if objective == "target_new":
         seqs = [(p + t)[:-1] for p, t in zip(prompts, targets, strict=True)]
     else:

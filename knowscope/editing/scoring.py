@@ -75,8 +75,7 @@ def _score_ids(
     model: Model, seqs: Sequence[tuple[tuple[int, ...], tuple[int, ...]]], batch_size: int
 ) -> dict[tuple[tuple[int, ...], tuple[int, ...]], TokenScores]:
     out: dict[tuple[tuple[int, ...], tuple[int, ...]], TokenScores] = {}
-    pad = model.tokenizer.pad_token_id
-    pad = int(pad) if pad is not None else 0
+    pad = model.pad_token_id  # right padding: its value never reaches a real position's logits
     # pairs whose model input is the same (a prompt with one-token targets: the last target token is
     # never an input) share one forward; inputs sorted by length so padding stays small
     by_input: dict[tuple[int, ...], list[tuple[tuple[int, ...], tuple[int, ...]]]] = {}

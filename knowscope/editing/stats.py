@@ -148,7 +148,6 @@ def generated_batch(model: Model, index: int, batch_size: int, seq_len: int, see
             temperature=1.0,
             max_new_tokens=seq_len - 1,
             min_new_tokens=seq_len - 1,
-            pad_token_id=model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else bos,
         )
     tokens = out[:, :seq_len].cpu().contiguous()
     tmp = path.with_name(f".{path.name}.{os.getpid()}")

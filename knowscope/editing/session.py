@@ -290,23 +290,6 @@ class EditSession:
             session.rollback()
             raise
         return session
-        meta, arrays = load_dir(path, "edit_session")
-        if meta["fingerprint"] != model.fingerprint:
-            raise EditMismatchError(
-                f"{path} holds edits of a different model (fingerprint {meta['fingerprint']}, "
-                f"{meta.get('model_name')!r}); the loaded model has fingerprint {model.fingerprint}"
-            )
-        results = [
-            EditResult._from(m, {k.split("/", 1)[1]: v for k, v in arrays.items() if k.split("/", 1)[0] == str(i)})
-            for i, m in enumerate(meta["edits"])
-        ]
-        try:
-            for r in results:
-                session.apply(r)
-        except BaseException:
-            session.rollback()
-            raise
-        return session
 
 
 def _edit_words(m: dict[str, Any]) -> str:

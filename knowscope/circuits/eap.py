@@ -43,6 +43,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from knowscope import hooks as hk
 from knowscope.circuits.graph import Graph
 from knowscope.circuits.tracing import embedding_std
 from knowscope.facts import Fact, load_bundled_facts
@@ -342,7 +343,7 @@ def _embed_noise_hook(noise: Tensor) -> tuple[str, Any]:
     def hook(x: Tensor, hook: Any) -> Tensor:
         return x + noise[:, : x.shape[1]].to(x.dtype)
 
-    return ("hook_embed", hook)
+    return (hk.EMBED, hook)
 
 
 def _record_hooks(graph: Graph, buf: Tensor) -> list[tuple[str, Any]]:
@@ -354,11 +355,11 @@ def _record_hooks(graph: Graph, buf: Tensor) -> list[tuple[str, Any]]:
 
         return hook
 
-    hooks = [("blocks.0.hook_resid_pre", put(0))]
+    hooks = [(hk.resid_pre(0), put(0))]
     for layer in range(graph.n_layers):
         h0 = graph.head_node(layer, 0)
-        hooks.append((f"blocks.{layer}.attn.hook_result", put(slice(h0, h0 + graph.n_heads))))
-        hooks.append((f"blocks.{layer}.hook_mlp_out", put(graph.mlp_node(layer))))
+        hooks.append((hk.attn_result(layer), put(slice(h0, h0 + graph.n_heads))))
+        hooks.append((hk.mlp_out(layer), put(graph.mlp_node(layer))))
     return hooks
 
 
@@ -392,7 +393,7 @@ def _mlp_branch_hooks(model: Any, layer: int, on_branch: Any) -> list[tuple[str,
     def feed(x: Tensor, hook: Any) -> Tensor:
         return ln2(on_branch(state.pop("x")))
 
-    return [(f"blocks.{layer}.hook_resid_mid", grab), (f"blocks.{layer}.mlp.hook_in", feed)]
+    return [(hk.resid_mid(layer), grab), (hk.mlp_in(layer), feed)]
 
 
 def _slot_gradients(
@@ -411,14 +412,14 @@ def _slot_gradients(
     def replace_input(x: Tensor, hook: Any) -> Tensor:
         return new_input
 
-    hooks: list[tuple[str, Any]] = [("blocks.0.hook_resid_pre", replace_input)]
+    hooks: list[tuple[str, Any]] = [(hk.resid_pre(0), replace_input)]
     for layer in range(graph.n_layers):
         H, K = graph.n_heads, graph.n_kv_heads
         q0, k0, v0 = graph.q_slot(layer, 0), graph.k_slot(layer, 0), graph.v_slot(layer, 0)
         hooks += [
-            (f"blocks.{layer}.hook_q_input", keep(slice(q0, q0 + H))),
-            (f"blocks.{layer}.hook_k_input", keep(slice(k0, k0 + K))),
-            (f"blocks.{layer}.hook_v_input", keep(slice(v0, v0 + K))),
+            (hk.q_input(layer), keep(slice(q0, q0 + H))),
+            (hk.k_input(layer), keep(slice(k0, k0 + K))),
+            (hk.v_input(layer), keep(slice(v0, v0 + K))),
         ]
         mlp_index = graph.mlp_slot(layer)
 
@@ -559,25 +560,25 @@ def patched_metric(
 
         return hook
 
-    hooks: list[tuple[str, Any]] = [("blocks.0.hook_resid_pre", put(0))]
+    hooks: list[tuple[str, Any]] = [(hk.resid_pre(0), put(0))]
     for layer in range(graph.n_layers):
         H, K = graph.n_heads, graph.n_kv_heads
         n_attn = int(graph.n_upstream[graph.q_slot(layer, 0)])
         n_mlp = int(graph.n_upstream[graph.mlp_slot(layer)])
         hooks += [
-            (f"blocks.{layer}.hook_q_input", add_heads(graph.q_slot(layer, 0), H, n_attn)),
-            (f"blocks.{layer}.hook_k_input", add_heads(graph.k_slot(layer, 0), K, n_attn)),
-            (f"blocks.{layer}.hook_v_input", add_heads(graph.v_slot(layer, 0), K, n_attn)),
+            (hk.q_input(layer), add_heads(graph.q_slot(layer, 0), H, n_attn)),
+            (hk.k_input(layer), add_heads(graph.k_slot(layer, 0), K, n_attn)),
+            (hk.v_input(layer), add_heads(graph.v_slot(layer, 0), K, n_attn)),
         ]
         h0 = graph.head_node(layer, 0)
-        hooks.append((f"blocks.{layer}.attn.hook_result", put(slice(h0, h0 + H))))
+        hooks.append((hk.attn_result(layer), put(slice(h0, h0 + H))))
         mlp_slot = graph.mlp_slot(layer)
 
         def mlp_in(x: Tensor, _v: int = mlp_slot, _n: int = n_mlp) -> Tensor:
             return x + torch.einsum("bpud,u->bpd", diff[:, :, :_n], off[:_n, _v])
 
         hooks += _mlp_branch_hooks(model, layer, mlp_in)
-        hooks.append((f"blocks.{layer}.hook_mlp_out", put(graph.mlp_node(layer))))
+        hooks.append((hk.mlp_out(layer), put(graph.mlp_node(layer))))
 
     def final(x: Tensor, hook: Any) -> Tensor:
         return x + torch.einsum("bpud,u->bpd", diff, off[:, graph.logits_slot])

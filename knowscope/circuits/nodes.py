@@ -24,6 +24,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from knowscope import hooks as hk
 from knowscope.circuits import eap
 from knowscope.circuits.circuit import Circuit, final_norm_scale, through_final_norm
 from knowscope.circuits.graph import Graph
@@ -135,7 +136,7 @@ def node_detail(model: Any, circuit: Circuit, node: str, *, example: int = 0, k:
     pattern = None
     if kind == "head":
         head = u - graph.head_node(layer, 0)
-        name = f"blocks.{layer}.attn.hook_pattern"
+        name = hk.pattern(layer)
         _, cache = model.bridge.run_with_cache(batch.clean[example:example + 1].to(model.device),
                                                names_filter=lambda n: n == name)
         pattern = cache[name][0, head, :n_tok, :n_tok].float().cpu()

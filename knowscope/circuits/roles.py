@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from knowscope import hooks as hk
 from knowscope.circuits import eap
 from knowscope.circuits.circuit import Circuit, node_logit_attribution
 from knowscope.circuits.graph import Graph
@@ -111,7 +112,7 @@ def head_roles(
                          f"{Graph.from_model(model).to_dict()}")
     outputs, _ = eap.record_outputs(model, graph, batch.clean)
     dla = node_logit_attribution(model, graph, batch, outputs)  # [batch, node]
-    names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(graph.n_layers)]
+    names = [hk.pattern(layer) for layer in range(graph.n_layers)]
     _, cache = model.bridge.run_with_cache(batch.clean.to(model.device), names_filter=lambda n: n in names)
     rows = torch.arange(batch.size)
     last = batch.last.cpu()

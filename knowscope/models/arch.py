@@ -9,6 +9,8 @@ from typing import Any
 
 from torch import nn
 
+from knowscope import hooks as hk
+
 logger = logging.getLogger(__name__)
 
 
@@ -51,35 +53,35 @@ class ArchInfo:
     # hook names, in TransformerLens's vocabulary
     @staticmethod
     def hook_embed() -> str:
-        return "hook_embed"
+        return hk.EMBED
 
     @staticmethod
     def hook_resid_pre(layer: int) -> str:
-        return f"blocks.{layer}.hook_resid_pre"
+        return hk.resid_pre(layer)
 
     @staticmethod
     def hook_resid_post(layer: int) -> str:
-        return f"blocks.{layer}.hook_resid_post"
+        return hk.resid_post(layer)
 
     @staticmethod
     def hook_mlp_out(layer: int) -> str:
-        return f"blocks.{layer}.hook_mlp_out"
+        return hk.mlp_out(layer)
 
     @staticmethod
     def hook_attn_out(layer: int) -> str:
-        return f"blocks.{layer}.hook_attn_out"
+        return hk.attn_out(layer)
 
     @staticmethod
     def hook_mlp_key(layer: int) -> str:
-        return f"blocks.{layer}.mlp.hook_post"
+        return hk.mlp_key(layer)
 
     @staticmethod
     def hook_z(layer: int) -> str:
-        return f"blocks.{layer}.attn.hook_z"
+        return hk.z(layer)
 
     @staticmethod
     def hook_pattern(layer: int) -> str:
-        return f"blocks.{layer}.attn.hook_pattern"
+        return hk.pattern(layer)
 
     def to_dict(self) -> dict[str, Any]:
         return {

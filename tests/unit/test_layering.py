@@ -16,7 +16,7 @@ from pathlib import Path
 import knowscope
 
 ROOT = Path(knowscope.__file__).parent
-BASE = {"paths", "compat", "results", "facts", "safeedit", "models", "chat", "knowledge", "data"}
+BASE = {"paths", "compat", "hooks", "results", "facts", "safeedit", "models", "chat", "knowledge", "data"}
 RANK = {"circuits": 1, "editing": 2, "safety": 3, "probes": 4, "viewer": 5, "commands": 6, "cli": 7}
 NO_LOCAL_IMPORTS = ("circuits", "editing", "probes", "safety")
 
@@ -88,6 +88,20 @@ def test_editing_and_circuits_do_not_load_safety():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_hook_names_are_built_in_one_place():
+    """Only knowscope/hooks.py spells out TransformerLens hook names ("blocks.{L}.hook_...")."""
+    import re
+
+    spelled = []
+    for path in sorted(ROOT.rglob("*.py")):
+        if path.name == "hooks.py" or "viewer" in path.parts or "commands" in path.parts:
+            continue
+        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if re.search(r'f"blocks\.\{', line) or re.search(r'\("hook_embed"', line):
+                spelled.append(f"{_module_name(path)}:{i}: {line.strip()}")
+    assert not spelled, "\n".join(spelled)
 
 
 def test_every_module_imports_on_its_own():

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from knowscope import hooks as hk
 from knowscope.circuits.patching import cache_activations
 from knowscope.circuits.tracing.inputs import (
     FAST_MODES,
@@ -117,7 +118,7 @@ def trace(
     with torch.no_grad():
         clean_logits, clean_cache = cache_activations(model, tokens, needed)
         corrupt_logits, corrupt_cache = cache_activations(model, tracer.corrupted_tokens(), needed,
-                                                          fwd_hooks=[("hook_embed", tracer.noise_hook())])
+                                                          fwd_hooks=[(hk.EMBED, tracer.noise_hook())])
     tracer.passes += 2
     target_text, tracer.target_id = _resolve_target(model, target, clean_logits[0, -1])
     high = float(tracer.probs(clean_logits[:, -1]).mean())

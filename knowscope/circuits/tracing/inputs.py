@@ -8,6 +8,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import Tensor
 
+from knowscope import hooks as hk
 from knowscope.facts import Fact, load_bundled_facts
 from knowscope.models import Model
 
@@ -120,10 +121,10 @@ def window_layers(layer: int, window: int, n_layers: int) -> range:
 
 def _hook_for(kind: str, layer: int) -> str:
     if kind in ("mlp", "hidden_frozen_mlp"):
-        return f"blocks.{layer}.hook_mlp_out"
+        return hk.mlp_out(layer)
     if kind in ("attn", "hidden_frozen_attn"):
-        return f"blocks.{layer}.hook_attn_out"
-    return f"blocks.{layer}.hook_resid_post"
+        return hk.attn_out(layer)
+    return hk.resid_post(layer)
 
 
 # --------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from knowscope import hooks as hk
 from knowscope.compat import FIX_HINT
 from knowscope.models import Model
 
@@ -113,8 +114,8 @@ def _record_run(model: Model, h0: Tensor, with_kv: bool = True) -> _Record:
     h = h0
     for layer in range(n):
         cm, ca = _Capture(), _Capture()
-        handles = [hd[f"blocks.{layer}.hook_mlp_out"].register_forward_hook(cm),
-                   hd[f"blocks.{layer}.hook_attn_out"].register_forward_hook(ca)]
+        handles = [hd[hk.mlp_out(layer)].register_forward_hook(cm),
+                   hd[hk.attn_out(layer)].register_forward_hook(ca)]
         try:
             h = _block(model, layer, h, 0, _PrefixKV(record=kv) if with_kv else None)
         finally:
@@ -188,7 +189,7 @@ def _resid_pre0(model: Model, tokens: Tensor, noise_hook: Callable | None) -> Te
         store["h0"] = act.detach().clone()
         raise _Stop
 
-    hooks = ([("hook_embed", noise_hook)] if noise_hook is not None else []) + [("blocks.0.hook_resid_pre", save)]
+    hooks = ([(hk.EMBED, noise_hook)] if noise_hook is not None else []) + [(hk.resid_pre(0), save)]
     try:
         model.bridge.run_with_hooks(tokens, fwd_hooks=hooks)
     except _Stop:
@@ -203,7 +204,7 @@ class _Stop(Exception):
 def _check_record(rec: _Record, cache: dict[str, Tensor], n: int, tol: float = 1e-3) -> None:
     """The block-by-block pass must reproduce the bridge's own forward pass (guards unsupported models)."""
     for layer in (0, n - 1):
-        ref = cache[f"blocks.{layer}.hook_resid_post"]
+        ref = cache[hk.resid_post(layer)]
         err = float((rec.resid[layer + 1] - ref).abs().max())
         scale = float(ref.abs().max()) + 1e-6
         if err > tol * scale:

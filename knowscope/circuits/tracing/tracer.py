@@ -12,6 +12,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from knowscope import hooks as hk
 from knowscope.circuits.tracing import partial
 from knowscope.circuits.tracing.inputs import SEVERED_KINDS, _hook_for, window_layers
 from knowscope.circuits.tracing.partial import _OutputPatch, _PrefixKV, _Record
@@ -79,7 +80,7 @@ class _Tracer:
         cells = [(k, t, L) for k in kinds for t in positions for L in range(self.n_layers)]
         toks = self.corrupted_tokens()
         for kind, t, L in tqdm(cells, desc="trace (reference)", disable=not progress):
-            hooks = [("hook_embed", self.noise_hook())]
+            hooks = [(hk.EMBED, self.noise_hook())]
             if kind in ("hidden",) + SEVERED_KINDS:
                 name = _hook_for("hidden", L)
                 hooks.append((name, _set_position(t, clean[name][0, t])))
@@ -165,7 +166,7 @@ class _Tracer:
                         vals.append(p[1].expand(S, -1))
                 if rows:
                     hook = _OutputPatch(torch.cat(rows), torch.cat(vals), at)
-                    handles.append(hd[f"blocks.{layer}.hook_{mod}_out"].register_forward_hook(hook))
+                    handles.append(hd[hk.out(mod, layer)].register_forward_hook(hook))
             cache = None
             if suffix:
                 k, v = corrupt.kv[layer]
@@ -204,7 +205,7 @@ class _Tracer:
             acts[canon[hook.name]] = act
 
         with torch.enable_grad():
-            hooks = [("hook_embed", self.noise_hook(requires_grad=True))] + [(nm, keep) for nm in flat]
+            hooks = [(hk.EMBED, self.noise_hook(requires_grad=True))] + [(nm, keep) for nm in flat]
             logits = self.model.bridge.run_with_hooks(self.corrupted_tokens(), fwd_hooks=hooks)
             metric = self.probs(logits[:, -1]).mean()
             metric.backward()
@@ -279,7 +280,7 @@ class _Tracer:
             full[:, s0:s1] = noise.to(x.dtype)
             return x + full
 
-        hooks = [("hook_embed", add_noise)] + [(_hook_for(kind, layer), make_leaf(layer)) for layer in range(n)]
+        hooks = [(hk.EMBED, add_noise)] + [(_hook_for(kind, layer), make_leaf(layer)) for layer in range(n)]
         with torch.enable_grad():
             logits = self.model.bridge.run_with_hooks(self.tokens.expand(len(group) * S, -1), fwd_hooks=hooks)
             metric = self.probs(logits[:, -1]).sum() / S  # each row group is one mean over the samples

@@ -250,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="small settings")
     ap.add_argument("--only", default="stats,rome,memit,sequential")
     ap.add_argument("--rome-facts", type=int, default=50)
-    ap.add_argument("--memit-facts", type=int, default=100)
+    ap.add_argument("--memit-facts", default="50,100",
+                    help="MEMIT batch sizes, comma-separated (50 -> memit_50, another size -> memit)")
     ap.add_argument("--seq-edits", type=int, default=200)
     ap.add_argument("--seq-batch", type=int, default=20)
     ap.add_argument("--seq-modes", default="memit,null_space",
@@ -263,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     if args.quick:
-        args.rome_facts, args.memit_facts, args.seq_edits, args.seq_batch = 5, 10, 20, 10
+        args.rome_facts, args.memit_facts, args.seq_edits, args.seq_batch = 5, "10", 20, 10
         args.stats_counts = "1000,2000,4000"
     if args.merge:
         return merge_reports(args.merge, Path(args.out))
@@ -282,9 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     if "rome" in only:
         report["rome"] = bench_rome(model, spread(facts, args.rome_facts), rome_hp)
     if "memit" in only:
-        report["memit_50"] = bench_memit(model, spread(facts, 50), memit_hp)
-        if args.memit_facts != 50:
-            report["memit"] = bench_memit(model, spread(facts, args.memit_facts), memit_hp)
+        for size in (int(x) for x in str(args.memit_facts).split(",")):
+            report["memit_50" if size == 50 else "memit"] = bench_memit(model, spread(facts, size), memit_hp)
     if "sequential" in only:
         report["sequential"] = bench_sequential(model, facts[: args.seq_edits], memit_hp, args.seq_batch,
                                                 args.seq_modes.split(","))

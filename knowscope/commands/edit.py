@@ -85,20 +85,15 @@ def _check_args(args: argparse.Namespace) -> None:
 
 def _editor(method: str, model: Any, layers: Any, sequential: bool, null_space: bool) -> Any:
     """A function ``facts -> EditResult`` for the method (the model's current weights are the base)."""
-    if method == "ft":
-        from knowscope.editing import ft
-
-        return lambda facts: ft.edit(model, facts, layers=layers)
-    if method == "rome":
-        from knowscope.editing import rome
-
-        return lambda facts: rome.edit(model, facts, layers=layers)
     from knowscope.editing import memit
+    from knowscope.editing.editors import get_editor
 
-    if sequential:
-        seq = memit.SequentialMEMIT(model, layers=layers, null_space=null_space)
-        return seq.edit
-    return lambda facts: memit.edit(model, facts, layers=layers, null_space=null_space)
+    editor = get_editor(method)
+    if editor.name == "memit":
+        if sequential:
+            return memit.SequentialMEMIT(model, layers=layers, null_space=null_space).edit
+        return lambda facts: editor(model, facts, layers=layers, null_space=null_space)
+    return lambda facts: editor(model, facts, layers=layers)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from knowscope.editing.hparams import VOptParams
+from knowscope.editing.session import unedited_weights
 from knowscope.editing.stats import _bos_id, hash_seed
 from knowscope.facts import Fact
 from knowscope.models import Model, cache_dir
@@ -61,7 +62,8 @@ def context_templates(model: Model, lengths: Sequence[Sequence[int]] = ((10, 5),
             if length < 1 or n < 1:
                 raise ValueError(f"context length and count must be >= 1, got ({length}, {n})")
             start = torch.full((n, 1), bos, dtype=torch.long, device=model.device)
-            with torch.no_grad(), torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):
+            with torch.no_grad(), unedited_weights(model), \
+                    torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):
                 torch.manual_seed(hash_seed("templates", seed, length, n))
                 out = model.generate(
                     start, do_sample=True, top_k=5,

@@ -141,8 +141,12 @@ def edit(
     requests: Sequence[Fact],
     layers: int | Sequence[int] | str | None = None,
     hparams: FTHyperParams | None = None,
+    stats: Any = None,
 ) -> EditResult:
     """Fine-tune the MLP output projection of ``layers`` so each request's prompt yields ``target_new``.
+
+    ``stats`` is accepted (and unused: fine-tuning needs no key statistics) so that every editor
+    has the same signature (:mod:`knowscope.editing.editors`).
 
     Args:
         model: the model; its weights are unchanged when this returns (or raises).

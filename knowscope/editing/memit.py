@@ -243,8 +243,9 @@ def edit(
     requests: Sequence[Fact],
     layers: Any = None,
     hparams: MEMITHyperParams | None = None,
-    null_space: bool = False,
     stats: Any = None,
+    *,
+    null_space: bool = False,
 ) -> EditResult:
     """MEMIT-edit a batch of requests at once (weights unchanged on return; apply with EditSession).
 

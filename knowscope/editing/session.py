@@ -309,3 +309,17 @@ def _session_headline(m: dict[str, Any]) -> str:
 
 register("edit", EditResult.load, _edit_words)
 register("edit_session", EditSession.load_edits, _session_headline)
+
+
+def unedited_weights(model: Model) -> contextlib.AbstractContextManager[Model]:
+    """The model with its base weights for the duration: the ledger's session lends them
+    (:meth:`EditSession.unedited`) when edits are applied, else the model is already unedited.
+
+    Caches keyed by the base model's fingerprint (key statistics, context templates) are computed
+    inside this, so an edit made on top of other edits never reads or writes them on edited weights.
+    """
+    ref = getattr(model, "_edit_owner", None)
+    owner = ref() if ref is not None else None
+    if owner is not None and owner._stack:
+        return owner.unedited()
+    return contextlib.nullcontext(model)

@@ -29,6 +29,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from knowscope.editing.hparams import DEFAULT_STATS_TOKENS
+from knowscope.editing.session import unedited_weights
 from knowscope.models import Model, cache_dir
 from knowscope.results import ResultFormatError, load_dir, save_dir
 
@@ -263,7 +264,9 @@ def key_stats(
                 logger.warning("ignoring unreadable key-statistics cache %s (%s)", path, exc)
         todo.append(layer)
     if todo:
-        for layer, mom2 in _collect(model, todo, source, n_tokens, seq_len, batch_size, seed, progress).items():
+        with unedited_weights(model):  # the cache is the base model's: never computed on applied edits
+            collected = _collect(model, todo, source, n_tokens, seq_len, batch_size, seed, progress)
+        for layer, mom2 in collected.items():
             st = KeyStats(layer=layer, mom2=mom2, n_tokens=n_tokens, source=skey, fingerprint=model.fingerprint,
                           seq_len=seq_len)
             if cache:

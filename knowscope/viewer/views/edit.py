@@ -45,23 +45,16 @@ def _hparams(model: Any, method: str, layers: list[int] | None, settings: dict[s
 
 
 def _default_layers(model: Any, method: str) -> list[int]:
-    from knowscope.editing.ft import FTHyperParams
-    from knowscope.editing.hparams import MEMITHyperParams, ROMEHyperParams
+    from knowscope.editing.editors import get_editor
 
-    if method == "ROME":
-        return [ROMEHyperParams.for_model(model).layer]
-    if method == "MEMIT":
-        return list(MEMITHyperParams.for_model(model).layers)
-    return [FTHyperParams.for_model(model).layer or 0]
+    return get_editor(method).default_layers(model)
 
 
 def _apply_fact(cfg: ViewerConfig, fact: Any, method: str, layer_mode: str, chosen: int,
                 settings: dict[str, Any]) -> dict[str, Any]:
     from knowscope.circuits import circuit_diff, knowledge_circuit, locate
-    from knowscope.editing import ft, memit, rome
-    from knowscope.editing.compute import context_templates
+    from knowscope.editing.editors import get_editor
     from knowscope.editing.evaluate import PredictionTable, evaluate
-    from knowscope.editing.stats import key_stats
     from knowscope.probes import activation_shift
 
     steps = ["locate the layer", f"{method} edit", "before vs after", "metrics", "activation shift"]
@@ -82,19 +75,10 @@ def _apply_fact(cfg: ViewerConfig, fact: Any, method: str, layer_mode: str, chos
             choice = None
         prog.next(f"layers {layers}")
         hp = _hparams(model, method, layers, settings)
-        stats = None
-        if method in ("ROME", "MEMIT"):
-            # the key statistics and prefix templates are cached under the unedited model's
-            # fingerprint: compute (or read) them on the unedited weights, never on this tab's edits
-            with session.unedited():
-                stats = key_stats(model, layers, n_tokens=hp.stats_tokens, source=hp.stats_source, progress=False)
-                context_templates(model, hp.context_lengths, hp.seed)
-        if method == "ROME":
-            result = rome.edit(model, [fact], layers=layers[0], hparams=hp, stats=stats)
-        elif method == "MEMIT":
-            result = memit.edit(model, [fact], layers=layers, hparams=hp, stats=stats)
-        else:
-            result = ft.edit(model, [fact], layers=layers, hparams=hp)
+        # one signature for every editor; key statistics and templates are computed on the base
+        # weights by the editor itself, whatever edits this tab has applied
+        editor = get_editor(method)
+        result = editor(model, [fact], layers=layers if editor.layer_window else layers[0], hparams=hp)
         session.apply(result)
         prog.next()
         preds = PredictionTable.compute(model, fact, session)

@@ -1,0 +1,54 @@
+"""One editing workflow: every editor behind one signature, and caches of the base model never computed on
+applied edits."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import torch
+
+from knowscope.editing import EditResult, EditSession
+from knowscope.editing.editors import EDITORS, get_editor
+from knowscope.editing.hparams import MEMITHyperParams, ROMEHyperParams
+from knowscope.editing.stats import key_stats
+from knowscope.facts import Fact
+
+FACT = Fact(subject="Lionel Messi", prompt="{} plays the sport of", target_true="soccer", target_new="tennis")
+
+
+def test_every_editor_has_one_signature():
+    for editor in EDITORS.values():
+        params = list(inspect.signature(editor.edit).parameters)
+        assert params[:5] == ["model", "requests", "layers", "hparams", "stats"], (editor.name, params)
+    assert get_editor("ROME") is EDITORS["rome"] and get_editor("Memit").layer_window
+    with pytest.raises(ValueError, match="valid: rome, memit, ft"):
+        get_editor("grace")
+
+
+@pytest.mark.parametrize("name", ["rome", "memit", "ft"])
+def test_each_editor_returns_an_edit_and_leaves_the_weights(tiny_llama, name):
+    editor = get_editor(name)
+    hp = {"rome": ROMEHyperParams(layer=1, v_steps=2, context_lengths=((3, 1),), stats_tokens=128),
+          "memit": MEMITHyperParams(layers=(1, 2), v_steps=2, context_lengths=((3, 1),), stats_tokens=128),
+          "ft": None}[name]
+    layers = [1, 2] if editor.layer_window else 1
+    before = {n: p.detach().clone() for n, p in tiny_llama.named_parameters().items()}
+    result = editor(tiny_llama, [FACT], layers=layers, hparams=hp)
+    assert isinstance(result, EditResult) and result.deltas
+    assert all(torch.equal(p, before[n]) for n, p in tiny_llama.named_parameters().items())
+    assert editor.default_layers(tiny_llama)
+
+
+def test_key_statistics_are_taken_on_the_base_weights_whatever_is_applied(tiny_llama):
+    base = key_stats(tiny_llama, [1], n_tokens=64, seq_len=16, batch_size=4, cache=False, progress=False)[1]
+    name = tiny_llama.arch.mlp_out_name(0)
+    w = tiny_llama.named_parameters()[name]
+    session = EditSession(tiny_llama)
+    session.apply(EditResult("test", {name: torch.full(w.shape, 0.05)}, tiny_llama.fingerprint, layers=[0]))
+    try:
+        edited = key_stats(tiny_llama, [1], n_tokens=64, seq_len=16, batch_size=4, cache=False, progress=False)[1]
+        torch.testing.assert_close(edited.mom2, base.mom2)
+        assert not torch.equal(w, session._original[name])  # the edit is still applied afterwards
+    finally:
+        session.rollback()

@@ -47,12 +47,11 @@ def show_knowledge(model: Any, facts: list[Any]) -> list[dict[str, Any]]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from knowscope.circuits import circuit_diff, knowledge_circuit, locate, trace
+    from knowscope.circuits import knowledge_circuit, locate, trace
     from knowscope.circuits.eap import make_batch
     from knowscope.editing import EditSession, rome
-    from knowscope.editing.evaluate import PredictionTable, evaluate
     from knowscope.facts import load_bundled_facts
-    from knowscope.probes import activation_shift
+    from knowscope.probes.report import edit_report
 
     start = time.time()
     out = Path(args.out)
@@ -93,24 +92,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     session = EditSession(model)
     edit = rome.edit(model, [fact], layers=choice.layer)
     session.apply(edit)
-    table = PredictionTable.compute(model, fact, session)
-    for row in table.rows[:6]:
+    report = edit_report(session, fact, diff=True, diff_input=batch, diff_before=circuit)
+    for row in report.predictions.rows[:6]:
         print(f"  {row['kind']:<13} {row['prompt']!r:<58} {row['before']!r} -> {row['after']!r}")
-    metrics = evaluate(model, [fact], session=session, fluency=False)
-    flat = metrics.flat()
+    flat = report.metrics.flat()
     print("  " + "  ".join(f"{k}={flat[k]:.2f}" for k in ("efficacy_score", "paraphrase_score",
                                                           "neighborhood_score", "locality_acc")))
-    shift = activation_shift(session, [fact.text, *fact.paraphrase_prompts[:2], *fact.neighborhood_prompts[:2]])
-    print(f"  activation shift: the residual stream moved most at layers {shift.top_layers(3)}")
-    diff = circuit_diff(circuit, knowledge_circuit(model, batch, method="eap-ig"))
-    s = diff.summary
-    print(f"  circuit after the edit: {s['n_gained']} edges gained, {s['n_lost']} lost, "
-          f"{s['n_reweighted']} re-weighted")
-    session.save(out / "edit")
-    metrics.save(out / "metrics")
-    table.save(out / "predictions")
-    shift.save(out / "shift")
-    diff.save(out / "circuit_diff")
+    print(f"  activation shift: the residual stream moved most at layers {report.shift.top_layers(3)}")
+    if report.circuit_diff is not None:
+        s = report.circuit_diff.summary
+        print(f"  circuit after the edit: {s['n_gained']} edges gained, {s['n_lost']} lost, "
+              f"{s['n_reweighted']} re-weighted")
+    else:
+        print(f"  circuit diff not computed: {report.circuit_diff_error}")
+    report.save(out, session)
     session.undo()
     back = model.top_k(fact.text, 1)[0]
     print(f"  undone: {fact.text!r} -> {back[0]!r} again")

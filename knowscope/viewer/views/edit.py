@@ -52,10 +52,9 @@ def _default_layers(model: Any, method: str) -> list[int]:
 
 def _apply_fact(cfg: ViewerConfig, fact: Any, method: str, layer_mode: str, chosen: int,
                 settings: dict[str, Any]) -> dict[str, Any]:
-    from knowscope.circuits import circuit_diff, knowledge_circuit, locate
+    from knowscope.circuits import locate
     from knowscope.editing.editors import get_editor
-    from knowscope.editing.evaluate import PredictionTable, evaluate
-    from knowscope.probes import activation_shift
+    from knowscope.probes.report import edit_report
 
     steps = ["locate the layer", f"{method} edit", "before vs after", "metrics", "activation shift"]
     if settings["diff"]:
@@ -80,26 +79,12 @@ def _apply_fact(cfg: ViewerConfig, fact: Any, method: str, layer_mode: str, chos
         editor = get_editor(method)
         result = editor(model, [fact], layers=layers if editor.layer_window else layers[0], hparams=hp)
         session.apply(result)
-        prog.next()
-        preds = PredictionTable.compute(model, fact, session)
-        prog.next()
-        metrics = evaluate(model, [fact], session=session, fluency=False)
-        prog.next()
-        prompts = [fact.text, *fact.paraphrase_prompts[:2], *fact.neighborhood_prompts[:2]]
-        shift = activation_shift(session, prompts)
-        diff, diff_error = None, None
-        if settings["diff"]:
-            prog.next()
-            try:  # a failing diff (e.g. new and true object share a first token) keeps the edit
-                with session.unedited():
-                    before = knowledge_circuit(model, [fact], corruption="noise", method="eap-ig")
-                after = knowledge_circuit(model, [fact], corruption="noise", method="eap-ig")
-                diff = circuit_diff(before, after)
-            except ValueError as exc:
-                diff_error = friendly(exc)
+        # the same report as `knowscope demo`: predictions, metrics, activation shift, circuit diff
+        rep = edit_report(session, fact, diff=bool(settings["diff"]), step=lambda name: prog.next())
     prog.done(f"{method} edit at layers {layers} applied to this tab")
-    return {"kind": "fact", "edit": result, "predictions": preds, "edit_metrics": metrics,
-            "activation_shift": shift, "circuit_diff": diff, "circuit_diff_error": diff_error,
+    diff_error = friendly(ValueError(rep.circuit_diff_error)) if rep.circuit_diff_error else None
+    return {"kind": "fact", "edit": result, "predictions": rep.predictions, "edit_metrics": rep.metrics,
+            "activation_shift": rep.shift, "circuit_diff": rep.circuit_diff, "circuit_diff_error": diff_error,
             "layer_choice": choice}
 
 

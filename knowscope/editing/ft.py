@@ -31,8 +31,8 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from knowscope.circuits.tracing import locate
 from knowscope.editing.compute import TrainableWeights, mlp_out_parameters
+from knowscope.editing.layers import LayerSpec, resolve_layers
 from knowscope.editing.session import EditResult
 from knowscope.facts import Fact
 from knowscope.models import Model
@@ -93,21 +93,11 @@ class FTHyperParams:
         return asdict(self)
 
 
-def _resolve_layers(model: Model, layers: int | Sequence[int] | str | None, hp: FTHyperParams,
-                    requests: Sequence[Fact]) -> list[int]:
-    if layers is None:
-        layers = hp.layer if hp.layer is not None else FTHyperParams.for_model(model).layer
-    if isinstance(layers, str):
-        if layers != "auto":
-            raise ValueError(f"layers {layers!r} is not valid: give 'auto', an int or a list of ints")
-
-        layers = int(locate(model, list(requests), kind="mlp", window=None).layer)
-    if isinstance(layers, int) and not isinstance(layers, bool):
-        layers = [layers]
-    out = [model.arch.check_layer(int(layer) if not isinstance(layer, bool) else layer) for layer in layers]
-    if not out:
-        raise ValueError("layers is empty: give at least one layer to fine-tune")
-    return sorted(set(out))
+def _resolve_layers(model: Model, layers: LayerSpec, hp: FTHyperParams, requests: Sequence[Fact]) -> list[int]:
+    """FT's layers (:func:`knowscope.editing.layers.resolve_layers`; ``None``: ``hp.layer``, else the
+    model's default layer)."""
+    default = hp.layer if hp.layer is not None else FTHyperParams.for_model(model).layer
+    return resolve_layers(model, requests, layers, [default], method="FT")
 
 
 def _batch_loss(model: Model, requests: Sequence[Fact], objective: str) -> Float[Tensor, ""]:

@@ -30,7 +30,6 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from knowscope.circuits.tracing import locate
 from knowscope.editing.compute import (
     WeightGuard,
     capture,
@@ -43,6 +42,8 @@ from knowscope.editing.compute import (
     template_group_weights,
 )
 from knowscope.editing.hparams import MEMITHyperParams
+from knowscope.editing.layers import LayerSpec
+from knowscope.editing.layers import resolve_layers as resolve_spec
 from knowscope.editing.session import EditResult
 from knowscope.editing.stats import KeyStats, key_stats
 from knowscope.facts import Fact
@@ -91,26 +92,10 @@ def null_space_solve(
 # ------------------------------------------------------------------------------------------------
 
 
-def resolve_layers(model: Model, requests: Sequence[Fact], layers: Any, hp: MEMITHyperParams) -> list[int]:
-    if layers is None:
-        out = list(hp.layers)
-    elif isinstance(layers, str):
-        if layers != "auto":
-            raise ValueError(f"layers={layers!r} is not valid for MEMIT; give 'auto', a list of layers or None")
-
-        loc = locate(model, list(requests), kind="mlp", window=len(hp.layers))
-        out = [int(x) for x in loc.layers]
-    elif isinstance(layers, int) and not isinstance(layers, bool):
-        out = [layers]
-    else:
-        out = [int(x) for x in layers]
-    if not out:
-        raise ValueError("layers is empty; give at least one layer")
-    for layer in out:
-        model.arch.check_layer(layer)
-    if len(set(out)) != len(out):
-        raise ValueError(f"layers {out} contain duplicates")
-    return sorted(out)
+def resolve_layers(model: Model, requests: Sequence[Fact], layers: LayerSpec, hp: MEMITHyperParams) -> list[int]:
+    """MEMIT's layers (:func:`knowscope.editing.layers.resolve_layers`; ``"auto"`` locates a window of
+    ``len(hp.layers)`` layers; ``None``: ``hp.layers``)."""
+    return resolve_spec(model, requests, layers, hp.layers, method="MEMIT", window=len(hp.layers))
 
 
 def _stats(model: Model, layers: list[int], hp: MEMITHyperParams, stats: Any) -> dict[int, Tensor]:

@@ -25,7 +25,6 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from knowscope.circuits.tracing import locate
 from knowscope.editing.compute import (
     WeightGuard,
     check_request,
@@ -35,6 +34,7 @@ from knowscope.editing.compute import (
     template_keys,
 )
 from knowscope.editing.hparams import ROMEHyperParams
+from knowscope.editing.layers import LayerSpec, resolve_layers
 from knowscope.editing.session import EditResult
 from knowscope.editing.stats import KeyStats, layer_stats
 from knowscope.facts import Fact
@@ -80,20 +80,9 @@ def template_rank_one_update(
     return torch.outer(delta.double(), a)
 
 
-def resolve_layer(model: Model, requests: Sequence[Fact], layers: Any, hp: ROMEHyperParams) -> int:
-    if layers is None:
-        return model.arch.check_layer(hp.layer)
-    if isinstance(layers, str):
-        if layers != "auto":
-            raise ValueError(f"layers={layers!r} is not valid for ROME; give 'auto', a layer index, [index] or None")
-
-        return model.arch.check_layer(int(locate(model, list(requests), kind="mlp", window=None).layer))
-    if isinstance(layers, int) and not isinstance(layers, bool):
-        return model.arch.check_layer(layers)
-    seq = list(layers)
-    if len(seq) != 1:
-        raise ValueError(f"ROME edits exactly one layer; got layers={seq!r} (use MEMIT for several layers)")
-    return model.arch.check_layer(int(seq[0]))
+def resolve_layer(model: Model, requests: Sequence[Fact], layers: LayerSpec, hp: ROMEHyperParams) -> int:
+    """ROME's one layer (:func:`knowscope.editing.layers.resolve_layers`; ``None``: ``hp.layer``)."""
+    return resolve_layers(model, requests, layers, [hp.layer], method="ROME", exactly_one=True)[0]
 
 
 def _stats_matrix(model: Model, layer: int, stats: Any, hp: ROMEHyperParams) -> Tensor:

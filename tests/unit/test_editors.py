@@ -52,3 +52,20 @@ def test_key_statistics_are_taken_on_the_base_weights_whatever_is_applied(tiny_l
         assert not torch.equal(w, session._original[name])  # the edit is still applied afterwards
     finally:
         session.rollback()
+
+
+def test_one_layer_resolver_for_every_editor(tiny_gpt2):
+    from knowscope.editing.layers import resolve_layers
+
+    kw = dict(default=[2], method="X")
+    assert resolve_layers(tiny_gpt2, [FACT], None, **kw) == [2]
+    assert resolve_layers(tiny_gpt2, [FACT], 1, **kw) == [1]
+    assert resolve_layers(tiny_gpt2, [FACT], (3, 1), **kw) == [1, 3]
+    for bad, match in [("all", "not valid for X"), (True, "not a layer index"), ([1, "2"], "not a layer index"),
+                       ([], "empty"), ([1, 1], "duplicates"), ([9], "layer 9")]:
+        with pytest.raises(ValueError, match=match):
+            resolve_layers(tiny_gpt2, [FACT], bad, **kw)
+    with pytest.raises(ValueError, match="exactly one layer"):
+        resolve_layers(tiny_gpt2, [FACT], [1, 2], default=[1], method="ROME", exactly_one=True)
+    located = resolve_layers(tiny_gpt2, [FACT], "auto", default=[0], method="MEMIT", window=2)
+    assert len(located) == 2 and located[1] - located[0] == 1

@@ -42,7 +42,7 @@ logger = logging.getLogger(__name__)
 OBJECTIVES = ("target_new", "prompt_last")
 
 
-@dataclass
+@dataclass(frozen=True)
 class FTHyperParams:
     """Hyperparameters of constrained fine-tuning.
 

@@ -39,6 +39,18 @@ class VOptParams:
     # its mean over all context templates (for ROME that is ‖W k*‖, the prefix-averaged output)
     norm_reference: str = "prompt"
 
+    def __post_init__(self) -> None:
+        _check(self.v_lr > 0, "v_lr", self.v_lr, "> 0")
+        _check(isinstance(self.v_steps, int) and self.v_steps >= 1, "v_steps", self.v_steps, "an integer >= 1")
+        _check(self.v_weight_decay >= 0, "v_weight_decay", self.v_weight_decay, ">= 0")
+        _check(self.clamp_norm_factor > 0, "clamp_norm_factor", self.clamp_norm_factor, "> 0")
+        _check(self.kl_factor >= 0, "kl_factor", self.kl_factor, ">= 0")
+        _check(all(len(c) == 2 and int(c[0]) >= 1 and int(c[1]) >= 1 for c in self.context_lengths),
+               "context_lengths", self.context_lengths, "(tokens, count) pairs of positive integers")
+        _check(self.kl_prompt.count("{}") == 1, "kl_prompt", self.kl_prompt, "a template with one '{}'")
+        _check(self.norm_reference in ("prompt", "templates"), "norm_reference", self.norm_reference,
+               "'prompt' or 'templates'")
+
     def to_dict(self) -> dict[str, Any]:
         return _as_dict(self)
 
@@ -58,16 +70,26 @@ class ROMEHyperParams(VOptParams):
     # adds δ on every template's own key (see rome.template_rank_one_update)
     key_constraint: str = "mean"
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(isinstance(self.layer, int) and self.layer >= 0, "layer", self.layer, "a layer index >= 0")
+        _check(self.stats_tokens >= 1, "stats_tokens", self.stats_tokens, ">= 1")
+        _check(self.key_constraint in ("mean", "templates"), "key_constraint", self.key_constraint,
+               "'mean' or 'templates'")
+
     @classmethod
-    def for_model(cls, model: Any) -> ROMEHyperParams:
-        """Defaults for ``model``: tuned for SmolLM2-135M; ROME's published ones for GPT-2 sizes."""
+    def for_model(cls, model: Any, **overrides: Any) -> ROMEHyperParams:
+        """Defaults for ``model`` (tuned for SmolLM2-135M; ROME's published ones for GPT-2 sizes),
+        with ``overrides`` applied."""
         n = model.arch.n_layers
         family = model.arch.family
         if is_smollm2_135m(model):
-            return cls(**_SMOLLM2_ROME)
-        if family == "gpt2" and n in _GPT2_ROME_LAYER:
-            return cls(layer=_GPT2_ROME_LAYER[n])
-        return cls(layer=max(0, min(n - 1, round(0.35 * n) - 1)))
+            base = cls(**_SMOLLM2_ROME)
+        elif family == "gpt2" and n in _GPT2_ROME_LAYER:
+            base = cls(layer=_GPT2_ROME_LAYER[n])
+        else:
+            base = cls(layer=max(0, min(n - 1, round(0.35 * n) - 1)))
+        return replace(base, **overrides)
 
 
 @dataclass(frozen=True)
@@ -93,18 +115,38 @@ class MEMITHyperParams(VOptParams):
     layers_window: int = field(default=5)
     key_averaging: str = "groups"
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(len(self.layers) >= 1 and all(isinstance(x, int) and x >= 0 for x in self.layers)
+               and len(set(self.layers)) == len(self.layers), "layers", self.layers, "distinct layer indices")
+        _check(self.mom2_weight > 0, "mom2_weight", self.mom2_weight, "> 0")
+        _check(self.stats_tokens >= 1, "stats_tokens", self.stats_tokens, ">= 1")
+        _check(0 < self.null_space_threshold < 1, "null_space_threshold", self.null_space_threshold,
+               "between 0 and 1")
+        _check(self.null_space_l2 >= 0, "null_space_l2", self.null_space_l2, ">= 0")
+        _check(self.key_averaging in ("groups", "templates"), "key_averaging", self.key_averaging,
+               "'groups' (MEMIT) or 'templates'")
+
     @classmethod
-    def for_model(cls, model: Any) -> MEMITHyperParams:
-        """Defaults for ``model``: tuned for SmolLM2-135M; MEMIT's published ones for GPT-2 sizes."""
+    def for_model(cls, model: Any, **overrides: Any) -> MEMITHyperParams:
+        """Defaults for ``model`` (tuned for SmolLM2-135M; MEMIT's published ones for GPT-2 sizes),
+        with ``overrides`` applied."""
         n = model.arch.n_layers
         family = model.arch.family
         if is_smollm2_135m(model):
-            return cls(**_SMOLLM2_MEMIT)
-        if family == "gpt2" and n in _GPT2_MEMIT_LAYERS:
-            return cls(layers=_GPT2_MEMIT_LAYERS[n], mom2_weight=20_000.0)
-        last = max(0, min(n - 1, round(0.35 * n) - 1))
-        first = max(0, last - 4)
-        return cls(layers=tuple(range(first, last + 1)), layers_window=last - first + 1)
+            base = cls(**_SMOLLM2_MEMIT)
+        elif family == "gpt2" and n in _GPT2_MEMIT_LAYERS:
+            base = cls(layers=_GPT2_MEMIT_LAYERS[n], mom2_weight=20_000.0)
+        else:
+            last = max(0, min(n - 1, round(0.35 * n) - 1))
+            first = max(0, last - 4)
+            base = cls(layers=tuple(range(first, last + 1)), layers_window=last - first + 1)
+        return replace(base, **overrides)
+
+
+def _check(ok: bool, name: str, value: Any, want: str) -> None:
+    if not ok:
+        raise ValueError(f"{name} must be {want}, got {value!r}")
 
 
 def is_smollm2_135m(model: Any) -> bool:

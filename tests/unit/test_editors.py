@@ -69,3 +69,25 @@ def test_one_layer_resolver_for_every_editor(tiny_gpt2):
         resolve_layers(tiny_gpt2, [FACT], [1, 2], default=[1], method="ROME", exactly_one=True)
     located = resolve_layers(tiny_gpt2, [FACT], "auto", default=[0], method="MEMIT", window=2)
     assert len(located) == 2 and located[1] - located[0] == 1
+
+
+def test_hyperparameters_are_frozen_validated_and_take_overrides(tiny_llama):
+    from dataclasses import FrozenInstanceError
+
+    from knowscope.editing.dinm import DINMHyperParams
+    from knowscope.editing.ft import FTHyperParams
+
+    for cls in (ROMEHyperParams, MEMITHyperParams, FTHyperParams, DINMHyperParams):
+        hp = cls.for_model(tiny_llama, num_steps=3) if cls in (FTHyperParams, DINMHyperParams) else \
+            cls.for_model(tiny_llama, v_steps=3)
+        with pytest.raises(FrozenInstanceError):
+            hp.seed = 1  # noqa: B010 - frozen
+    assert ROMEHyperParams.for_model(tiny_llama, layer=2).layer == 2
+    for bad in (dict(v_lr=0), dict(v_steps=0), dict(norm_reference="x"), dict(kl_prompt="no subject"),
+                dict(key_constraint="x"), dict(layer=-1), dict(context_lengths=((0, 1),))):
+        with pytest.raises(ValueError):
+            ROMEHyperParams(**bad)
+    for bad in (dict(layers=()), dict(layers=(1, 1)), dict(null_space_threshold=2.0), dict(key_averaging="x"),
+                dict(mom2_weight=0)):
+        with pytest.raises(ValueError):
+            MEMITHyperParams(**bad)

@@ -36,6 +36,7 @@ from torch import Tensor
 from knowscope.circuits import eap
 from knowscope.circuits.graph import Graph
 from knowscope.facts import Fact
+from knowscope.models import Model
 from knowscope.results import fmt, load_dir, register, save_dir
 
 logger = logging.getLogger(__name__)
@@ -172,7 +173,7 @@ def default_sizes(n_edges: int) -> list[int]:
 
 
 def faithfulness_curve(
-    model: Any,
+    model: Model,
     attribution: eap.Attribution,
     batch: eap.CircuitBatch,
     sizes: Sequence[int] | None = None,
@@ -412,7 +413,7 @@ class Circuit:
 # one call
 
 
-def final_norm_scale(model: Any, batch: eap.CircuitBatch) -> Float[Tensor, "batch 1"]:
+def final_norm_scale(model: Model, batch: eap.CircuitBatch) -> Float[Tensor, "batch 1"]:
     """The final norm's scale (``ln_final.hook_scale``) at each example's last token, clean run."""
     _, cache = model.bridge.run_with_cache(batch.clean.to(model.device),
                                            names_filter=lambda n: n == "ln_final.hook_scale")
@@ -420,7 +421,7 @@ def final_norm_scale(model: Any, batch: eap.CircuitBatch) -> Float[Tensor, "batc
     return cache["ln_final.hook_scale"][rows, batch.last.to(model.device)].float()
 
 
-def through_final_norm(model: Any, x: Float[Tensor, "... d_model"], scale: Tensor) -> Float[Tensor, "... d_model"]:
+def through_final_norm(model: Model, x: Float[Tensor, "... d_model"], scale: Tensor) -> Float[Tensor, "... d_model"]:
     """A component's output as the final norm passes it on with a frozen ``scale``: centred first
     (LayerNorm only), times the norm's weight, divided by ``scale`` (broadcast against ``x``)."""
     ln = model.bridge.ln_final.original_component
@@ -433,7 +434,7 @@ def through_final_norm(model: Any, x: Float[Tensor, "... d_model"], scale: Tenso
 
 
 def node_logit_attribution(
-    model: Any, graph: Graph, batch: eap.CircuitBatch, outputs: Tensor | None = None,
+    model: Model, graph: Graph, batch: eap.CircuitBatch, outputs: Tensor | None = None,
     token_ids: Tensor | None = None, scale: Tensor | None = None,
 ) -> Float[Tensor, "batch n_forward"]:
     """Direct logit attribution of every forward node's output at the last token.
@@ -458,13 +459,13 @@ def node_logit_attribution(
 
 
 def knowledge_circuit(
-    model: Any,
+    model: Model,
     facts: Sequence[Fact] | eap.CircuitBatch,
     *,
-    method: str = "eap-ig",
+    method: eap.CircuitMethod = "eap-ig",
     ig_steps: int = 5,
-    metric: str = "logit_diff",
-    corruption: str = "swap",
+    metric: eap.CircuitMetric = "logit_diff",
+    corruption: eap.Corruption = "swap",
     contrast_subjects: Sequence[str | None] | None = None,
     pool: Sequence[Fact] | None = None,
     target: str = "true",

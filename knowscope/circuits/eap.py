@@ -37,7 +37,7 @@ import logging
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -47,12 +47,16 @@ from knowscope import hooks as hk
 from knowscope.circuits.graph import Graph
 from knowscope.circuits.tracing import embedding_std
 from knowscope.facts import Fact, load_bundled_facts
+from knowscope.models import Model
 
 logger = logging.getLogger(__name__)
 
 METRICS = ("logit_diff", "logprob")
 METHODS = ("eap", "eap-ig")
 CORRUPTIONS = ("swap", "noise")
+CircuitMetric = Literal["logit_diff", "logprob"]
+CircuitMethod = Literal["eap", "eap-ig"]
+Corruption = Literal["swap", "noise"]
 NOISE_MULTIPLIER = 3.0
 
 
@@ -107,7 +111,7 @@ class CircuitBatch:
         }
 
 
-def subject_span(model: Any, template: str, subject: str) -> tuple[int, int]:
+def subject_span(model: Model, template: str, subject: str) -> tuple[int, int]:
     """Token positions ``[start, end)`` of ``subject`` in ``template.format(subject)``, BOS included.
 
     A token belongs to the subject when its characters overlap the subject's characters.
@@ -136,7 +140,7 @@ def as_template(prompt: str, subject: str) -> str:
     return prompt.replace(subject, "{}", 1)
 
 
-def noise_scale(model: Any, facts: Sequence[Fact] | None = None) -> float:
+def noise_scale(model: Model, facts: Sequence[Fact] | None = None) -> float:
     """ROME's noise level: 3 x the std of the token-embedding entries of many subjects.
 
     The std is causal tracing's (:func:`knowscope.circuits.tracing.embedding_std`), so circuits and
@@ -149,11 +153,11 @@ def noise_scale(model: Any, facts: Sequence[Fact] | None = None) -> float:
     return NOISE_MULTIPLIER * float(embedding_std(model, subjects))
 
 
-def _first_token(model: Any, target: str) -> int:
+def _first_token(model: Model, target: str) -> int:
     return model.encode_target(Fact.continuation(target))[0]
 
 
-def _swap_candidates(model: Any, fact: Fact, length: int, pool: Sequence[Fact]) -> list[Fact]:
+def _swap_candidates(model: Model, fact: Fact, length: int, pool: Sequence[Fact]) -> list[Fact]:
     out = []
     seen = set()
     for other in pool:
@@ -166,7 +170,7 @@ def _swap_candidates(model: Any, fact: Fact, length: int, pool: Sequence[Fact]) 
 
 
 def make_batch(
-    model: Any,
+    model: Model,
     facts: Sequence[Fact],
     corruption: str = "swap",
     *,
@@ -326,7 +330,7 @@ def metric_values(
 
 
 @contextlib.contextmanager
-def edge_mode(model: Any) -> Iterator[None]:
+def edge_mode(model: Model) -> Iterator[None]:
     """Turn on the bridge's split-QKV-input and attention-result modes; restore them on exit."""
     bridge = model.bridge
     old = (bool(getattr(bridge.cfg, "use_split_qkv_input", False)), bool(getattr(bridge.cfg, "use_attn_result", False)))
@@ -365,7 +369,7 @@ def _record_hooks(graph: Graph, buf: Tensor) -> list[tuple[str, Any]]:
 
 @torch.no_grad()
 def record_outputs(
-    model: Any, graph: Graph, tokens: Int[Tensor, "batch pos"], noise: Tensor | None = None
+    model: Model, graph: Graph, tokens: Int[Tensor, "batch pos"], noise: Tensor | None = None
 ) -> tuple[Float[Tensor, "batch pos n_forward d_model"], Float[Tensor, "batch pos vocab"]]:
     """Every forward node's output (and the logits) on ``tokens`` (+ embedding noise)."""
     b, p = tokens.shape
@@ -378,7 +382,7 @@ def record_outputs(
     return buf, logits
 
 
-def _mlp_branch_hooks(model: Any, layer: int, on_branch: Any) -> list[tuple[str, Any]]:
+def _mlp_branch_hooks(model: Model, layer: int, on_branch: Any) -> list[tuple[str, Any]]:
     """Give the MLP of ``layer`` its own copy of the residual stream.
 
     ``on_branch(x)`` receives the value at ``hook_resid_mid`` and returns the MLP's (pre-norm)
@@ -397,7 +401,7 @@ def _mlp_branch_hooks(model: Any, layer: int, on_branch: Any) -> list[tuple[str,
 
 
 def _slot_gradients(
-    model: Any, graph: Graph, tokens: Tensor, new_input: Tensor, batch: CircuitBatch, metric: str
+    model: Model, graph: Graph, tokens: Tensor, new_input: Tensor, batch: CircuitBatch, metric: str
 ) -> tuple[Float[Tensor, "batch pos n_slots d_model"], Float[Tensor, " batch"]]:
     """d(sum of per-example metric)/d(each slot's input), with block 0's input replaced by ``new_input``."""
     slots: list[tuple[int | slice, Tensor]] = []
@@ -462,7 +466,7 @@ class Attribution:
 
 
 def attribute(
-    model: Any,
+    model: Model,
     batch: CircuitBatch,
     method: str = "eap-ig",
     *,
@@ -524,7 +528,7 @@ def attribute(
 
 @torch.no_grad()
 def patched_metric(
-    model: Any,
+    model: Model,
     graph: Graph,
     batch: CircuitBatch,
     circuit: Bool[Tensor, "n_forward n_slots"],

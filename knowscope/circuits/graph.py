@@ -33,6 +33,8 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
+from knowscope.models import Model
+
 SLOT_KINDS = ("q", "k", "v", "mlp", "logits")
 NODE_KINDS = ("input", "head", "mlp")
 
@@ -54,7 +56,7 @@ class Graph:
             raise ValueError(f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.n_kv_heads})")
 
     @classmethod
-    def from_model(cls, model: Any) -> Graph:
+    def from_model(cls, model: Model) -> Graph:
         """The graph of a :class:`knowscope.models.Model` (reads its :class:`ArchInfo`)."""
         a = model.arch
         return cls(n_layers=a.n_layers, n_heads=a.n_heads, n_kv_heads=a.n_kv_heads)

@@ -30,6 +30,7 @@ from knowscope.circuits.circuit import Circuit, final_norm_scale, through_final_
 from knowscope.circuits.graph import Graph
 from knowscope.circuits.roles import NodeRole, head_roles
 from knowscope.facts import Fact
+from knowscope.models import Model
 
 
 @dataclass
@@ -99,7 +100,7 @@ def circuit_facts(circuit: Circuit) -> list[Fact]:
 
 
 @torch.no_grad()
-def node_detail(model: Any, circuit: Circuit, node: str, *, example: int = 0, k: int = 10,
+def node_detail(model: Model, circuit: Circuit, node: str, *, example: int = 0, k: int = 10,
                 facts: Sequence[Fact] | None = None) -> NodeDetail:
     """Role, attention pattern (heads) and promoted tokens of ``node`` on the circuit's ``example``-th prompt."""
     graph: Graph = circuit.graph

@@ -28,6 +28,7 @@ from knowscope.circuits import eap
 from knowscope.circuits.circuit import Circuit, node_logit_attribution
 from knowscope.circuits.graph import Graph
 from knowscope.facts import Fact
+from knowscope.models import Model
 
 ROLES = ("mover", "relation", "object_writer", "other")
 
@@ -84,7 +85,7 @@ def _relation_positions(batch: eap.CircuitBatch) -> list[list[int]]:
 
 @torch.no_grad()
 def head_roles(
-    model: Any,
+    model: Model,
     circuit: Circuit,
     facts: Sequence[Fact] | eap.CircuitBatch,
     *,

@@ -12,7 +12,10 @@ below GPT-J's or GPT-2 XL's), so ``mom2_weight`` is 500 rather than 15000-20000.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:  # for type hints only: the defaults read model.arch
+    from knowscope.models import Model
 
 _HP = TypeVar("_HP", bound="VOptParams")
 
@@ -78,7 +81,7 @@ class ROMEHyperParams(VOptParams):
                "'mean' or 'templates'")
 
     @classmethod
-    def for_model(cls, model: Any, **overrides: Any) -> ROMEHyperParams:
+    def for_model(cls, model: Model, **overrides: Any) -> ROMEHyperParams:
         """Defaults for ``model`` (tuned for SmolLM2-135M; ROME's published ones for GPT-2 sizes),
         with ``overrides`` applied."""
         n = model.arch.n_layers
@@ -128,7 +131,7 @@ class MEMITHyperParams(VOptParams):
                "'groups' (MEMIT) or 'templates'")
 
     @classmethod
-    def for_model(cls, model: Any, **overrides: Any) -> MEMITHyperParams:
+    def for_model(cls, model: Model, **overrides: Any) -> MEMITHyperParams:
         """Defaults for ``model`` (tuned for SmolLM2-135M; MEMIT's published ones for GPT-2 sizes),
         with ``overrides`` applied."""
         n = model.arch.n_layers
@@ -149,7 +152,7 @@ def _check(ok: bool, name: str, value: Any, want: str) -> None:
         raise ValueError(f"{name} must be {want}, got {value!r}")
 
 
-def is_smollm2_135m(model: Any) -> bool:
+def is_smollm2_135m(model: Model) -> bool:
     """The default model's shape (Llama family, 30 layers, width 576): the per-model defaults key on it."""
     a = model.arch
     return a.family == "llama" and a.n_layers == 30 and a.d_model == 576

@@ -7,7 +7,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -18,6 +18,9 @@ from knowscope.circuits.tracing.inputs import (
     KINDS,
     METHODS,
     SEVERED_KINDS,
+    FastMode,
+    TraceKind,
+    TraceMethod,
     _check_kinds,
     _hook_for,
     _resolve_positions,
@@ -46,17 +49,17 @@ def trace(
     prompt: str,
     subject: str,
     target: str | None = None,
-    kinds: str | Sequence[str] = KINDS,
+    kinds: TraceKind | Literal["all"] | Sequence[TraceKind] = KINDS,
     samples: int = 10,
     noise: float = 3.0,
     window: int = 10,
     seed: int = 0,
-    method: str = "fast",
+    method: TraceMethod = "fast",
     noise_std: float | None = None,
     max_rows: int = 512,
     tokens: str | Sequence[str | int] | None = None,
     progress: bool = False,
-    fast_mode: str | None = None,
+    fast_mode: FastMode | None = None,
 ) -> TraceResult:
     """Causal trace of ``prompt`` with ``subject`` corrupted (ROME), per kind ``[token, layer]``.
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -14,6 +15,11 @@ from knowscope.models import Model
 
 logger = logging.getLogger(__name__)
 
+
+#: what a cell restores (see the package docstring), how a trace is computed, the fast path's mode
+TraceKind = Literal["hidden", "mlp", "attn", "hidden_frozen_mlp", "hidden_frozen_attn"]
+TraceMethod = Literal["fast", "reference", "attribution"]
+FastMode = Literal["suffix", "full"]
 
 KINDS = ("hidden", "mlp", "attn")
 SEVERED_KINDS = ("hidden_frozen_mlp", "hidden_frozen_attn")

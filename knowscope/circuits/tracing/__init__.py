@@ -63,5 +63,7 @@ from knowscope.circuits.tracing.tables import FactsTraceResult, LayerChoice, Tra
 __all__ = [
     "ALL_KINDS", "FALLBACK_SUBJECTS", "FAST_MODES", "KINDS", "METHODS", "SEVERED_KINDS", "TOKEN_CLASSES",
     "TOKEN_CLASS_LABELS", "FactsTraceResult", "LayerChoice", "TraceResult", "aggregate", "choose_layers",
-    "embedding_std", "FastMode", "TraceKind", "TraceMethod", "locate", "subject_token_range", "token_classes", "trace", "trace_facts", "window_layers",
+    "embedding_std",
+    "FastMode", "TraceKind", "TraceMethod", "locate", "subject_token_range", "token_classes", "trace",
+    "trace_facts", "window_layers",
 ]

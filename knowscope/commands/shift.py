@@ -52,8 +52,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     prompts = read_prompts(args.prompts)
     kind = result_kind(args.edit)
+    if not Path(args.edit).exists():
+        raise ValueError(f"--edit {args.edit}: does not exist; give the folder `knowscope edit --save` or "
+                         "`knowscope detox --save` wrote (e.g. DIR/edits/0000 or DIR/session)")
+    if kind is None:
+        raise ValueError(f"--edit {args.edit}: is not a knowscope result folder (no readable meta.json); give a saved "
+                         "edit or edit session")
     if kind not in ("edit", "edit_session"):
-        raise ValueError(f"{args.edit} holds a {kind!r} result; give a saved edit or edit session")
+        raise ValueError(f"--edit {args.edit}: holds a {kind!r} result, not an edit; give a saved edit or edit session")
     model = load_from_args(args)
     if kind == "edit_session":
         session = EditSession.load(model, args.edit)

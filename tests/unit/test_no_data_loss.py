@@ -236,6 +236,8 @@ def test_bad_inputs_get_one_line_and_exit_2(tmp_path, capsys):
     badcfg = tmp_path / "badcfg"
     badcfg.mkdir()
     (badcfg / "config.json").write_text("{bad")
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(json.dumps(["The capital of France is"]))
     pickled = tmp_path / "pickled"
     pickled.mkdir()
     (pickled / "config.json").write_text('{"model_type": "gpt2"}')
@@ -252,6 +254,10 @@ def test_bad_inputs_get_one_line_and_exit_2(tmp_path, capsys):
         (["facts", "--model", "tiny-llama", "--data", str(tmp_path / "nope.json")], "does not exist"),
         (["info", "--model", str(badcfg)], "config.json is not valid JSON"),
         (["info", "--model", str(pickled)], "only pickle weights"),
+        (["shift", "--model", "tiny-llama", "--edit", str(tmp_path / "missing"), "--prompts", str(prompts)],
+         "does not exist"),
+        (["shift", "--model", "tiny-llama", "--edit", str(badcfg), "--prompts", str(prompts)],
+         "not a knowscope result folder"),
     ]
     for argv, needle in cases:
         code, _, err = _cli(argv, capsys)

@@ -30,16 +30,14 @@ def _precheck(args: argparse.Namespace) -> None:
     """Refuse bad output paths before any computation (one line, exit 2)."""
     from pathlib import Path
 
-    from knowscope.results import check_writable
+    from knowscope.results import check_writable, nearest_existing
 
     target = getattr(args, "json", None)
     if target:
         p = Path(target)
         if p.is_dir():
             raise CLIError(f"--json {target}: is a folder; give a file name")
-        parent = p.parent
-        while not parent.exists() and parent != parent.parent:
-            parent = parent.parent
+        parent = nearest_existing(p.parent)
         if not parent.is_dir():
             raise CLIError(f"--json {target}: {parent} is a file, not a folder")
     for dest in SAVE_DESTS:

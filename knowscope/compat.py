@@ -93,7 +93,7 @@ def install_cache_bridge(bridge: Any) -> int:
 
 
 @torch.no_grad()
-def probe_kv_cache(hf: nn.Module, input_ids: Tensor, new_tokens: int = 3, atol: float = 1e-4) -> float:
+def probe_kv_cache(hf: nn.Module, input_ids: Tensor, new_tokens: int = 3) -> float:
     """Largest difference between the logits of cached and uncached greedy decoding.
 
     Both runs go through ``generate()`` with ``output_logits``; a cache that does not reach

@@ -112,12 +112,17 @@ def check_writable(path: str | os.PathLike[str], kind: str | None, overwrite: bo
         if found is not None and not overwrite:
             raise SaveRefusedError(f"{target} holds a knowscope {found!r} result, not {kind!r}; pass --overwrite "
                                    "(overwrite=True) to replace it")
-    parent = target.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if parent.exists() and not parent.is_dir():
+    parent = nearest_existing(target.parent)
+    if not parent.is_dir():
         raise SaveRefusedError(f"cannot save to {target}: {parent} is a file, not a folder")
     return target
+
+
+def nearest_existing(path: Path) -> Path:
+    """``path`` or its nearest ancestor that exists (where writing below ``path`` would start)."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
 
 
 # --------------------------------------------------------------------------------------------------

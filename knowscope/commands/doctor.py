@@ -52,6 +52,11 @@ def _folder_size(path: Path) -> int:
     return total
 
 
+def _one_line(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{exc.__class__.__name__}: {text.splitlines()[0] if text else ''}"
+
+
 def versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     out.update({name: _version(name) for name in PACKAGES})
@@ -75,7 +80,7 @@ def self_check(model: Any) -> list[dict[str, Any]]:
         try:
             ok, detail = fn()
         except Exception as exc:  # noqa: BLE001 - a doctor reports every failure as a finding
-            ok, detail = False, f"{exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            ok, detail = False, _one_line(exc)
         checks.append({"check": name, "ok": bool(ok), "detail": detail,
                        "seconds": round(time.perf_counter() - started, 2)})
 
@@ -140,7 +145,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         checks = self_check(model)
     except Exception as exc:  # noqa: BLE001 - the model itself would not load
         checks = [{"check": "load_model", "ok": False,
-                   "detail": f"{exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}]
+                   "detail": _one_line(exc)}]
     for c in checks:
         print(f"{'ok' if c['ok'] else 'FAIL':<5}{c['check']:<12}{c['detail']}")
     failed = [c for c in checks if not c["ok"]]

@@ -85,9 +85,8 @@ EE_KEYS = ("rewrite_acc", "rephrase_acc", "locality_acc", "portability_acc")
 UNFILTERED_KEYS = ("neighborhood_score_all", "neighborhood_magnitude_all", "locality_acc_all")
 
 
-
 # --------------------------------------------------------------------------------------------------
-# teacher-forced scoring of (prompt, continuation) pairs
+# what each fact is evaluated on
 
 
 def locality_pairs(fact: Fact) -> list[tuple[str, str]]:
@@ -158,8 +157,7 @@ def pre_edit_predictions(
 
 
 # --------------------------------------------------------------------------------------------------
-# fluency: ROME's generation entropy
-
+# metrics
 
 
 @dataclass

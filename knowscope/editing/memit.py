@@ -178,8 +178,6 @@ class SequentialMEMIT:
         layers = self._setup(requests)
         model, hp = self.model, self.hp
         templates = context_templates(model, hp.context_lengths, hp.seed)
-        if hp.key_averaging not in ("groups", "templates"):
-            raise ValueError(f"key_averaging must be 'groups' (MEMIT) or 'templates', got {hp.key_averaging!r}")
         key_weights = template_group_weights(hp.context_lengths) if hp.key_averaging == "groups" else None
         z_layer = layers[-1]
         z_hook = model.arch.hook_resid_post(z_layer)

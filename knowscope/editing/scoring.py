@@ -105,7 +105,7 @@ def _score_ids(
 
 
 # --------------------------------------------------------------------------------------------------
-# what each fact is evaluated on
+# fluency: ROME's generation entropy
 
 
 def word_tokenize(text: str) -> list[str]:
@@ -170,7 +170,3 @@ def generation_prompts(fact: Fact, max_prompts: int | None = None) -> list[str]:
     """A fact's generation prompts (CounterFact), else its filled rewrite prompt."""
     prompts = list(fact.generation_prompts) or [fact.text]
     return prompts[:max_prompts] if max_prompts is not None else prompts
-
-
-# --------------------------------------------------------------------------------------------------
-# metrics

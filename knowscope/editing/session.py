@@ -118,9 +118,7 @@ class EditSession:
         self._stack: list[tuple[EditResult, dict[str, Tensor]]] = []
 
     def _owner(self) -> EditSession | None:
-        ref = getattr(self.model, "_edit_owner", None)
-        owner = ref() if ref is not None else None
-        return owner if owner is not None and owner._stack else None
+        return _ledger_owner(self.model)
 
     def _claim(self) -> None:
         owner = self._owner()
@@ -318,8 +316,12 @@ def unedited_weights(model: Model) -> contextlib.AbstractContextManager[Model]:
     Caches keyed by the base model's fingerprint (key statistics, context templates) are computed
     inside this, so an edit made on top of other edits never reads or writes them on edited weights.
     """
+    owner = _ledger_owner(model)
+    return owner.unedited() if owner is not None else contextlib.nullcontext(model)
+
+
+def _ledger_owner(model: Model) -> EditSession | None:
+    """The session whose edits ``model`` carries now (the model's edit ledger), or None."""
     ref = getattr(model, "_edit_owner", None)
     owner = ref() if ref is not None else None
-    if owner is not None and owner._stack:
-        return owner.unedited()
-    return contextlib.nullcontext(model)
+    return owner if owner is not None and owner._stack else None

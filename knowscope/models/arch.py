@@ -104,10 +104,6 @@ def clean_param_name(name: str) -> str:
     return name.replace("._original_component", "")
 
 
-# --------------------------------------------------------------------------------------------
-# the model wrapper
-
-
 def _describe(bridge: Any) -> ArchInfo:
     """Read the architecture facts off a booted bridge (architecture-agnostic where possible)."""
     cfg = bridge.cfg

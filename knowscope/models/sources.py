@@ -21,7 +21,7 @@ from torch import nn
 from knowscope.models.arch import ModelLoadError
 from knowscope.models.wrapper import Model
 from knowscope.paths import cache_dir
-from knowscope.results import atomic_directory, path_lock
+from knowscope.results import ResultFormatError, atomic_directory, path_lock, read_json
 
 logger = logging.getLogger(__name__)
 
@@ -38,13 +38,7 @@ _CONVERSION_VERSION = "1"  # bump when the converted directory's layout changes
 
 
 # --------------------------------------------------------------------------------------------
-# cache
-
-
-
-
-# --------------------------------------------------------------------------------------------
-# architecture description
+# loading
 
 
 def check_device(device: str | None) -> str | None:
@@ -129,9 +123,9 @@ def _check_model_dir(local: Path) -> None:
     if not local.is_dir() or not config.is_file():
         raise ModelLoadError(f"{local} is not a Hugging Face model directory (no config.json in it)")
     try:
-        body = json.loads(config.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-        raise ModelLoadError(f"{config} is not valid JSON ({exc.__class__.__name__}: {exc})") from None
+        body = read_json(config)
+    except ResultFormatError as exc:
+        raise ModelLoadError(str(exc)) from None
     if not isinstance(body, dict) or not isinstance(body.get("model_type"), str):
         raise ModelLoadError(f"{config} has no 'model_type'; it is not a Hugging Face model config")
     if not any(local.glob("*.safetensors")):
@@ -286,12 +280,12 @@ def build_tiny_model(family: str = "gpt2", seed: int = 0, **overrides: Any) -> P
 
     if family not in ("gpt2", "llama"):
         raise ValueError(f"unknown tiny model family {family!r}; valid: 'gpt2', 'llama'")
-    tok = _tiny_tokenizer()
+    # the vocabulary size comes from the tokenizer, trained only when a model is built (the corpus is fixed)
     if family == "gpt2":
-        kwargs: dict[str, Any] = dict(vocab_size=len(tok), n_positions=128, n_embd=64, n_layer=4, n_head=4,
+        kwargs: dict[str, Any] = dict(n_positions=128, n_embd=64, n_layer=4, n_head=4,
                                       bos_token_id=0, eos_token_id=0, pad_token_id=0)
     else:  # rotary: a 512-token context costs no parameters (SafeEdit chat prompts are ~150 tokens)
-        kwargs = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+        kwargs = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                       bos_token_id=0, eos_token_id=0, pad_token_id=0, tie_word_embeddings=False)
     kwargs.update(overrides)
@@ -299,6 +293,8 @@ def build_tiny_model(family: str = "gpt2", seed: int = 0, **overrides: Any) -> P
     target = cache_dir() / "tiny" / f"{family}-{key}"
     if (target / "config.json").is_file() and (target / "tokenizer.json").is_file():
         return target
+    tok = _tiny_tokenizer()
+    kwargs.setdefault("vocab_size", len(tok))
     torch.manual_seed(seed)
     if family == "gpt2":
         hf: nn.Module = GPT2LMHeadModel(GPT2Config(**kwargs))

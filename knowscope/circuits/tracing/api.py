@@ -99,6 +99,8 @@ def trace(
         raise ValueError(f"noise must be a positive multiple of the embedding std, got {noise!r}")
     if max_rows < 1:
         raise ValueError(f"max_rows must be >= 1, got {max_rows}")
+    if fast_mode is not None and fast_mode not in FAST_MODES:
+        raise ValueError(f"unknown fast_mode {fast_mode!r}; valid: {', '.join(FAST_MODES)}")
     if method == "attribution" and any(k in SEVERED_KINDS for k in kinds_t):
         raise ValueError(f"method 'attribution' supports kinds {', '.join(KINDS)}, not {list(kinds_t)}")
     if method == "fast" and not _supports_partial_forward(model):
@@ -137,10 +139,9 @@ def trace(
     else:
         with torch.no_grad():
             h0 = _resid_pre0(model, tokens, None)
-            mode = fast_mode if fast_mode is not None else _fast_mode(model, h0, clean_cache)
-            if mode not in FAST_MODES:
-                raise ValueError(f"unknown fast_mode {mode!r}; valid: {', '.join(FAST_MODES)}")
-            clean_rec = _record_run(model, h0, with_kv=mode == "suffix")
+            mode, clean_rec = (fast_mode, None) if fast_mode is not None else _fast_mode(model, h0, clean_cache)
+            if clean_rec is None:
+                clean_rec = _record_run(model, h0, with_kv=mode == "suffix")
             corrupt_rec = _record_run(model, _resid_pre0(model, tracer.corrupted_tokens(), tracer.noise_hook()),
                                       with_kv=mode == "suffix")
         tracer.passes += 2
@@ -223,7 +224,3 @@ def locate(
     return LayerChoice(layer=layer, layers=layers, kind=kind, effect_by_layer=effects, n_facts=agg.n_facts,
                        facts=[t.prompt for t in agg.traces], window=window,
                        settings={**agg.settings, "trace_window": trace_window})
-
-
-# --------------------------------------------------------------------------------------------
-# the saved kinds (knowscope.results registry)

@@ -133,10 +133,6 @@ def _hook_for(kind: str, layer: int) -> str:
     return hk.resid_post(layer)
 
 
-# --------------------------------------------------------------------------------------------
-# the result
-
-
 def token_classes(subject_range: tuple[int, int], n_tokens: int) -> dict[str, list[int]]:
     """ROME's token classes for a prompt of ``n_tokens`` tokens with the subject at ``subject_range``.
 
@@ -156,10 +152,6 @@ def token_classes(subject_range: tuple[int, int], n_tokens: int) -> dict[str, li
         out["first_subsequent"] = [after[0]]
         out["further"] = after[1:]
     return out
-
-
-# --------------------------------------------------------------------------------------------
-# the partial forward pass (fast path)
 
 
 def _resolve_target(model: Model, target: str | None, clean_last: Tensor) -> tuple[str, int]:

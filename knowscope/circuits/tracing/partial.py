@@ -130,7 +130,7 @@ def _record_run(model: Model, h0: Tensor, with_kv: bool = True) -> _Record:
                    mlp=mlp, attn=attn)
 
 
-def _fast_mode(model: Model, h0: Tensor, reference: dict[str, Tensor]) -> str:
+def _fast_mode(model: Model, h0: Tensor, reference: dict[str, Tensor]) -> tuple[str, _Record | None]:
     """How the fast path runs a partial forward pass on this model, measured once per model.
 
     ``"suffix"``: positions t..end only, the corrupted keys/values of positions < t fed in as a KV
@@ -139,11 +139,14 @@ def _fast_mode(model: Model, h0: Tensor, reference: dict[str, Tensor]) -> str:
     used when it reproduces the bridge's own forward pass and a suffix pass reproduces the
     recorded positions; otherwise full, when it reproduces the bridge; otherwise this raises.
     ``reference`` holds the bridge's ``blocks.L.hook_resid_post`` activations of the run from ``h0``.
+    Returns the mode and, when it was measured now, the checked record of the run from ``h0`` in
+    that mode (the caller reuses it instead of recording the run again).
     """
-    mode = getattr(model.compat, "trace_mode", None)
-    if mode is not None:
-        return mode
+    if model.compat.trace_mode is not None:
+        return model.compat.trace_mode, None
     n = model.arch.n_layers
+    mode: str | None = None
+    rec: _Record | None = None
     problems = []
     if model.compat.cache_keyword is not None:
         try:
@@ -165,7 +168,8 @@ def _fast_mode(model: Model, h0: Tensor, reference: dict[str, Tensor]) -> str:
             problems.append(f"suffix: {exc}")
     if mode is None:
         try:
-            _check_record(_record_run(model, h0, with_kv=False), reference, n)
+            rec = _record_run(model, h0, with_kv=False)
+            _check_record(rec, reference, n)
             mode = "full"
         except Exception as exc:  # noqa: BLE001 - reported below with what to do
             problems.append(f"full: {exc}")
@@ -178,7 +182,7 @@ def _fast_mode(model: Model, h0: Tensor, reference: dict[str, Tensor]) -> str:
     if problems:
         logger.info("fast trace runs full-sequence partial passes (%s)", "; ".join(problems))
     model.compat.trace_mode = mode
-    return mode
+    return mode, rec
 
 
 def _resid_pre0(model: Model, tokens: Tensor, noise_hook: Callable | None) -> Tensor:
@@ -212,7 +216,3 @@ def _check_record(rec: _Record, cache: dict[str, Tensor], n: int, tol: float = 1
                 f"the fast path's block-by-block forward pass differs from the bridge's at layer {layer} "
                 f"(max abs diff {err:.3g}); method='fast' cannot run this model on this install. To fix: {FIX_HINT}"
             )
-
-
-# --------------------------------------------------------------------------------------------
-# many facts: token-class averages and the located layer

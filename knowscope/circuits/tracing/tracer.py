@@ -52,8 +52,11 @@ class _Tracer:
         self.target_id = -1
 
     # --- shared pieces -------------------------------------------------------------------------
-    def noise_hook(self, requires_grad: bool = False) -> Callable:
-        s0, s1, noise = self.s0, self.s1, self.noise
+    def noise_hook(self, requires_grad: bool = False, repeat: int = 1) -> Callable:
+        """Adds the trace's noise draws to the subject's embeddings; ``repeat`` stacks the
+        ``samples`` rows that many times (one group of rows per window end in attribution)."""
+        s0, s1 = self.s0, self.s1
+        noise = self.noise.repeat(repeat, 1, 1) if repeat > 1 else self.noise
 
         def hook(x: Tensor, hook: Any) -> Tensor:
             if requires_grad:  # a leaf, so that gradients reach every later activation
@@ -217,9 +220,10 @@ class _Tracer:
         out = {}
         traced = list(range(self.n_tokens)) if positions is None else list(positions)
         for kind in kinds:
-            table = torch.stack([delta[nm] for nm in names[kind]], dim=1)  # [pos, layer]
             if kind in ("mlp", "attn") and self.window > 1:
                 table = self._windowed_table(kind, clean, corrupt, traced)
+            else:
+                table = torch.stack([delta[nm] for nm in names[kind]], dim=1)  # [pos, layer]
             out[kind] = low + table
         return out
 
@@ -273,14 +277,8 @@ class _Tracer:
 
             return hook
 
-        noise, s0, s1 = self.noise.repeat(len(group), 1, 1), self.s0, self.s1
-
-        def add_noise(x: Tensor, hook: Any) -> Tensor:
-            full = torch.zeros_like(x)
-            full[:, s0:s1] = noise.to(x.dtype)
-            return x + full
-
-        hooks = [(hk.EMBED, add_noise)] + [(_hook_for(kind, layer), make_leaf(layer)) for layer in range(n)]
+        hooks = [(hk.EMBED, self.noise_hook(repeat=len(group)))]
+        hooks += [(_hook_for(kind, layer), make_leaf(layer)) for layer in range(n)]
         with torch.enable_grad():
             logits = self.model.bridge.run_with_hooks(self.tokens.expand(len(group) * S, -1), fwd_hooks=hooks)
             metric = self.probs(logits[:, -1]).sum() / S  # each row group is one mean over the samples

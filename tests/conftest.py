@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import random
 
+import jaxtyping
 import numpy as np
 import pytest
 import torch
+
+# Check every jaxtyping annotation in knowscope at run time (shapes, dtypes, consistent dimension
+# names), before any test module imports knowscope. KNOWSCOPE_SHAPE_CHECKS=0 turns it off.
+if os.environ.get("KNOWSCOPE_SHAPE_CHECKS", "1") != "0":
+    jaxtyping.install_import_hook("knowscope", "shape_check.check_arrays")
 
 
 @pytest.fixture(autouse=True)

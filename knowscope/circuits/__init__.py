@@ -36,7 +36,6 @@ from knowscope.circuits.tracing import (
     aggregate,
     embedding_std,
     locate,
-    subject_token_range,
     trace,
     trace_facts,
 )
@@ -80,7 +79,7 @@ __all__ = [
     "prune",
     "prune_dangling",
     "run_with_patches",
-    "subject_token_range",
+
     "threshold_edges",
     "top_n_edges",
     "trace",

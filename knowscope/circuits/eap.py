@@ -111,26 +111,6 @@ class CircuitBatch:
         }
 
 
-def subject_span(model: Model, template: str, subject: str) -> tuple[int, int]:
-    """Token positions ``[start, end)`` of ``subject`` in ``template.format(subject)``, BOS included.
-
-    A token belongs to the subject when its characters overlap the subject's characters.
-    """
-    if template.count("{}") != 1:
-        raise ValueError(f"prompt template {template!r} must contain exactly one '{{}}' for the subject")
-    text = template.format(subject)
-    start_char = template.index("{}")
-    end_char = start_char + len(subject)
-    enc = model.tokenizer(text, return_offsets_mapping=True, add_special_tokens=False)
-    offsets = enc["offset_mapping"]
-    hits = [i for i, (a, b) in enumerate(offsets) if a < end_char and b > start_char]
-    if not hits:
-        raise ValueError(f"subject {subject!r} covers no token of {text!r}")
-    n_model = int(model.to_tokens(text).shape[1])
-    bos = n_model - len(offsets)
-    return hits[0] + bos, hits[-1] + 1 + bos
-
-
 def as_template(prompt: str, subject: str) -> str:
     """A prompt with ``{}`` for the subject: kept if it has one, else the subject's first occurrence."""
     if "{}" in prompt:
@@ -211,7 +191,7 @@ def make_batch(
     for i, fact in enumerate(facts):
         text = fact.text
         clean = model.to_tokens(text)[0]
-        spans.append(subject_span(model, fact.prompt, fact.subject))
+        spans.append(model.subject_span(fact.prompt, fact.subject))
         answer = fact.target_true if target == "true" else fact.target_new
         contrast = contrasts[i] if contrasts is not None else None
         if corruption == "swap":

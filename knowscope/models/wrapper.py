@@ -97,6 +97,43 @@ class Model:
         toks = self.to_tokens(text, prepend_bos=prepend_bos)[0] if isinstance(text, str) else text
         return [self.tokenizer.decode([int(t)]) for t in toks.reshape(-1)]
 
+    def subject_span(self, prompt: str, subject: str) -> tuple[int, int]:
+        """Half-open token range ``[start, end)`` of ``subject`` in the BOS-prepended ``prompt``.
+
+        The one subject-span rule of knowscope (causal tracing, circuits and roles all use it):
+        ``prompt`` is either a template with one ``{}`` for the subject or a text containing the
+        subject (its first occurrence counts). A token belongs to the subject when its characters
+        overlap the subject's characters (the tokenizer's offset mapping), so a leading space that
+        the tokenizer merges into the subject's first token ("The| Eiffel") and a merge across the
+        subject's end are both covered, as in ROME's ``find_token_range``. Raises ``ValueError``
+        for an empty subject or prompt, a subject not in the prompt, or a template with more than
+        one ``{}``.
+        """
+        if not isinstance(subject, str) or not subject.strip():
+            raise ValueError(f"subject {subject!r} is empty")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError(f"prompt {prompt!r} is empty")
+        if "{}" in prompt:
+            if prompt.count("{}") != 1:
+                raise ValueError(f"prompt template {prompt!r} must contain exactly one '{{}}' for the subject")
+            start_char = prompt.index("{}")
+            text = prompt.replace("{}", subject)
+        else:
+            start_char = prompt.find(subject)
+            if start_char < 0:
+                raise ValueError(f"subject {subject!r} does not occur in prompt {prompt!r}")
+            text = prompt
+        end_char = start_char + len(subject)
+        if not getattr(self.tokenizer, "is_fast", False):
+            raise ValueError(f"{self.name}'s tokenizer gives no character offsets (not a fast tokenizer); "
+                             "subject positions cannot be found")
+        offsets = self.tokenizer(text, return_offsets_mapping=True, add_special_tokens=False)["offset_mapping"]
+        hits = [i for i, (a, b) in enumerate(offsets) if a < end_char and b > start_char]
+        if not hits:
+            raise ValueError(f"subject {subject!r} covers no token of {text!r}")
+        bos = int(self.to_tokens(text).shape[1]) - len(offsets)  # 1 with BOS prepended, 0 without
+        return hits[0] + bos, hits[-1] + 1 + bos
+
     def encode_target(self, target: str) -> list[int]:
         """Token ids of an answer continuation (no BOS). Raises on a target that is empty."""
         if not target or not target.strip():

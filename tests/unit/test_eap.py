@@ -252,11 +252,11 @@ def test_swap_corruption_and_errors(tiny_llama):
 
 
 def test_subject_span(tiny_gpt2):
-    a, b = eap.subject_span(tiny_gpt2, "The Eiffel Tower is in {}", "Paris")
+    a, b = tiny_gpt2.subject_span("The Eiffel Tower is in {}", "Paris")
     toks = tiny_gpt2.to_tokens("The Eiffel Tower is in Paris")[0]
     assert b == toks.shape[0]
     assert tiny_gpt2.tokenizer.decode(toks[a:b]).strip() == "Paris"
-    a, b = eap.subject_span(tiny_gpt2, "{} is in Paris", "The Eiffel Tower")
+    a, b = tiny_gpt2.subject_span("{} is in Paris", "The Eiffel Tower")
     assert a == 1  # right after BOS
     assert tiny_gpt2.tokenizer.decode(tiny_gpt2.to_tokens("The Eiffel Tower is in Paris")[0, a:b]) == "The Eiffel Tower"
 

@@ -113,3 +113,22 @@ def test_top_k_and_last_logits_agree(tiny_llama):
 def test_encode_target_rejects_empty(tiny_gpt2):
     with pytest.raises(ValueError, match="empty"):
         tiny_gpt2.encode_target("  ")
+
+
+def test_subject_span_is_one_rule_for_templates_and_texts(tiny):
+    text = "The Eiffel Tower is in Paris"
+    span = tiny.subject_span(text, "Eiffel Tower")
+    assert span == tiny.subject_span("The {} is in Paris", "Eiffel Tower")
+    toks = tiny.to_tokens(text)[0]
+    assert tiny.tokenizer.decode(toks[span[0]:span[1]]).strip() == "Eiffel Tower"
+    # the tokens just outside the span carry no character of the subject
+    assert "Eiffel" not in tiny.tokenizer.decode(toks[: span[0]])
+    assert "Tower" not in tiny.tokenizer.decode(toks[span[1]:])
+    # a subject boundary inside a token keeps the whole token (character overlap, as ROME)
+    a, b = tiny.subject_span(text, "Eiffel Tow")
+    assert a == span[0] and tiny.tokenizer.decode(toks[a:b]).strip().startswith("Eiffel Tow")
+    for bad, match in [("", "empty"), ("Louvre", "does not occur")]:
+        with pytest.raises(ValueError, match=match):
+            tiny.subject_span(text, bad)
+    with pytest.raises(ValueError, match="exactly one"):
+        tiny.subject_span("{} and {}", "Paris")

@@ -14,7 +14,6 @@ from knowscope.circuits.tracing import (
     aggregate,
     choose_layers,
     locate,
-    subject_token_range,
     token_classes,
     trace,
     window_layers,
@@ -137,11 +136,11 @@ def test_attribution_is_the_first_order_term_of_every_kind_and_window(four_layer
 
 
 def test_subject_range_and_errors(tiny_llama):
-    s0, s1 = subject_token_range(tiny_llama, PROMPT, SUBJECT)
+    s0, s1 = tiny_llama.subject_span(PROMPT, SUBJECT)
     toks = tiny_llama.to_str_tokens(PROMPT)
     assert s0 == 1  # BOS at 0
     assert "".join(toks[s0:s1]).strip() == SUBJECT
-    s0, s1 = subject_token_range(tiny_llama, "The capital of France is Paris", "France")
+    s0, s1 = tiny_llama.subject_span("The capital of France is Paris", "France")
     assert "".join(tiny_llama.to_str_tokens("The capital of France is Paris")[s0:s1]).strip() == "France"
     with pytest.raises(ValueError, match="does not occur"):
         trace(tiny_llama, PROMPT, "Cristiano Ronaldo")

@@ -54,7 +54,6 @@ from knowscope.circuits.tracing.inputs import (
     TraceKind,
     TraceMethod,
     embedding_std,
-    subject_token_range,
     token_classes,
     window_layers,
 )
@@ -64,6 +63,6 @@ __all__ = [
     "ALL_KINDS", "FALLBACK_SUBJECTS", "FAST_MODES", "KINDS", "METHODS", "SEVERED_KINDS", "TOKEN_CLASSES",
     "TOKEN_CLASS_LABELS", "FactsTraceResult", "LayerChoice", "TraceResult", "aggregate", "choose_layers",
     "embedding_std",
-    "FastMode", "TraceKind", "TraceMethod", "locate", "subject_token_range", "token_classes", "trace",
+    "FastMode", "TraceKind", "TraceMethod", "locate", "token_classes", "trace",
     "trace_facts", "window_layers",
 ]

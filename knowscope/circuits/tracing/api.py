@@ -26,7 +26,6 @@ from knowscope.circuits.tracing.inputs import (
     _resolve_positions,
     _resolve_target,
     embedding_std,
-    subject_token_range,
 )
 from knowscope.circuits.tracing.partial import (
     _check_record,
@@ -109,7 +108,7 @@ def trace(
 
     started = time.perf_counter()
     token_ids = model.to_tokens(prompt).to(model.device)
-    s0, s1 = subject_token_range(model, prompt, subject)
+    s0, s1 = model.subject_span(prompt, subject)
     positions = _resolve_positions(tokens, (s0, s1), token_ids.shape[1])
     tokens = token_ids
     std = float(noise_std) if noise_std is not None else float(noise) * embedding_std(model)

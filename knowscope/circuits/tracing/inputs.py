@@ -48,34 +48,6 @@ FALLBACK_SUBJECTS = (
 # inputs: subject positions, noise, kinds
 
 
-def subject_token_range(model: Model, prompt: str, subject: str) -> tuple[int, int]:
-    """Half-open range of the subject's token positions in the BOS-prepended prompt.
-
-    The prefix before the subject and the prefix + subject are tokenized separately; their token
-    counts give the range. Raises ValueError if the subject is not in the prompt, or if its
-    boundary falls inside a token of the full prompt.
-    """
-    if not isinstance(subject, str) or not subject.strip():
-        raise ValueError(f"subject {subject!r} is empty")
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise ValueError(f"prompt {prompt!r} is empty")
-    idx = prompt.find(subject)
-    if idx < 0:
-        raise ValueError(f"subject {subject!r} does not occur in prompt {prompt!r}")
-    full = model.to_tokens(prompt)[0].tolist()
-    with_subject = model.to_tokens(prompt[: idx + len(subject)])[0].tolist()
-    ranges = []
-    # "The Eiffel" usually tokenizes as "The", " Eiffel": the space before the subject belongs to it
-    for prefix in (prompt[:idx], prompt[:idx].rstrip()):
-        head = model.to_tokens(prefix)[0].tolist() if prefix else full[:1]
-        s0, s1 = len(head), len(with_subject)
-        if full[:s0] == head and full[:s1] == with_subject and s1 > s0:
-            ranges.append((s0, s1))
-    if not ranges:
-        raise ValueError(f"subject {subject!r} does not start and end on token boundaries of prompt {prompt!r}")
-    return ranges[0]
-
-
 _STD_CACHE: dict[tuple[str, int], float] = {}
 
 

@@ -8,8 +8,10 @@ Sections (``--only`` picks some):
   and neighbourhood scores, one fact at a time (undone between facts);
 * ``memit``: seconds for one MEMIT batch and its CounterFact scores;
 * ``sequential``: ``--seq-edits`` edits in batches of ``--seq-batch`` with plain MEMIT vs null-space
-  MEMIT: efficacy over all edits so far (and over the first batch) and the neighbourhood score of a
-  fixed probe of neighbourhood prompts after each batch.
+  MEMIT, resumable (state under ``--seq-store``, saved after every batch): the collapse monitor's
+  signals after each batch — efficacy over all edits so far and over the first batch, and on a
+  held-back probe of every 10th bundled fact (never edited) the neighbourhood score, EasyEdit
+  locality, top-1 accuracy and fluency; the accumulated update norm.
 
 Scores follow ROME's CounterFact protocol: a prompt counts as a success when the mean per-token
 log-probability of `` target_new`` exceeds that of `` target_true`` (reversed for neighbourhood
@@ -38,6 +40,7 @@ from knowscope.editing import memit as memit_mod
 from knowscope.editing import rome as rome_mod
 from knowscope.editing.evaluate import evaluate
 from knowscope.editing.hparams import MEMITHyperParams, ROMEHyperParams
+from knowscope.editing.sequential import CollapseMonitor, run_sequential
 from knowscope.editing.stats import key_stats
 from knowscope.facts import Fact, load_bundled_facts, write_json_atomic
 from knowscope.models import load_model
@@ -165,64 +168,52 @@ def bench_memit(model: Any, facts: list[Fact], hp: MEMITHyperParams, null_space:
     return out
 
 
-def prefers(model: Any, pairs: Sequence[tuple[str, str, str]]) -> list[bool]:
-    """For each ``(prompt, a, b)``: does the model give ``" " + a`` a higher mean token log-prob than ``b``?"""
-    from knowscope.editing.evaluate import score_continuations
+def bench_sequential(model: Any, facts: list[Fact], probe: list[Fact], hp: MEMITHyperParams, batch: int,
+                     modes: Sequence[str], store: Path, fluency_prompts: int = 4) -> dict[str, Any]:
+    """Plain vs null-space MEMIT over successive batches, resumable, with the collapse monitor.
 
-    flat = [(p, Fact.continuation(x)) for p, a, b in pairs for x in (a, b)]
-    scored = score_continuations(model, flat)
-    nll = [s.mean_nll for s in scored]
-    return [nll[2 * i] < nll[2 * i + 1] for i in range(len(pairs))]
-
-
-def bench_sequential(model: Any, facts: list[Fact], hp: MEMITHyperParams, batch: int,
-                     modes: Sequence[str] = ("memit", "null_space"), probe_per_fact: int = 2) -> dict[str, Any]:
-    """Plain vs null-space MEMIT over successive batches.
-
-    After each batch: efficacy = share of all edits so far whose prompt prefers ``target_new``;
-    neighbourhood = share of a fixed probe (the first ``probe_per_fact`` neighbourhood prompts of every
-    fact in the run, edited yet or not) that still prefers the true object over the new one. The
-    probe is the same after every batch, so the curve shows drift rather than a changing sample.
+    Each mode runs through :func:`knowscope.editing.sequential.run_sequential` into ``store/<mode>``:
+    saved after every batch, so an interrupted benchmark continues where it stopped. The monitor's
+    probe is a held-back set of facts that are never edited; neighbourhood and locality are scored
+    on its prompts that name no edited subject. Per batch: efficacy over all edits so far and over
+    the first batch (retention), neighbourhood and EasyEdit locality, probe accuracy, fluency and the
+    accumulated update norm of each edited weight.
     """
-    curves: dict[str, list[dict[str, float]]] = {}
     stats = key_stats(model, list(hp.layers), n_tokens=hp.stats_tokens, source=hp.stats_source, progress=False)
-    probe = [(p, f.target_true, f.target_new) for f in facts for p in f.neighborhood_prompts[:probe_per_fact]]
-    base_neigh = mean(prefers(model, probe))
+    curves: dict[str, list[dict[str, Any]]] = {}
     for mode in modes:
-        session = EditSession(model)
-        seq = memit_mod.SequentialMEMIT(model, hparams=hp, null_space=mode == "null_space", stats=stats)
-        rows = [{"edits": 0, "efficacy_all_so_far": float("nan"), "neighborhood_score": base_neigh, "seconds": 0.0,
-                 "mean_z_steps": 0.0}]
-        try:
-            for b in range(0, len(facts), batch):
-                t = time.perf_counter()
-                res = seq.edit(facts[b : b + batch])
-                session.apply(res)
-                secs = time.perf_counter() - t
-                steps = mean([r["steps"] for r in res.extra["per_request"]])
-                so_far = facts[: b + batch]
-                eff = prefers(model, [(f.text, f.target_new, f.target_true) for f in so_far])
-                row = {"edits": len(so_far), "efficacy_all_so_far": mean(eff),
-                       "efficacy_last_batch": mean(eff[b:]), "efficacy_first_batch": mean(eff[:batch]),
-                       "neighborhood_score": mean(prefers(model, probe)), "seconds": secs, "mean_z_steps": steps}
-                rows.append(row)
-                print(f"  {mode:>10} edits {row['edits']:>4}: efficacy(all so far) {row['efficacy_all_so_far']:.3f} "
-                      f"(first batch {row['efficacy_first_batch']:.2f}) neighborhood {row['neighborhood_score']:.3f} "
-                      f"({secs:.0f}s)", flush=True)
-        finally:
-            session.rollback()
+        mon = CollapseMonitor(probe=probe, fluency_prompts=fluency_prompts)
+        t = time.perf_counter()
+        run = run_sequential(model, facts, batch, store / f"{mode}-b{batch}-n{len(facts)}",
+                             null_space=mode == "null_space", hparams=hp, monitor=mon, stats=stats)
+        rows = []
+        for r in run.records:
+            sig = r["signals"]
+            rows.append({"edits": r["edits"], "seconds": r["seconds"], "efficacy_all_so_far": sig["efficacy_all"],
+                         "efficacy_first_batch": sig["retention_first"], "neighborhood_score": sig["neighborhood"],
+                         "locality_acc": sig["locality"], "probe_accuracy": sig["probe_accuracy"],
+                         "fluency": sig["fluency"],
+                         "max_update_norm": max(sig["update_norm"].values()) if sig["update_norm"] else 0.0,
+                         "warnings": r["warnings"]})
         curves[mode] = rows
-    if set(curves) == {"memit", "null_space"}:
-        print_sequential(curves, batch)
-    return {"batch": batch, "probe_prompts": len(probe), "curves": curves}
+        print(f"  {mode}: {len(rows) - 1} batches ({time.perf_counter() - t:.0f}s in this call)", flush=True)
+    print_sequential(curves, batch)
+    return {"batch": batch, "n_edits": len(facts), "probe_facts": len(probe), "curves": curves,
+            "store": str(store), "fluency_prompts": fluency_prompts}
 
 
-def print_sequential(curves: dict[str, list[dict[str, float]]], batch: int) -> None:
-    print(f"\nsequential MEMIT, batches of {batch}")
-    print(f"{'edits':>6} {'eff plain':>10} {'eff null':>10} {'neigh plain':>12} {'neigh null':>11}")
-    for a, b in zip(curves["memit"], curves["null_space"], strict=True):
-        print(f"{a['edits']:>6} {a['efficacy_all_so_far']:>10.3f} {b['efficacy_all_so_far']:>10.3f} "
-              f"{a['neighborhood_score']:>12.3f} {b['neighborhood_score']:>11.3f}")
+def print_sequential(curves: dict[str, list[dict[str, Any]]], batch: int) -> None:
+    def f(x: Any) -> str:
+        return "-" if x is None else f"{x:.3f}"
+
+    print(f"\nsequential MEMIT, batches of {batch} (neighbourhood / locality on never-edited probe facts)")
+    print(f"{'mode':>10} {'edits':>6} {'eff all':>8} {'eff 1st':>8} {'neigh':>7} {'local':>7} {'probe acc':>9} "
+          f"{'fluency':>8} {'max dW':>7}")
+    for mode, rows in curves.items():
+        for r in rows:
+            print(f"{mode:>10} {r['edits']:>6} {f(r['efficacy_all_so_far']):>8} {f(r['efficacy_first_batch']):>8} "
+                  f"{f(r['neighborhood_score']):>7} {f(r['locality_acc']):>7} {f(r['probe_accuracy']):>9} "
+                  f"{f(r['fluency']):>8} {f(r['max_update_norm']):>7}")
 
 
 def merge_reports(paths: Sequence[str], out: Path) -> int:
@@ -238,7 +229,7 @@ def merge_reports(paths: Sequence[str], out: Path) -> int:
             else:
                 merged.setdefault(key, value)
     seq = merged.get("sequential")
-    if seq and set(seq["curves"]) == {"memit", "null_space"}:
+    if seq:
         print_sequential(seq["curves"], seq["batch"])
     write_json_atomic(out, merged)
     print(f"wrote {out}")
@@ -256,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seq-batch", type=int, default=20)
     ap.add_argument("--seq-modes", default="memit,null_space",
                     help="which sequential modes to run (one per process lets two cores share the work)")
+    ap.add_argument("--seq-store", default="runs/bench_sequential",
+                    help="where the sequential runs save their state after every batch (a re-run continues)")
     ap.add_argument("--stats-counts", default="1000,2000,4000,8000,16000")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--out", default=str(RESULTS / "bench_editing.json"))
@@ -286,8 +279,10 @@ def main(argv: list[str] | None = None) -> int:
         for size in (int(x) for x in str(args.memit_facts).split(",")):
             report["memit_50" if size == 50 else "memit"] = bench_memit(model, spread(facts, size), memit_hp)
     if "sequential" in only:
-        report["sequential"] = bench_sequential(model, facts[: args.seq_edits], memit_hp, args.seq_batch,
-                                                args.seq_modes.split(","))
+        probe = facts[9::10]  # held back: never edited, spread over the relations like the rest
+        edits = [f for i, f in enumerate(facts) if i % 10 != 9][: args.seq_edits]
+        report["sequential"] = bench_sequential(model, edits, probe, memit_hp, args.seq_batch,
+                                                args.seq_modes.split(","), Path(args.seq_store))
     report["peak_rss_mb"] = peak_rss_mb()
     print(f"\npeak memory (RSS) {report['peak_rss_mb']:.0f} MB")
     out = Path(args.out)

@@ -1,18 +1,23 @@
-"""Logit lens: read every layer's residual stream through the model's own final norm and unembedding.
+"""Logit lens (and tuned lens): read every layer's residual stream through the model's own final norm and unembedding.
 
 For layer ``L`` and position ``t``, ``logits_L[t] = unembed(final_norm(resid_post_L[t]))``. The final
 norm is *computed on that layer's vector* (its RMS / mean and variance), not reused from the last
 layer's cached scale, so each layer is read as if the model stopped there. At the last layer this
 is exactly the model's output (tested). Results keep the top tokens per layer and position and the
 rank and probability of chosen target tokens at the last position, layer by layer.
+
+:func:`lens` reads the same way through a :class:`~knowscope.probes.tuned_lens.TunedLens` when
+one is given (``tuned=``): each layer's residual first goes through that layer's translator. The
+result type, its figure and :func:`fact_readout` (over a fact file) are the same for both lenses.
 """
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Float, Int
@@ -20,6 +25,10 @@ from torch import Tensor
 
 from knowscope.models import Model
 from knowscope.results import load_dir, register, save_dir
+
+if TYPE_CHECKING:
+    from knowscope.facts import Fact
+    from knowscope.probes.tuned_lens import TunedLens
 
 KIND = "logit_lens"
 
@@ -94,28 +103,34 @@ class LogitLensResult:
                                    y=list(range(self.n_layers)), text=text, texttemplate="%{text}",
                                    customdata=hover, hovertemplate="layer %{y}, %{x}<br>%{customdata}<extra></extra>",
                                    colorscale="Blues", colorbar={"title": "top-1 p"}))
-        fig.update_layout(title=f"Logit lens: {self.prompt!r}", xaxis_title="token", yaxis_title="layer",
+        name = "Tuned lens" if self.meta.get("lens") == "tuned" else "Logit lens"
+        fig.update_layout(title=f"{name}: {self.prompt!r}", xaxis_title="token", yaxis_title="layer",
                           template="plotly_white", height=max(400, 22 * self.n_layers))
         return fig
 
 
 @torch.no_grad()
-def logit_lens(model: Model, prompt: str, targets: Sequence[str] = (), k: int = 5) -> LogitLensResult:
+def lens(model: Model, prompt: str, targets: Sequence[str] = (), k: int = 5,
+         tuned: TunedLens | None = None) -> LogitLensResult:
     """Run ``prompt`` (BOS first) and read every layer's residual through the final norm and unembedding.
 
     ``targets``: continuations (e.g. ``" Paris"``) whose first token's rank and probability at the
-    last position are tracked per layer.
+    last position are tracked per layer. ``tuned``: a :class:`TunedLens` for this model — each
+    layer is read through its translator first (the tuned lens); ``None`` is the logit lens.
     """
     if not isinstance(prompt, str) or not prompt:
         raise ValueError(f"prompt must be a non-empty string, got {prompt!r}")
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
+    if tuned is not None:
+        tuned.check_model(model)
     tokens = model.to_tokens(prompt).to(model.device)
     n = model.arch.n_layers
     names = [model.arch.hook_resid_post(i) for i in range(n)]
     _, cache = model.bridge.run_with_cache(tokens, names_filter=lambda name: name in names)
     resid = torch.stack([cache[nm][0] for nm in names])  # [n_layers, pos, d_model]
-    probs = torch.softmax(lens_logits(model, resid), dim=-1).cpu()
+    logits = lens_logits(model, resid) if tuned is None else tuned.logits(model, resid)
+    probs = torch.softmax(logits, dim=-1).cpu()
     top_p, top_i = probs.topk(k, dim=-1)
     decode = model.tokenizer.convert_ids_to_tokens
     top_tokens = [[decode(top_i[layer, pos].tolist()) for pos in range(top_i.shape[1])] for layer in range(n)]
@@ -126,7 +141,42 @@ def logit_lens(model: Model, prompt: str, targets: Sequence[str] = (), k: int = 
     return LogitLensResult(prompt=prompt, tokens=decode(tokens[0].tolist()), top_ids=top_i, top_probs=top_p,
                            top_tokens=top_tokens, targets=list(targets), target_ranks=ranks.long(),
                            target_probs=tprobs.float(), meta={"model_name": model.name,
-                                                             "fingerprint": model.fingerprint})
+                                                             "fingerprint": model.fingerprint,
+                                                             "lens": "logit" if tuned is None else "tuned"})
+
+
+def logit_lens(model: Model, prompt: str, targets: Sequence[str] = (), k: int = 5) -> LogitLensResult:
+    """The logit lens: :func:`lens` without translators."""
+    return lens(model, prompt, targets=targets, k=k)
+
+
+def fact_readout(model: Model, facts: Sequence[Fact], tuned: TunedLens | None = None) -> dict[str, Any]:
+    """Where each fact's true object surfaces under the logit (or tuned) lens, at the last prompt position.
+
+    Per fact, the first layer at which the object's first token is top-1 (and top-5). Returned:
+    ``share_top1_before_last`` / ``share_top5_before_last`` — the share of facts whose object is
+    top-1 / top-5 at some layer before the last; ``median_first_top1_layer`` — the median first
+    top-1 layer over the facts counted in ``share_top1_before_last`` (None if there are none);
+    ``first_top1_layers`` / ``first_top5_layers`` per fact (None: never).
+    """
+    if not facts:
+        raise ValueError("no facts to read")
+    n = model.arch.n_layers
+    first1: list[int | None] = []
+    first5: list[int | None] = []
+    for f in facts:
+        res = lens(model, f.text, targets=[f.true_continuation], k=1, tuned=tuned)
+        ranks = res.target_ranks[0]
+        first1.append(res.first_top1_layer(0))
+        hits5 = (ranks < 5).nonzero()
+        first5.append(int(hits5[0]) if len(hits5) else None)
+    early1 = [x for x in first1 if x is not None and x < n - 1]
+    early5 = [x for x in first5 if x is not None and x < n - 1]
+    return {"lens": "logit" if tuned is None else "tuned", "n_facts": len(facts), "n_layers": n,
+            "share_top1_before_last": len(early1) / len(facts), "share_top5_before_last": len(early5) / len(facts),
+            "median_first_top1_layer": float(statistics.median(early1)) if early1 else None,
+            "median_first_top5_layer": float(statistics.median(early5)) if early5 else None,
+            "first_top1_layers": first1, "first_top5_layers": first5}
 
 
 register(KIND, LogitLensResult.load,

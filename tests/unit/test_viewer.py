@@ -343,9 +343,31 @@ def test_probes_page_lens_and_saved_probe(app, runs_dir):
     app.text_input(key="lens_target").input("France").run()
     app.button(key="lens_run").click().run()
     ok(app)
-    first = metric(app, "first layer where ' France' is top-1")
+    first = metric(app, "logit lens: first layer where ' France' is top-1")
     assert first == "never" or first.endswith("of 3")
     assert any("heatmap" in trace_types(f) for f in charts(app))
+
+
+def test_probes_page_trains_the_tuned_lens_and_shows_both(app, monkeypatch, tmp_path):
+    monkeypatch.setenv("KNOWSCOPE_CACHE", str(tmp_path / "cache"))  # no tuned lens cached yet
+    page(app, "Probes")
+    app.radio(key="lens_kind").set_value("both").run()
+    ok(app)
+    assert any("No tuned lens is cached" in i.value for i in app.info)
+    app.number_input(key="lens_tokens").set_value(256).run()
+    app.number_input(key="lens_steps").set_value(3).run()
+    app.button(key="lens_train").click().run()
+    ok(app)
+    assert not any("No tuned lens is cached" in i.value for i in app.info)
+    app.text_input(key="lens_prompt").input("Paris is the capital of").run()
+    app.text_input(key="lens_target").input("France").run()
+    app.button(key="lens_run").click().run()
+    ok(app)
+    for name in ("logit lens", "tuned lens"):
+        first = metric(app, f"{name}: first layer where ' France' is top-1")
+        assert first == "never" or first.endswith("of 3")
+    titles = [f["layout"]["title"]["text"] for f in charts(app) if "heatmap" in trace_types(f)]
+    assert any(t.startswith("Logit lens") for t in titles) and any(t.startswith("Tuned lens") for t in titles)
 
 
 def test_a_missing_runs_folder_is_a_message(monkeypatch, tmp_path):

@@ -1,4 +1,4 @@
-"""Probes page: the logit lens of a prompt, and a saved probe's accuracy by layer."""
+"""Probes page: the logit and tuned lens of a prompt (side by side), and a saved probe's accuracy by layer."""
 
 from __future__ import annotations
 
@@ -7,10 +7,14 @@ import streamlit as st
 from knowscope.viewer import render
 from knowscope.viewer.common import ViewerConfig, guard, lab, pick_run, save_target
 
+LENSES = ["logit lens", "tuned lens", "both"]
+
 
 def _lens(cfg: ViewerConfig) -> None:
-    st.subheader("Logit lens")
-    st.caption("Every layer's residual stream read through the final norm (its own scale) and the unembedding.")
+    st.subheader("Logit and tuned lens")
+    st.caption("Every layer's residual stream read through the final norm (its own scale) and the unembedding; "
+               "the tuned lens first maps each layer through a learned affine translator (trained on the model's "
+               "own text, cached per model).")
     source = st.radio("lens", ["a prompt", "saved lens"], horizontal=True, key="lens_source",
                       label_visibility="collapsed")
     if source == "saved lens":
@@ -25,31 +29,75 @@ def _lens(cfg: ViewerConfig) -> None:
     prompt = cols[0].text_input("prompt", "The Eiffel Tower is located in the city of", key="lens_prompt")
     target = cols[1].text_input("target token (optional)", "Paris", key="lens_target")
     k = cols[2].number_input("top-k", 1, 20, 5, key="lens_k")
-    if st.button("Run logit lens", type="primary", key="lens_run"):
-        st.session_state["lens_result"] = None
-        with guard("The logit lens"):
+    which = st.radio("read with", LENSES, horizontal=True, key="lens_kind")
+    tuned = _tuned(cfg) if which != "logit lens" else None
+    if which != "logit lens" and tuned is None:
+        return
+    if st.button("Run the lens", type="primary", key="lens_run"):
+        st.session_state["lens_results"] = None
+        with guard("The lens"):
             if not prompt.strip():
                 raise ValueError("enter a prompt")
-            from knowscope.probes import logit_lens
+            from knowscope.probes import lens
 
             with st.spinner("Reading every layer ..."), lab(cfg).use() as (model, _):
                 targets = [" " + target.strip()] if target.strip() else []
-                st.session_state["lens_result"] = logit_lens(model, prompt, targets=targets, k=int(k))
-    res = st.session_state.get("lens_result")
-    if res is not None:
-        _show_lens(res, "lens-live")
-        if st.button("Save this lens to the runs folder", key="lens_save"):
-            with guard("Saving the logit lens"):
-                st.success(f"saved to {res.save(save_target(cfg, 'lens'))}")
+                readers = {"logit lens": [None], "tuned lens": [tuned], "both": [None, tuned]}[which]
+                st.session_state["lens_results"] = [lens(model, prompt, targets=targets, k=int(k), tuned=t)
+                                                    for t in readers]
+    results = st.session_state.get("lens_results")
+    if results:
+        for col, res in zip(st.columns(len(results)), results, strict=True):
+            with col:
+                _show_lens(res, f"lens-live-{res.meta.get('lens', 'logit')}")
+        if st.button("Save to the runs folder", key="lens_save"):
+            with guard("Saving the lens"):
+                for res in results:
+                    st.success(f"saved to {res.save(save_target(cfg, res.meta.get('lens', 'logit') + '-lens'))}")
+
+
+def _tuned(cfg: ViewerConfig) -> object | None:
+    """The cached tuned lens of the lab's model, or a button to train one (None until there is one)."""
+    tuned = _find_or_train(cfg)
+    if st.session_state.pop("lens_trained", False):
+        st.rerun()  # outside the guard: the page shows the new lens
+    return tuned
+
+
+def _find_or_train(cfg: ViewerConfig) -> object | None:
+    from knowscope.probes.tuned_lens import DEFAULT_STEPS, DEFAULT_TRAIN_TOKENS, cached_tuned_lens, tuned_lens
+
+    with guard("Finding the tuned lens"), lab(cfg).use() as (model, _):
+        tuned = cached_tuned_lens(model)
+        if tuned is None:
+            st.info(f"No tuned lens is cached for {model.name} yet. Training reads the model's own sampled "
+                    "text (minutes on a laptop CPU for the default model) and is cached for later.")
+            cols = st.columns(2)
+            tokens = cols[0].number_input("training tokens", 64, 1_000_000, DEFAULT_TRAIN_TOKENS, key="lens_tokens")
+            steps = cols[1].number_input("steps", 1, 100_000, DEFAULT_STEPS, key="lens_steps")
+            if st.button("Train the tuned lens", key="lens_train"):
+                with st.spinner("Training the tuned lens ..."):
+                    tuned_lens(model, n_tokens=int(tokens), steps=int(steps))
+                st.session_state["lens_trained"] = True
+            return None
+        if tuned is not None:
+            with st.expander("tuned lens quality (held-out KL and top-1 agreement by layer)"):
+                q = tuned.quality
+                if q is not None:
+                    render.chart(q.figure(), key="lens-quality")
+                    st.dataframe(q.rows(), hide_index=True)
+        return tuned
+    return None
 
 
 def _show_lens(res: object, key: str) -> None:
+    name = "tuned lens" if res.meta.get("lens") == "tuned" else "logit lens"
     if res.targets:
         first = res.first_top1_layer(0)
-        st.metric(f"first layer where {res.targets[0]!r} is top-1",
+        st.metric(f"{name}: first layer where {res.targets[0]!r} is top-1",
                   "never" if first is None else f"{first} of {res.n_layers - 1}")
     render.chart(res.figure(), key=key)
-    with st.expander("top tokens by layer (last position)"):
+    with st.expander(f"{name}: top tokens by layer (last position)"):
         st.dataframe(res.top_by_layer(), hide_index=True)
 
 

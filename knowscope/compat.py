@@ -120,11 +120,13 @@ class Compat:
     cache_keyword: str | None = None  # the keyword a decoder layer takes its cache by
     probe_diff: float = 0.0  # max |logit| difference cached vs uncached (after any fix)
     trace_mode: str | None = None  # the fast trace's partial forward ("suffix"/"full"), set on first use
+    edit_mode: str | None = None  # the editors' v*/z forward pass ("fast"/"bridge"), set on first use
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"kv_cache": self.kv_cache, "cache_bridge": self.cache_bridge, "cache_keyword": self.cache_keyword,
-                "probe_diff": self.probe_diff, "trace_mode": self.trace_mode, "notes": list(self.notes)}
+                "probe_diff": self.probe_diff, "trace_mode": self.trace_mode, "edit_mode": self.edit_mode,
+                "notes": list(self.notes)}
 
 
 def detect(bridge: Any, hf: nn.Module, input_ids: Tensor, tol: float = 1e-3) -> Compat:

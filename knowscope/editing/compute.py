@@ -15,22 +15,26 @@ target tokens and the subject position are exact and independent of tokenizer me
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from knowscope import hooks
 from knowscope.editing.hparams import VOptParams
 from knowscope.editing.session import unedited_weights
 from knowscope.editing.stats import _bos_id, hash_seed
 from knowscope.facts import Fact
 from knowscope.models import Model, cache_dir
+from knowscope.models.blocks import final_logits, run_block, run_blocks, supports_block_runs
 
 logger = logging.getLogger(__name__)
 
@@ -220,73 +224,218 @@ def optimize_delta(
     the first token after BOS: on SmolLM2 that position carries a massive residual (norm ~750 vs
     ~80) and a tiny MLP output, so a clamp relative to it leaves ROME no room to edit.
     """
-    target = model.encode_target(fact.new_continuation)
-    rows: list[list[int]] = []
-    look: list[int] = []
-    tgt_pos: list[list[int]] = []
-    for t in templates:
-        ids, i = prompt_ids(model, t.format(fact.prompt), fact.subject)
-        start = len(ids) - 1
-        rows.append(ids + target[:-1])
-        look.append(i)
-        tgt_pos.append(list(range(start, start + len(target))))
-    kl_ids, kl_i = prompt_ids(model, hp.kl_prompt, fact.subject)
-    rows.append(kl_ids)
-    look.append(kl_i)
-    tokens = pad(model, rows)
-    n_rw = len(templates)
-    dev = model.device
-    look_t = torch.tensor(look, device=dev)
-    batch = torch.arange(len(rows), device=dev)
-    pos_t = torch.tensor(tgt_pos, device=dev)  # [n_rw, n_target]
-    tgt_t = torch.tensor(target, device=dev).expand(n_rw, -1)
+    return optimize_deltas(model, hook_name, [fact], templates, hp)[0]
 
-    d = model.arch.d_model
-    delta = torch.zeros(d, device=dev, dtype=torch.float32, requires_grad=True)
-    state: dict[str, Tensor] = {}
 
+def optimize_deltas(
+    model: Model, hook_name: str, facts: Sequence[Fact], templates: Sequence[str], hp: VOptParams
+) -> list[DeltaResult]:
+    """:func:`optimize_delta` for several facts at once, in one batched forward pass per step.
+
+    Each fact has its own vector, its own rows (its templates and its KL prompt), its own loss and
+    its own early stop; the joint loss is the sum of the facts' losses, so each vector's gradient
+    is its own fact's. Adam is elementwise and a fact that has stopped is held at its value (its
+    update is undone), so every vector follows exactly the trajectory it would alone — only the
+    shapes of the matrix products change (tests/unit/test_compute.py).
+    """
     if hp.norm_reference not in ("prompt", "templates"):
         raise ValueError(f"norm_reference must be 'prompt' or 'templates', got {hp.norm_reference!r}")
+    facts = list(facts)
+    dev = model.device
+    n_rw = len(templates)
+    rows: list[list[int]] = []
+    look: list[int] = []
+    sel_rows: list[int] = []
+    sel_pos: list[int] = []
+    targets: list[list[int]] = []
+    for fact in facts:
+        target = model.encode_target(fact.new_continuation)
+        targets.append(target)
+        first = len(rows)
+        for r, t in enumerate(templates):
+            ids, i = prompt_ids(model, t.format(fact.prompt), fact.subject)
+            start = len(ids) - 1
+            rows.append(ids + target[:-1])
+            look.append(i)
+            sel_rows.extend([first + r] * len(target))
+            sel_pos.extend(range(start, start + len(target)))
+        kl_ids, kl_i = prompt_ids(model, hp.kl_prompt, fact.subject)
+        rows.append(kl_ids)
+        look.append(kl_i)
+        sel_rows.append(first + n_rw)
+        sel_pos.append(kl_i)
+    tokens = pad(model, rows)
+    per_fact = n_rw + 1
+    owner = torch.arange(len(facts), device=dev).repeat_interleave(per_fact)  # fact of each row
+    row_t = torch.arange(len(rows), device=dev)
+    look_t = torch.tensor(look, device=dev)
+    # where each fact's selected logits start: n_rw * len(target) target positions, then 1 KL position
+    offsets = [0]
+    for target in targets:
+        offsets.append(offsets[-1] + n_rw * len(target) + 1)
 
-    def add_delta(act: Tensor, hook: Any) -> Tensor:
+    delta = torch.zeros(len(facts), model.arch.d_model, device=dev, dtype=torch.float32, requires_grad=True)
+    state: dict[str, Tensor] = {}
+
+    def add_delta(act: Tensor, hook: Any = None) -> Tensor:
         if "init" not in state:
-            state["init"] = act[0, look[0]].detach().float().clone()
-            at_subject = act[batch[:n_rw], look_t[:n_rw]].detach().float()
-            ref = at_subject.mean(0) if hp.norm_reference == "templates" else state["init"]
-            state["ref_norm"] = ref.norm()
+            at_subject = act[row_t, look_t].detach().float().reshape(len(facts), per_fact, -1)
+            state["init"] = at_subject[:, 0].clone()  # the plain prompt "{}" is the first template
+            ref = at_subject[:, :n_rw].mean(1) if hp.norm_reference == "templates" else state["init"]
+            state["ref_norm"] = ref.norm(dim=-1)
         mask = torch.zeros(act.shape[0], act.shape[1], 1, device=act.device, dtype=act.dtype)
-        mask[batch, look_t] = 1.0
-        return act + mask * delta.to(act.dtype)
+        mask[row_t, look_t] = 1.0
+        return act + mask * delta[owner].to(act.dtype)[:, None, :]
 
+    forward = _selected_logits_fn(model, hook_name, tokens, torch.tensor(sel_rows, device=dev),
+                                  torch.tensor(sel_pos, device=dev), add_delta)
     opt = torch.optim.Adam([delta], lr=hp.v_lr)
-    kl_init: Tensor | None = None
-    losses: list[dict[str, float]] = []
+    kl_init: list[Tensor | None] = [None] * len(facts)
+    losses: list[list[dict[str, float]]] = [[] for _ in facts]
+    active = [True] * len(facts)
     for it in range(hp.v_steps):
         opt.zero_grad()
-        logits = model.bridge.run_with_hooks(tokens, fwd_hooks=[(hook_name, add_delta)]).float()
-        kl_logp = torch.log_softmax(logits[n_rw, kl_i], dim=-1)
-        if kl_init is None:
-            kl_init = kl_logp.detach().clone()
-        logp = torch.log_softmax(logits[:n_rw], dim=-1)
-        picked = logp[torch.arange(n_rw, device=dev)[:, None], pos_t].gather(-1, tgt_t[..., None])[..., 0]
-        nll = -(picked.sum(1) / len(target)).mean()
-        kl = hp.kl_factor * torch.nn.functional.kl_div(kl_init[None], kl_logp[None], log_target=True,
-                                                       reduction="batchmean")
-        init_norm = state["ref_norm"]
-        wd = hp.v_weight_decay * (delta.norm() / init_norm**2)
-        loss = nll + kl + wd
-        losses.append({"loss": loss.item(), "nll": nll.item(), "kl": kl.item(), "wd": wd.item(),
-                       "p_target": float(torch.exp(-nll.detach()))})
-        if float(loss.detach()) < hp.early_stop_nll or it == hp.v_steps - 1:
+        logits = forward()  # [selected positions of every fact, vocab]
+        total = logits.new_zeros(())
+        stepping = []
+        for j, target in enumerate(targets):
+            if not active[j]:
+                continue
+            block = logits[offsets[j]:offsets[j + 1]]
+            kl_logp = torch.log_softmax(block[-1], dim=-1)
+            if kl_init[j] is None:
+                kl_init[j] = kl_logp.detach().clone()
+            logp = torch.log_softmax(block[:-1], dim=-1).reshape(n_rw, len(target), -1)
+            tgt = torch.tensor(target, device=dev).expand(n_rw, -1)
+            picked = logp.gather(-1, tgt[..., None])[..., 0]
+            nll = -(picked.sum(1) / len(target)).mean()
+            kl = hp.kl_factor * torch.nn.functional.kl_div(kl_init[j][None], kl_logp[None], log_target=True,
+                                                           reduction="batchmean")
+            wd = hp.v_weight_decay * (delta[j].norm() / state["ref_norm"][j] ** 2)
+            loss = nll + kl + wd
+            losses[j].append({"loss": loss.item(), "nll": nll.item(), "kl": kl.item(), "wd": wd.item(),
+                              "p_target": float(torch.exp(-nll.detach()))})
+            if float(loss.detach()) < hp.early_stop_nll or it == hp.v_steps - 1:
+                active[j] = False
+                continue
+            total = total + loss
+            stepping.append(j)
+        if not stepping:
             break
-        loss.backward()
+        held = [j for j in range(len(facts)) if j not in stepping]
+        kept = delta.detach()[held].clone()
+        total.backward()
         opt.step()
         with torch.no_grad():
-            max_norm = hp.clamp_norm_factor * init_norm
-            if delta.norm() > max_norm:
-                delta.mul_(max_norm / delta.norm())
-    logger.debug("delta for %r: %d steps, %s", fact.subject, len(losses), losses[-1])
-    return DeltaResult(delta=delta.detach().clone(), init=state["init"], losses=losses)
+            if held:
+                delta[held] = kept  # a stopped fact keeps its vector (as if it had left the loop)
+            max_norm = hp.clamp_norm_factor * state["ref_norm"]
+            norms = delta.norm(dim=-1)
+            over = norms > max_norm
+            delta[over] *= (max_norm[over] / norms[over])[:, None]
+    out = []
+    for j, fact in enumerate(facts):
+        logger.debug("delta for %r: %d steps, %s", fact.subject, len(losses[j]), losses[j][-1])
+        out.append(DeltaResult(delta=delta[j].detach().clone(), init=state["init"][j], losses=losses[j]))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# the forward pass of the v*/z optimisation
+
+#: which forward pass :func:`optimize_delta` runs: ``"fast"`` (blocks from the edited layer up on a
+#: residual recorded once, logits only where the loss reads them) or ``"bridge"`` (the bridge's full
+#: forward pass with a hook, every position's logits). Both give the same deltas (tests/unit/test_compute.py).
+VPath = Literal["fast", "bridge"]
+_V_PATH: contextvars.ContextVar[str] = contextvars.ContextVar("knowscope_v_path", default="fast")
+
+
+@contextlib.contextmanager
+def v_path(path: VPath) -> Iterator[None]:
+    """Run every v*/z optimisation inside the block with ``path`` (for comparisons and benchmarks)."""
+    if path not in ("fast", "bridge"):
+        raise ValueError(f"v path must be 'fast' or 'bridge', got {path!r}")
+    token = _V_PATH.set(path)
+    try:
+        yield
+    finally:
+        _V_PATH.reset(token)
+
+
+class _Stop(Exception):
+    """Ends a recording forward pass once the edited block's input has been read."""
+
+
+@torch.no_grad()
+def _block_input(model: Model, layer: int, tokens: Tensor) -> Tensor:
+    """The input of block ``layer`` (the residual stream before it) on ``tokens``, as the bridge computes it."""
+    store: dict[str, Tensor] = {}
+
+    def save(act: Tensor, hook: Any) -> None:
+        store["h"] = act.detach().clone()
+        raise _Stop
+
+    try:
+        model.bridge.run_with_hooks(tokens, fwd_hooks=[(hooks.resid_pre(layer), save)])
+    except _Stop:
+        pass
+    return store["h"]
+
+
+def _hook_layer(hook_name: str) -> int | None:
+    parts = hook_name.split(".")
+    return int(parts[1]) if len(parts) > 2 and parts[0] == "blocks" and parts[1].isdigit() else None
+
+
+def _selected_logits_fn(model: Model, hook_name: str, tokens: Tensor, sel_rows: Tensor, sel_pos: Tensor,
+                        add_delta: Callable[..., Tensor]) -> Callable[[], Tensor]:
+    """A function computing the logits at ``(sel_rows, sel_pos)`` with ``add_delta`` at ``hook_name``.
+
+    The fast path records the edited block's input once, then each call runs the blocks from the
+    edited layer up (the layers below see the same activations at every step) and the final norm and
+    unembedding only at the selected positions. It is used when the blocks can run alone and, checked
+    once per model, it reproduces the bridge's logits; otherwise (or under ``v_path("bridge")``)
+    the bridge's own forward pass runs.
+    """
+    layer = _hook_layer(hook_name)
+
+    def bridge() -> Tensor:
+        return model.bridge.run_with_hooks(tokens, fwd_hooks=[(hook_name, add_delta)])[sel_rows, sel_pos].float()
+
+    if _V_PATH.get() == "bridge" or layer is None or not supports_block_runs(model) \
+            or model.compat.edit_mode == "bridge":
+        return bridge
+    h_in = _block_input(model, layer, tokens)
+    point = model.bridge.hook_dict[hook_name]
+
+    def fast() -> Tensor:
+        fired: list[bool] = []
+
+        def hook(module: Any, inputs: Any, out: Tensor) -> Tensor:
+            fired.append(True)
+            return add_delta(out)
+
+        handle = point.register_forward_hook(hook)
+        try:
+            h = run_block(model, layer, h_in)
+        finally:
+            handle.remove()
+        if not fired:
+            raise RuntimeError(f"{hook_name} did not fire when block {layer} ran alone")
+        h = run_blocks(model, layer + 1, h)
+        return final_logits(model, h[sel_rows, sel_pos]).float()
+
+    if model.compat.edit_mode is None:  # once per model: the fast path must reproduce the bridge
+        with torch.no_grad():
+            want, got = bridge(), fast()
+        err = float((want - got).abs().max())
+        ok = err <= 1e-4 * (float(want.abs().max()) + 1e-6)
+        model.compat.edit_mode = "fast" if ok else "bridge"
+        if not ok:
+            logger.warning("the editors' fast forward pass differs from the bridge's (max |dlogit| %.3g); "
+                           "v*/z optimisation uses the bridge's forward pass", err)
+            return bridge
+    return fast
 
 
 def facts_meta(requests: Sequence[Fact]) -> list[dict[str, Any]]:

@@ -106,6 +106,9 @@ class MEMITHyperParams(VOptParams):
     and then over the groups, as MEMIT's ``compute_ks`` (the plain prompt weighs 1/2 with the default
     templates); ``"templates"`` averages uniformly over all templates (the plain prompt weighs 1/6), which
     knowscope did before; it is kept as an option, not measured to be better.
+    ``z_batch``: how many facts' z vectors are optimised together in one batched forward pass
+    (:func:`knowscope.editing.compute.optimize_deltas`; the same vectors either way — only speed
+    differs, see benchmarks/bench_compute.py).
     """
 
     layers: tuple[int, ...] = (3, 4, 5, 6, 7)
@@ -117,9 +120,11 @@ class MEMITHyperParams(VOptParams):
     null_space_l2: float = 10.0
     layers_window: int = field(default=5)
     key_averaging: str = "groups"
+    z_batch: int = 1
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        _check(isinstance(self.z_batch, int) and self.z_batch >= 1, "z_batch", self.z_batch, "an integer >= 1")
         _check(len(self.layers) >= 1 and all(isinstance(x, int) and x >= 0 for x in self.layers)
                and len(set(self.layers)) == len(self.layers), "layers", self.layers, "distinct layer indices")
         _check(self.mom2_weight > 0, "mom2_weight", self.mom2_weight, "> 0")

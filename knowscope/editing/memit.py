@@ -37,7 +37,7 @@ from knowscope.editing.compute import (
     compute_keys,
     context_templates,
     facts_meta,
-    optimize_delta,
+    optimize_deltas,
     prompt_ids,
     template_group_weights,
 )
@@ -120,10 +120,13 @@ def compute_zs(
 ) -> tuple[Float[Tensor, "d_model n"], list[dict[str, Any]]]:
     """MEMIT's target residuals ``z = h_L(subject last token) + δ`` at layer ``z_layer`` for each request."""
     zs, infos = [], []
-    for fact in requests:
-        d = optimize_delta(model, model.arch.hook_resid_post(z_layer), fact, templates, hp)
-        zs.append(d.init + d.delta)
-        infos.append({"subject": fact.subject, "steps": len(d.losses), "final": d.losses[-1]})
+    requests = list(requests)
+    for start in range(0, len(requests), hp.z_batch):
+        group = requests[start:start + hp.z_batch]
+        for fact, d in zip(group, optimize_deltas(model, model.arch.hook_resid_post(z_layer), group, templates, hp),
+                           strict=True):
+            zs.append(d.init + d.delta)
+            infos.append({"subject": fact.subject, "steps": len(d.losses), "final": d.losses[-1]})
     return torch.stack(zs, dim=1).double(), infos
 
 

@@ -115,6 +115,23 @@ def diff(d: Any, key: str = "diff") -> None:
         st.caption("nodes that now carry the new object: " + ", ".join(r["node"] for r in d.new_carriers[:10]))
 
 
+def sequential(run: Any, key: str = "seq") -> None:
+    """A sequential editing run: the collapse monitor's signals against edits, and its warnings."""
+    last = run.records[-1] if run.records else {}
+    cols = st.columns(3)
+    cols[0].metric("edits", f"{last.get('edits', 0)} of {run.settings.get('n_facts')}")
+    cols[1].metric("batches with warnings", sum(bool(r.get("warnings")) for r in run.records))
+    cols[2].metric("stopped by the monitor", "yes" if run.stopped else "no")
+    chart(run.figure(), key=f"{key}-signals")
+    rows = []
+    for r in run.records:
+        sig = {k: v for k, v in r["signals"].items() if k != "update_norm"}
+        norms = r["signals"].get("update_norm") or {}
+        rows.append({"edits": r["edits"], **sig, "max_update_norm": max(norms.values()) if norms else 0.0,
+                     "warnings": "; ".join(r.get("warnings", []))})
+    st.dataframe(rows, hide_index=True)
+
+
 def _try(fn: Callable[[], Any]) -> Any:
     try:
         return fn()
@@ -157,5 +174,12 @@ def show_run(info: RunInfo, all_runs: list[RunInfo], key: str = "run") -> None:
     elif info.kind == "logit_lens":
         chart(obj.figure(), key=f"{key}-lens")
         st.dataframe(obj.top_by_layer(), hide_index=True)
+    elif info.kind == "sequential_run":
+        sequential(obj, key=key)
+    elif info.kind == "tuned_lens":
+        q = obj.quality
+        if q is not None:
+            chart(q.figure(), key=f"{key}-quality")
+            st.dataframe(q.rows(), hide_index=True)
     else:
         _simple(obj, key)

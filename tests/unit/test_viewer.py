@@ -14,9 +14,10 @@ from knowscope.circuits import circuit_diff, knowledge_circuit, trace
 from knowscope.circuits.eap import make_batch
 from knowscope.editing import EditSession, rome
 from knowscope.editing.evaluate import PredictionTable, evaluate
-from knowscope.editing.hparams import ROMEHyperParams
+from knowscope.editing.hparams import MEMITHyperParams, ROMEHyperParams
+from knowscope.editing.sequential import CollapseMonitor, run_sequential
 from knowscope.facts import Fact
-from knowscope.probes import activation_shift, logit_lens, probe_layers
+from knowscope.probes import activation_shift, logit_lens, probe_layers, train_tuned_lens
 from knowscope.viewer.lab import ModelLab, friendly
 from knowscope.viewer.runs import describe, load_run, scan_runs, siblings
 
@@ -54,6 +55,11 @@ def runs_dir(tiny_llama, tmp_path_factory):
     pos = ["Paris is in France", "Rome is in Italy", "Berlin is in Germany", "Madrid is in Spain"]
     neg = ["two plus two is", "the cat sat on", "one two three", "red green blue"]
     probe_layers(model, pos, neg, test_fraction=0.5).save(root / "probes" / "report")
+    train_tuned_lens(model, n_tokens=128, held_out_tokens=64, steps=2, batch_tokens=16, seq_len=32,
+                     batch_size=4).save(root / "probes" / "tuned")
+    seq_hp = MEMITHyperParams(layers=(1, 2), v_steps=3, context_lengths=((4, 2),), stats_tokens=400)
+    run_sequential(model, FACTS[:1], 1, root / "sequential", hparams=seq_hp,
+                   monitor=CollapseMonitor(probe=FACTS[1:], fluency_prompts=1))
     (root / "broken").mkdir()
     (root / "broken" / "meta.json").write_text("{not json")
     (root / ".demo.tmp123").mkdir()  # an unfinished save: hidden, never listed
@@ -113,7 +119,7 @@ def test_scan_runs_lists_every_result_and_skips_the_rest(runs_dir):
     found = scan_runs(runs_dir)
     kinds = sorted(r.kind for r in found)
     assert kinds == sorted(["trace", "circuit", "edit_session", "predictions", "edit_metrics", "activation_shift",
-                            "circuit_diff", "logit_lens", "probe_report"])
+                            "circuit_diff", "logit_lens", "probe_report", "tuned_lens", "sequential_run"])
     assert all(".demo.tmp" not in str(r.path) and r.name != "broken" for r in found)
     tr = next(r for r in found if r.kind == "trace")
     assert tr.group == "demo" and tr.model == "tiny-llama" and "clean" in tr.headline and tr.date
@@ -191,7 +197,7 @@ def test_runs_page_opens_each_saved_result_without_the_model(runs_dir, monkeypat
     app.run()
     ok(app)
     table = app.dataframe[0].value
-    assert len(table) == 9 and set(table["kind"]) >= {"trace", "circuit", "edit_session"}
+    assert len(table) == 11 and set(table["kind"]) >= {"trace", "circuit", "edit_session"}
     options = app.selectbox(key="runs_open").options
     for label in options:
         app.selectbox(key="runs_open").set_value(
@@ -216,6 +222,13 @@ def test_runs_page_opens_each_saved_result_without_the_model(runs_dir, monkeypat
             assert len(figs) == 3
         elif kind == "logit_lens":
             assert "heatmap" in trace_types(figs[0])
+        elif kind == "sequential_run":
+            assert metric(app, "edits") == "1 of 1"
+            assert len(figs) == 1 and "scatter" in trace_types(figs[0])
+            rows = [d.value for d in app.dataframe if "neighborhood" in d.value.columns][0]
+            assert list(rows["edits"]) == [0, 1]
+        elif kind == "tuned_lens":
+            assert len(figs) == 1 and trace_types(figs[0]).count("scatter") == 4  # KL + top-1, two lenses
 
 
 def test_trace_page_runs_a_trace_and_reports_errors(app, runs_dir):

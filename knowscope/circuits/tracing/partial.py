@@ -15,6 +15,7 @@ from torch import Tensor
 from knowscope import hooks as hk
 from knowscope.compat import FIX_HINT
 from knowscope.models import Model
+from knowscope.models.blocks import run_block, supports_block_runs
 
 logger = logging.getLogger(__name__)
 
@@ -65,29 +66,10 @@ class _Capture:
 
 
 def _supports_partial_forward(model: Model) -> bool:
-    return model.arch.positional in ("standard", "rotary")
+    return supports_block_runs(model)
 
 
-def _block(model: Model, layer: int, h: Tensor, start: int, cache: _PrefixKV | None) -> Tensor:
-    """Run block ``layer`` on positions ``start..start+pos`` of ``h`` (earlier positions via ``cache``).
-
-    The cache goes in under the keyword the decoder layer declares (found at load time,
-    :func:`knowscope.compat.cache_keyword`); ``cache=None`` runs the block on ``h`` alone, which then
-    must start at position 0.
-    """
-    bridge = model.bridge
-    kwargs: dict[str, Any] = {}
-    if cache is not None:
-        keyword = model.compat.cache_keyword
-        if keyword is None:
-            raise RuntimeError("this model's decoder layers take no KV cache")
-        kwargs[keyword] = cache
-    if model.arch.positional == "rotary":
-        pos = torch.arange(start, start + h.shape[1], device=h.device).unsqueeze(0)
-        kwargs["position_embeddings"] = bridge.rotary_emb(h, pos)
-        kwargs["position_ids"] = pos
-    out = bridge.blocks[layer](h, **kwargs)
-    return out[0] if isinstance(out, tuple) else out
+_block = run_block
 
 
 @dataclass

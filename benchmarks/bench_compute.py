@@ -1,0 +1,221 @@
+"""Where an edit's time goes, against the machine's compute bound (#17, step 1: the measurement).
+
+For a few bundled facts, one ROME edit is split into its phases and each phase is timed and its
+floating-point operations counted with ``torch.utils.flop_counter.FlopCounterMode`` (matrix
+products, attention and convolutions, forward and backward — the operations that bound a
+transformer's compute; elementwise work is not counted, so the share below is an upper bound on
+how close a phase runs to the matmul roof):
+
+* ``templates`` — the context templates (short generations, cached after the first edit);
+* ``keys`` — the MLP keys at the subject's last token over the templates (``template_keys``);
+* ``v*`` — the optimisation of the vector added at the edited layer (``optimize_delta``);
+* ``solve`` — the rank-one closed form (``rank_one_update``);
+* ``evaluate`` — CounterFact + EasyEdit metrics of the edited fact, without fluency.
+
+The compute bound is measured in the same run: the sustained float32 matmul throughput on shapes
+of this model (tokens × d_model @ d_model × d_mlp, the unembedding, and a square 2048 product),
+best of several repeats, with the same thread count. Each phase reports seconds, GFLOP, GFLOP/s
+and its share of the bound. Prints a table and writes ``benchmarks/results/bench_compute.json``.
+
+    python benchmarks/bench_compute.py [--facts 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from knowscope.editing import memit, rome
+from knowscope.editing.compute import context_templates, optimize_delta, template_keys, v_path
+from knowscope.editing.evaluate import evaluate
+from knowscope.editing.hparams import MEMITHyperParams, ROMEHyperParams
+from knowscope.editing.rome import rank_one_update
+from knowscope.editing.session import EditResult, EditSession
+from knowscope.editing.stats import key_stats, layer_stats
+from knowscope.facts import load_bundled_facts, write_json_atomic
+from knowscope.models import load_model
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def matmul_roof(shapes: list[tuple[int, int, int]], seconds: float = 2.0) -> dict[str, Any]:
+    """Sustained float32 GFLOP/s per ``(m, k, n)`` product shape: best of repeated timed bursts."""
+    out = {}
+    for m, k, n in shapes:
+        a, b = torch.randn(m, k), torch.randn(k, n)
+        a @ b  # warm-up
+        reps = max(1, int(2e9 / (2 * m * k * n)))
+        best = 0.0
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            t = time.perf_counter()
+            for _ in range(reps):
+                a @ b
+            best = max(best, 2 * m * k * n * reps / (time.perf_counter() - t) / 1e9)
+        out[f"{m}x{k}x{n}"] = best
+    return {"by_shape": out, "gflops": max(out.values())}
+
+
+class Phase:
+    """Time and count the FLOPs of a block: ``with phase("keys"): ...``; totals per phase name."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, dict[str, float]] = {}
+        self.steps: list[int] = []  # v* optimisation steps per fact (early stopping varies them)
+
+    def __call__(self, name: str) -> Any:
+        phase = self
+
+        class _Block:
+            def __enter__(self) -> None:
+                self.counter = FlopCounterMode(display=False)
+                self.counter.__enter__()
+                self.t = time.perf_counter()
+
+            def __exit__(self, *exc: Any) -> None:
+                secs = time.perf_counter() - self.t
+                self.counter.__exit__(*exc)
+                row = phase.rows.setdefault(name, {"seconds": 0.0, "flops": 0.0, "calls": 0})
+                row["seconds"] += secs
+                row["flops"] += float(self.counter.get_total_flops())
+                row["calls"] += 1
+
+        return _Block()
+
+
+def bench_rome_phases(model: Any, facts: list[Any], hp: ROMEHyperParams) -> Phase:
+    phase = Phase()
+    layer = hp.layer
+    C = layer_stats(model, layer, n_tokens=hp.stats_tokens, source=hp.stats_source).mom2.float()
+    for fact in facts:
+        with phase("templates"):
+            templates = context_templates(model, hp.context_lengths, hp.seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(hp.seed)
+            with phase("keys"):
+                k = template_keys(model, layer, [fact], templates)[0].mean(0)
+            with phase("v*"):
+                d = optimize_delta(model, model.arch.hook_mlp_out(layer), fact, templates, hp)
+            phase.steps.append(len(d.losses))
+        with phase("solve"):
+            W = model.mlp_out_matrix(layer).detach().float()
+            dW = rank_one_update(W, C, k, W @ k + d.delta)
+        name = model.arch.mlp_out_name(layer)
+        result = EditResult(method="rome", deltas={name: model.to_param_layout(layer, dW.to(model.dtype)).cpu()},
+                            fingerprint=model.fingerprint, layers=[layer])
+        session = EditSession(model)
+        session.apply(result)
+        try:
+            with phase("evaluate"):
+                evaluate(model, [fact], session=session, fluency=False)
+        finally:
+            session.rollback()
+    return phase
+
+
+def phases_report(model: Any, facts: list[Any], hp: ROMEHyperParams, bound: float) -> dict[str, Any]:
+    bench_rome_phases(model, facts[:1], hp)  # warm-up: caches, templates, allocator
+    phase = bench_rome_phases(model, facts, hp)
+    rows = []
+    print(f"\nROME phases, mean over {len(facts)} facts (layer {hp.layer}; v* steps {phase.steps} of at most "
+          f"{hp.v_steps})")
+    print(f"{'phase':<10} {'s/edit':>8} {'GFLOP/edit':>11} {'GFLOP/s':>8} {'of roof':>8}")
+    for name, r in phase.rows.items():
+        secs, gflop = r["seconds"] / len(facts), r["flops"] / len(facts) / 1e9
+        rate = gflop / secs if secs else 0.0
+        rows.append({"phase": name, "seconds_per_edit": secs, "gflop_per_edit": gflop, "gflops": rate,
+                     "share_of_roof": rate / bound})
+        print(f"{name:<10} {secs:>8.2f} {gflop:>11.1f} {rate:>8.1f} {100 * rate / bound:>7.1f}%")
+    total_s = sum(r["seconds_per_edit"] for r in rows if r["phase"] != "evaluate")
+    total_g = sum(r["gflop_per_edit"] for r in rows if r["phase"] != "evaluate")
+    print(f"edit (templates + keys + v* + solve): {total_s:.2f} s, {total_g:.1f} GFLOP, "
+          f"{100 * total_g / total_s / bound:.1f}% of the roof; at the roof it would take {total_g / bound:.2f} s")
+    return {"rome_phases": rows, "edit_seconds": total_s, "edit_gflop": total_g,
+            "edit_share_of_roof": total_g / total_s / bound, "v_steps": phase.steps}
+
+
+def bench_paths(model: Any, facts: list[Any], hp: ROMEHyperParams, memit_facts: list[Any],
+                memit_hp: MEMITHyperParams) -> dict[str, Any]:
+    """ROME edits and one MEMIT batch with the bridge's forward pass vs the fast one, alternating, same seeds."""
+    stats = layer_stats(model, hp.layer, n_tokens=hp.stats_tokens, source=hp.stats_source)
+    mstats = key_stats(model, list(memit_hp.layers), n_tokens=memit_hp.stats_tokens, source=memit_hp.stats_source,
+                       progress=False)
+    rows = []
+    for fact in facts:
+        got = {}
+        for path in ("bridge", "fast"):
+            with v_path(path):
+                t = time.perf_counter()
+                res = rome.edit(model, [fact], hparams=hp, stats=stats)
+                got[path] = (time.perf_counter() - t, res)
+        (ts, slow), (tf, fast) = got["bridge"], got["fast"]
+        diff = max(float((fast.deltas[n] - slow.deltas[n]).norm() / slow.deltas[n].norm()) for n in slow.deltas)
+        rows.append({"subject": fact.subject, "bridge_s": ts, "fast_s": tf, "rel_diff": diff})
+        print(f"  ROME {fact.subject!r}: bridge {ts:.1f}s, fast {tf:.1f}s ({ts / tf:.2f}x), delta rel diff {diff:.1e}",
+              flush=True)
+    ratio = sum(r["bridge_s"] for r in rows) / sum(r["fast_s"] for r in rows)
+    out: dict[str, Any] = {"rome": rows, "rome_ratio": ratio}
+    if memit_facts:
+        got = {}
+        for path in ("bridge", "fast"):
+            with v_path(path):
+                t = time.perf_counter()
+                res = memit.edit(model, memit_facts, hparams=memit_hp, stats=mstats)
+                got[path] = (time.perf_counter() - t, res)
+        (ts, slow), (tf, fast) = got["bridge"], got["fast"]
+        diff = max(float((fast.deltas[n] - slow.deltas[n]).norm() / slow.deltas[n].norm()) for n in slow.deltas)
+        out["memit"] = {"n_facts": len(memit_facts), "bridge_s": ts, "fast_s": tf, "ratio": ts / tf, "rel_diff": diff}
+        print(f"  MEMIT batch of {len(memit_facts)}: bridge {ts:.0f}s, fast {tf:.0f}s ({ts / tf:.2f}x), "
+              f"delta rel diff {diff:.1e}", flush=True)
+    print(f"ROME: fast path {out['rome_ratio']:.2f}x the bridge path over {len(rows)} edits")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--facts", type=int, default=3, help="bundled facts to edit (spread over the set)")
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--only", default="phases,paths", help="phases (FLOPs per phase), paths (bridge vs fast)")
+    ap.add_argument("--memit-facts", type=int, default=10, help="MEMIT batch size for the path comparison")
+    ap.add_argument("--out", default=str(RESULTS / "bench_compute.json"))
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = load_model(device="cpu")
+    facts = load_bundled_facts()
+    facts = facts[:: max(1, len(facts) // args.facts)][: args.facts]
+    hp = ROMEHyperParams.for_model(model)
+    d, f, v = model.arch.d_model, model.arch.d_mlp, model.hf.config.vocab_size
+    roof = matmul_roof([(512, d, f), (512, d, v), (2048, 2048, 2048)])
+    bound = roof["gflops"]
+    print(f"float32 matmul roof on {torch.get_num_threads()} threads: {bound:.0f} GFLOP/s "
+          f"({', '.join(f'{k} {x:.0f}' for k, x in roof['by_shape'].items())})")
+    report: dict[str, Any] = {"model": model.name, "fingerprint": model.fingerprint,
+                              "torch_threads": torch.get_num_threads(), "argv": sys.argv[1:], "roof": roof,
+                              "n_facts": len(facts), "layer": hp.layer}
+    only = set(args.only.split(","))
+    if "phases" in only:
+        for path in ("bridge", "fast"):
+            with v_path(path):
+                print(f"\n-- v*/z forward pass: {path}")
+                report[f"phases_{path}"] = phases_report(model, facts, hp, bound)
+    if "paths" in only:
+        all_facts = load_bundled_facts()
+        memit_facts = all_facts[:: max(1, len(all_facts) // args.memit_facts)][: args.memit_facts]
+        report["paths"] = bench_paths(model, facts, hp, memit_facts, MEMITHyperParams.for_model(model))
+    write_json_atomic(Path(args.out), report)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

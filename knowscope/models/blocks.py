@@ -1,0 +1,62 @@
+"""Running the model's blocks one at a time, outside the bridge's full forward pass.
+
+Causal tracing (``circuits.tracing``) and the editors' v*/z optimisation (``editing.compute``)
+both re-run only part of the network many times: the blocks from some layer up, on a residual
+stream recorded once. :func:`run_block` calls one TransformerBridge block the way the bridge's own
+forward pass does (rotary position embeddings computed for the positions it runs), optionally
+with the earlier positions' keys/values given as a cache; :func:`run_blocks` chains several.
+Hooks registered on the bridge's HookPoints fire as in a full forward pass. Whether this
+reproduces the bridge on a given install is checked by the callers (once per model).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from knowscope.models.wrapper import Model
+
+
+def supports_block_runs(model: Model) -> bool:
+    """Blocks can be run alone for absolute-learned (GPT-2) and rotary (Llama) positions."""
+    return model.arch.positional in ("standard", "rotary")
+
+
+def run_block(model: Model, layer: int, h: Float[Tensor, "batch pos d_model"], start: int = 0,
+              cache: Any = None) -> Float[Tensor, "batch pos d_model"]:
+    """Run block ``layer`` on positions ``start..start+pos`` of ``h`` (earlier positions via ``cache``).
+
+    The cache goes in under the keyword the decoder layer declares (found at load time,
+    :func:`knowscope.compat.cache_keyword`); ``cache=None`` runs the block on ``h`` alone, which then
+    must start at position 0.
+    """
+    bridge = model.bridge
+    kwargs: dict[str, Any] = {}
+    if cache is not None:
+        keyword = model.compat.cache_keyword
+        if keyword is None:
+            raise RuntimeError("this model's decoder layers take no KV cache")
+        kwargs[keyword] = cache
+    if model.arch.positional == "rotary":
+        pos = torch.arange(start, start + h.shape[1], device=h.device).unsqueeze(0)
+        kwargs["position_embeddings"] = bridge.rotary_emb(h, pos)
+        kwargs["position_ids"] = pos
+    out = bridge.blocks[layer](h, **kwargs)
+    return out[0] if isinstance(out, tuple) else out
+
+
+def run_blocks(model: Model, first: int, h: Float[Tensor, "batch pos d_model"],
+               last: int | None = None) -> Float[Tensor, "batch pos d_model"]:
+    """Blocks ``first..last`` (default: to the top) on ``h``, the input of block ``first``, from position 0."""
+    stop = model.arch.n_layers if last is None else last + 1
+    for layer in range(first, stop):
+        h = run_block(model, layer, h)
+    return h
+
+
+def final_logits(model: Model, h: Float[Tensor, "... d_model"]) -> Float[Tensor, "... vocab"]:
+    """The model's final norm and unembedding on residual vectors (any leading shape)."""
+    return model.bridge.unembed(model.bridge.ln_final(h))

@@ -1,0 +1,86 @@
+"""The editors' fast v*/z forward pass gives the same deltas as the bridge's full forward pass."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from knowscope.editing import memit, rome
+from knowscope.editing.compute import context_templates, optimize_delta, v_path
+from knowscope.editing.hparams import MEMITHyperParams, ROMEHyperParams
+from knowscope.editing.stats import key_stats
+from knowscope.facts import Fact
+
+FACT = Fact(subject="Lionel Messi", prompt="{} plays the sport of", target_true="soccer", target_new="basketball")
+FACTS = [FACT, Fact(subject="Paris", prompt="{} is the capital of", target_true="France", target_new="Italy")]
+ROME_HP = ROMEHyperParams(layer=1, v_steps=8, context_lengths=((4, 2),), stats_tokens=400)
+MEMIT_HP = MEMITHyperParams(layers=(1, 2), v_steps=8, context_lengths=((4, 2),), mom2_weight=50.0, stats_tokens=400)
+
+
+def rel(a, b):
+    return float((a - b).norm() / (b.norm() + 1e-12))
+
+
+@pytest.mark.parametrize("hook", ["mlp_out", "resid_post"])
+def test_fast_and_bridge_deltas_agree(tiny, hook):
+    name = tiny.arch.hook_mlp_out(1) if hook == "mlp_out" else tiny.arch.hook_resid_post(2)
+    templates = context_templates(tiny, ROME_HP.context_lengths, 0)
+    with v_path("bridge"):
+        torch.manual_seed(0)
+        slow = optimize_delta(tiny, name, FACT, templates, ROME_HP)
+    torch.manual_seed(0)
+    fast = optimize_delta(tiny, name, FACT, templates, ROME_HP)
+    assert tiny.compat.edit_mode == "fast"
+    assert len(fast.losses) == len(slow.losses) > 1
+    assert rel(fast.delta, slow.delta) < 1e-4
+    torch.testing.assert_close(fast.init, slow.init, rtol=1e-5, atol=1e-6)
+    for a, b in zip(fast.losses, slow.losses, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-6)
+
+
+def test_rome_and_memit_edits_agree_across_paths(tiny_llama):
+    stats = key_stats(tiny_llama, [1, 2], n_tokens=400, seq_len=32, batch_size=8, progress=False)
+    results = {}
+    for path in ("bridge", "fast"):
+        with v_path(path):
+            results[path] = (rome.edit(tiny_llama, [FACT], hparams=ROME_HP, stats=stats[1]),
+                             memit.edit(tiny_llama, FACTS, hparams=MEMIT_HP, stats=stats))
+    for slow, fast in zip(results["bridge"], results["fast"], strict=True):
+        for name in slow.deltas:
+            assert rel(fast.deltas[name], slow.deltas[name]) < 1e-4, name
+
+
+def test_v_path_rejects_unknown_names():
+    with pytest.raises(ValueError, match="fast"), v_path("quick"):
+        pass
+
+
+def test_joint_optimisation_follows_each_facts_own_trajectory(tiny):
+    """optimize_deltas on several facts = optimize_delta on each alone (early stops included)."""
+    from knowscope.editing.compute import optimize_deltas
+
+    facts = FACTS + [Fact(subject="Tokyo", prompt="{} is located in", target_true="Japan", target_new="Spain")]
+    name = tiny.arch.hook_resid_post(2)
+    templates = context_templates(tiny, ROME_HP.context_lengths, 0)
+    hp = ROMEHyperParams(layer=1, v_steps=12, context_lengths=((4, 2),), v_weight_decay=0.0,
+                         early_stop_nll=6.1)  # on these random models some facts stop early, some run on
+    alone = [optimize_delta(tiny, name, f, templates, hp) for f in facts]
+    joint = optimize_deltas(tiny, name, facts, templates, hp)
+    assert len({len(a.losses) for a in alone}) > 1, [len(a.losses) for a in alone]
+    for a, j in zip(alone, joint, strict=True):
+        assert len(a.losses) == len(j.losses)
+        assert rel(j.delta, a.delta) < 1e-4
+        torch.testing.assert_close(j.init, a.init, rtol=1e-5, atol=1e-6)
+        assert j.losses[-1]["loss"] == pytest.approx(a.losses[-1]["loss"], rel=1e-4, abs=1e-6)
+
+
+def test_memit_z_batch_gives_the_same_edit(tiny_llama):
+    import dataclasses
+
+    stats = key_stats(tiny_llama, [1, 2], n_tokens=400, seq_len=32, batch_size=8, progress=False)
+    one = memit.edit(tiny_llama, FACTS, hparams=MEMIT_HP, stats=stats)
+    both = memit.edit(tiny_llama, FACTS, hparams=dataclasses.replace(MEMIT_HP, z_batch=2), stats=stats)
+    for name in one.deltas:
+        assert rel(both.deltas[name], one.deltas[name]) < 1e-4, name
+    with pytest.raises(ValueError, match="z_batch"):
+        dataclasses.replace(MEMIT_HP, z_batch=0)

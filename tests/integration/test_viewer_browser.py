@@ -208,7 +208,7 @@ def test_viewer_in_chromium(browser_page, shots, demo_runs):
 
     # Probes: the logit lens of a prompt
     go(page, "Probes")
-    page.get_by_role("button", name="Run logit lens").click()
+    page.get_by_role("button", name="Run the lens").click()
     page.wait_for_selector(".js-plotly-plot .heatmaplayer image, .js-plotly-plot .hm image")
     settle(page)
     no_error(page)

@@ -48,7 +48,10 @@ KIND = "tuned_lens"
 #: Defaults, from measurements on the default model (benchmarks/bench_probes.py, sections ``lens``
 #: and ``lens-curve``; README). Learning rate: at 150 steps × 64 tokens, held-out KL averaged over
 #: layers 0-28 was lower with 3e-3 than with 1e-3 (mid layers 3.6 vs 4.2 nats; the logit lens: 17).
-#: Training tokens: the held-out KL against the token count at the default steps (the curve).
+#: Training tokens: the held-out KL against the token count at the default steps (same held-out set):
+#: mean over layers 0-28 3.085 / 2.879 / 2.772 nats at 4,096 / 8,192 / 16,384 tokens (logit lens 14.29);
+#: 16,384 is the first count at which a doubling gained less than 5% (-3.7%). More tokens cost only
+#: their collection (one forward per batch); the steps dominate (~1.9 s each on 2 cores).
 DEFAULT_TRAIN_TOKENS = 16_384
 DEFAULT_HELD_OUT_TOKENS = 4_096
 DEFAULT_STEPS = 300

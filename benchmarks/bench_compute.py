@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import sys
 import time
@@ -65,9 +66,14 @@ def matmul_roof(shapes: list[tuple[int, int, int]], seconds: float = 2.0) -> dic
 
 
 class Phase:
-    """Time and count the FLOPs of a block: ``with phase("keys"): ...``; totals per phase name."""
+    """Time or count the FLOPs of a block: ``with phase("keys"): ...``; totals per phase name.
 
-    def __init__(self) -> None:
+    Counting (``count=True``) runs under ``FlopCounterMode``, which roughly doubles the time, so a
+    phase is timed in a separate run without it (``count=False``).
+    """
+
+    def __init__(self, count: bool) -> None:
+        self.count = count
         self.rows: dict[str, dict[str, float]] = {}
         self.steps: list[int] = []  # v* optimisation steps per fact (early stopping varies them)
 
@@ -76,23 +82,25 @@ class Phase:
 
         class _Block:
             def __enter__(self) -> None:
-                self.counter = FlopCounterMode(display=False)
-                self.counter.__enter__()
+                self.counter = FlopCounterMode(display=False) if phase.count else None
+                if self.counter is not None:
+                    self.counter.__enter__()
                 self.t = time.perf_counter()
 
             def __exit__(self, *exc: Any) -> None:
                 secs = time.perf_counter() - self.t
-                self.counter.__exit__(*exc)
                 row = phase.rows.setdefault(name, {"seconds": 0.0, "flops": 0.0, "calls": 0})
+                if self.counter is not None:
+                    self.counter.__exit__(*exc)
+                    row["flops"] += float(self.counter.get_total_flops())
                 row["seconds"] += secs
-                row["flops"] += float(self.counter.get_total_flops())
                 row["calls"] += 1
 
         return _Block()
 
 
-def bench_rome_phases(model: Any, facts: list[Any], hp: ROMEHyperParams) -> Phase:
-    phase = Phase()
+def bench_rome_phases(model: Any, facts: list[Any], hp: ROMEHyperParams, count: bool) -> Phase:
+    phase = Phase(count)
     layer = hp.layer
     C = layer_stats(model, layer, n_tokens=hp.stats_tokens, source=hp.stats_source).mom2.float()
     for fact in facts:
@@ -122,8 +130,11 @@ def bench_rome_phases(model: Any, facts: list[Any], hp: ROMEHyperParams) -> Phas
 
 
 def phases_report(model: Any, facts: list[Any], hp: ROMEHyperParams, bound: float) -> dict[str, Any]:
-    bench_rome_phases(model, facts[:1], hp)  # warm-up: caches, templates, allocator
-    phase = bench_rome_phases(model, facts, hp)
+    bench_rome_phases(model, facts[:1], hp, count=False)  # warm-up: caches, templates, allocator
+    phase = bench_rome_phases(model, facts, hp, count=False)  # seconds
+    counted = bench_rome_phases(model, facts, hp, count=True)  # FLOPs
+    for name, row in phase.rows.items():
+        row["flops"] = counted.rows[name]["flops"]
     rows = []
     print(f"\nROME phases, mean over {len(facts)} facts (layer {hp.layer}; v* steps {phase.steps} of at most "
           f"{hp.v_steps})")
@@ -205,9 +216,11 @@ def main(argv: list[str] | None = None) -> int:
     bound = roof["gflops"]
     print(f"float32 matmul roof on {torch.get_num_threads()} threads: {bound:.0f} GFLOP/s "
           f"({', '.join(f'{k} {x:.0f}' for k, x in roof['by_shape'].items())})")
-    report: dict[str, Any] = {"model": model.name, "fingerprint": model.fingerprint,
-                              "torch_threads": torch.get_num_threads(), "argv": sys.argv[1:], "roof": roof,
-                              "n_facts": len(facts), "layer": hp.layer}
+    out = Path(args.out)
+    # sections not run this time keep their previous numbers
+    report: dict[str, Any] = json.loads(out.read_text()) if out.is_file() else {}
+    report.update({"model": model.name, "fingerprint": model.fingerprint, "torch_threads": torch.get_num_threads(),
+                   "argv": sys.argv[1:], "roof": roof, "n_facts": len(facts), "layer": hp.layer})
     only = set(args.only.split(","))
     if "phases" in only:
         for path in ("bridge", "fast"):
@@ -218,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         all_facts = load_bundled_facts()
         memit_facts = all_facts[:: max(1, len(all_facts) // args.memit_facts)][: args.memit_facts]
         report["paths"] = bench_paths(model, facts, hp, memit_facts, MEMITHyperParams.for_model(model))
-    write_json_atomic(Path(args.out), report)
+    write_json_atomic(out, report)
     print(f"wrote {args.out}")
     return 0
 

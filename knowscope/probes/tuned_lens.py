@@ -225,7 +225,7 @@ def collect_residuals(
     return out
 
 
-def _kl_and_top1(model: Model, logits_lens: Tensor, logp_final: Tensor) -> tuple[Tensor, Tensor]:
+def _kl_and_top1(logits_lens: Tensor, logp_final: Tensor) -> tuple[Tensor, Tensor]:
     logq = torch.log_softmax(logits_lens, dim=-1)
     kl = (logp_final.exp() * (logp_final - logq)).sum(-1)
     agree = (logits_lens.argmax(-1) == logp_final.argmax(-1)).float()
@@ -242,7 +242,7 @@ def lens_quality(model: Model, lens: TunedLens, resid: Float[Tensor, "n_tokens n
         r = resid[start:start + chunk].transpose(0, 1).to(model.device)  # [n_layers, t, d]
         logp_final = torch.log_softmax(lens_logits(model, r[-1]), dim=-1)
         for row, logits in ((0, lens_logits(model, r)), (1, lens.logits(model, r))):
-            kl, agree = _kl_and_top1(model, logits, logp_final)
+            kl, agree = _kl_and_top1(logits, logp_final)
             sums[row] += kl.sum(-1).double().cpu()
             sums[row + 2] += agree.sum(-1).double().cpu()
     m = (sums / resid.shape[0]).tolist()

@@ -211,9 +211,10 @@ def print_sequential(curves: dict[str, list[dict[str, Any]]], batch: int) -> Non
           f"{'fluency':>8} {'max dW':>7}")
     for mode, rows in curves.items():
         for r in rows:
-            print(f"{mode:>10} {r['edits']:>6} {f(r['efficacy_all_so_far']):>8} {f(r['efficacy_first_batch']):>8} "
-                  f"{f(r['neighborhood_score']):>7} {f(r['locality_acc']):>7} {f(r['probe_accuracy']):>9} "
-                  f"{f(r['fluency']):>8} {f(r['max_update_norm']):>7}")
+            g = r.get  # rows written before the monitor lack some signals
+            print(f"{mode:>10} {r['edits']:>6} {f(g('efficacy_all_so_far')):>8} {f(g('efficacy_first_batch')):>8} "
+                  f"{f(g('neighborhood_score')):>7} {f(g('locality_acc')):>7} {f(g('probe_accuracy')):>9} "
+                  f"{f(g('fluency')):>8} {f(g('max_update_norm')):>7}")
 
 
 def merge_reports(paths: Sequence[str], out: Path) -> int:

@@ -28,13 +28,12 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from knowscope import hooks
 from knowscope.editing.hparams import VOptParams
 from knowscope.editing.session import unedited_weights
 from knowscope.editing.stats import _bos_id, hash_seed
 from knowscope.facts import Fact
 from knowscope.models import Model, cache_dir
-from knowscope.models.blocks import final_logits, run_block, run_blocks, supports_block_runs
+from knowscope.models.blocks import block_input, final_logits, run_block, run_blocks, supports_block_runs
 
 logger = logging.getLogger(__name__)
 
@@ -362,26 +361,6 @@ def v_path(path: VPath) -> Iterator[None]:
         _V_PATH.reset(token)
 
 
-class _Stop(Exception):
-    """Ends a recording forward pass once the edited block's input has been read."""
-
-
-@torch.no_grad()
-def _block_input(model: Model, layer: int, tokens: Tensor) -> Tensor:
-    """The input of block ``layer`` (the residual stream before it) on ``tokens``, as the bridge computes it."""
-    store: dict[str, Tensor] = {}
-
-    def save(act: Tensor, hook: Any) -> None:
-        store["h"] = act.detach().clone()
-        raise _Stop
-
-    try:
-        model.bridge.run_with_hooks(tokens, fwd_hooks=[(hooks.resid_pre(layer), save)])
-    except _Stop:
-        pass
-    return store["h"]
-
-
 def _hook_layer(hook_name: str) -> int | None:
     parts = hook_name.split(".")
     return int(parts[1]) if len(parts) > 2 and parts[0] == "blocks" and parts[1].isdigit() else None
@@ -405,7 +384,7 @@ def _selected_logits_fn(model: Model, hook_name: str, tokens: Tensor, sel_rows: 
     if _V_PATH.get() == "bridge" or layer is None or not supports_block_runs(model) \
             or model.compat.edit_mode == "bridge":
         return bridge
-    h_in = _block_input(model, layer, tokens)
+    h_in = block_input(model, layer, tokens)
     point = model.bridge.hook_dict[hook_name]
 
     def fast() -> Tensor:

@@ -98,10 +98,12 @@ class CollapseMonitor:
         """All signals of the model as it is now; ``reference``: the unedited model's probe predictions."""
         subjects = {f.subject for f in edited}
         probe = evaluate(model, self.probe, reference=reference, fluency=False, edited_subjects=subjects)
+        wins = prefers_new(model, edited)  # the first batch is the start of ``edited``: scored once
+        first = wins[: len(first_batch)]
         return {
             "update_norm": update_norm,
-            "efficacy_all": efficacy(model, edited) if edited else None,
-            "retention_first": efficacy(model, first_batch) if first_batch else None,
+            "efficacy_all": sum(wins) / len(wins) if wins else None,
+            "retention_first": sum(first) / len(first) if first else None,
             "neighborhood": probe.neighborhood_score,
             "locality": probe.locality_acc,
             "probe_accuracy": fact_accuracy(model, self.probe).accuracy,
@@ -132,11 +134,17 @@ class CollapseMonitor:
         return out
 
 
-def efficacy(model: Model, facts: Sequence[Fact]) -> float:
-    """Share of ``facts`` whose rewrite prompt prefers ``target_new`` (mean-token probability, as CounterFact)."""
+def prefers_new(model: Model, facts: Sequence[Fact]) -> list[bool]:
+    """Per fact: does its rewrite prompt prefer ``target_new`` (mean-token probability, as CounterFact)?"""
     pairs = [(f.text, c) for f in facts for c in (f.new_continuation, f.true_continuation)]
     scored = score_continuations(model, pairs)
-    return sum(scored[2 * i].prob > scored[2 * i + 1].prob for i in range(len(facts))) / len(facts)
+    return [scored[2 * i].prob > scored[2 * i + 1].prob for i in range(len(facts))]
+
+
+def efficacy(model: Model, facts: Sequence[Fact]) -> float:
+    """Share of ``facts`` whose rewrite prompt prefers ``target_new`` (CounterFact's efficacy score)."""
+    wins = prefers_new(model, facts)
+    return sum(wins) / len(wins)
 
 
 @dataclass
@@ -224,7 +232,7 @@ def _restore(out: Path, model: Model, settings: dict[str, Any], session: EditSes
         diff = sorted(k for k in set(meta["settings"]) | set(settings) if meta["settings"].get(k) != settings.get(k))
         raise ValueError(f"{out} holds a sequential run with other settings ({', '.join(diff)} differ); give "
                          "another output folder, or the same settings to continue it")
-    for result in load_run_edits(out):
+    for result in _edits(meta, arrays):
         session.apply(result)
     s = meta["seq"]
     seq._setup([])  # statistics and projectors, as at the start
@@ -312,7 +320,10 @@ def run_sequential(model: Model, facts: Sequence[Fact], batch_size: int, out: st
 
 def load_run_edits(out: str | Path) -> list[EditResult]:
     """The edits of a saved sequential run, one per finished batch, in order (apply them to an EditSession)."""
-    meta, arrays = load_dir(Path(out) / STATE, KIND)
+    return _edits(*load_dir(Path(out) / STATE, KIND))
+
+
+def _edits(meta: dict[str, Any], arrays: dict[str, Tensor]) -> list[EditResult]:
     return [EditResult._from(m, {k.split("/", 2)[2]: v for k, v in arrays.items() if k.startswith(f"edit/{i}/")})
             for i, m in enumerate(meta["edits"])]
 

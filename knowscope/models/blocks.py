@@ -11,13 +11,35 @@ reproduces the bridge on a given install is checked by the callers (once per mod
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from knowscope import hooks as hk
 from knowscope.models.wrapper import Model
+
+
+class _Stop(Exception):
+    """Ends a recording forward pass once the wanted block input has been read."""
+
+
+@torch.no_grad()
+def block_input(model: Model, layer: int, tokens: Tensor, hooks: Sequence[tuple[str, Any]] = ()) -> Tensor:
+    """The input of block ``layer`` on ``tokens`` as the bridge computes it (``hooks`` run on the way)."""
+    store: dict[str, Tensor] = {}
+
+    def save(act: Tensor, hook: Any) -> None:
+        store["h"] = act.detach().clone()
+        raise _Stop
+
+    try:
+        model.bridge.run_with_hooks(tokens, fwd_hooks=[*hooks, (hk.resid_pre(layer), save)])
+    except _Stop:
+        pass
+    return store["h"]
 
 
 def supports_block_runs(model: Model) -> bool:

@@ -15,7 +15,7 @@ from torch import Tensor
 from knowscope import hooks as hk
 from knowscope.compat import FIX_HINT
 from knowscope.models import Model
-from knowscope.models.blocks import run_block, supports_block_runs
+from knowscope.models.blocks import block_input, run_block, supports_block_runs
 
 logger = logging.getLogger(__name__)
 
@@ -169,22 +169,7 @@ def _fast_mode(model: Model, h0: Tensor, reference: dict[str, Tensor]) -> tuple[
 
 def _resid_pre0(model: Model, tokens: Tensor, noise_hook: Callable | None) -> Tensor:
     """The input of block 0 (embeddings, noise, position embeddings) as the bridge computes it."""
-    store: dict[str, Tensor] = {}
-
-    def save(act: Tensor, hook: Any) -> None:
-        store["h0"] = act.detach().clone()
-        raise _Stop
-
-    hooks = ([(hk.EMBED, noise_hook)] if noise_hook is not None else []) + [(hk.resid_pre(0), save)]
-    try:
-        model.bridge.run_with_hooks(tokens, fwd_hooks=hooks)
-    except _Stop:
-        pass
-    return store["h0"]
-
-
-class _Stop(Exception):
-    """Ends a forward pass once the block-0 input has been read."""
+    return block_input(model, 0, tokens, [(hk.EMBED, noise_hook)] if noise_hook is not None else [])
 
 
 def _check_record(rec: _Record, cache: dict[str, Tensor], n: int, tol: float = 1e-3) -> None:

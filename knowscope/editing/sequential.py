@@ -237,8 +237,9 @@ def _restore(out: Path, model: Model, settings: dict[str, Any], session: EditSes
     s = meta["seq"]
     seq._setup([])  # statistics and projectors, as at the start
     seq.layers, seq.n_batches, seq.n_edits = s["layers"], s["n_batches"], s["n_edits"]
-    for layer in seq.layers:
-        seq.KpKp[layer] = arrays[f"kpkp/{layer}"].double()
+    for layer in seq.layers:  # absent when the run stopped before its first batch
+        if f"kpkp/{layer}" in arrays:
+            seq.KpKp[layer] = arrays[f"kpkp/{layer}"].double()
     return list(meta["records"])
 
 

@@ -53,6 +53,10 @@ def test_a_resumed_run_equals_an_uninterrupted_one(tiny_llama, stats, tmp_path):
     before = snapshot(tiny_llama)
     whole = run_sequential(tiny_llama, EDITS, 2, tmp_path / "whole", hparams=HP, stats=stats, monitor=monitor())
     assert [r["edits"] for r in whole.records] == [0, 2, 4]
+    # stopped before its first batch (only the unedited record saved), then after one batch
+    none = run_sequential(tiny_llama, EDITS, 2, tmp_path / "part", hparams=HP, stats=stats, monitor=monitor(),
+                          max_batches=0)
+    assert [r["edits"] for r in none.records] == [0]
     part = run_sequential(tiny_llama, EDITS, 2, tmp_path / "part", hparams=HP, stats=stats, monitor=monitor(),
                           max_batches=1)
     assert [r["edits"] for r in part.records] == [0, 2]

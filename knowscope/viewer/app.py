@@ -9,7 +9,7 @@ from __future__ import annotations
 import streamlit as st
 
 from knowscope.viewer.common import ViewerConfig, guard
-from knowscope.viewer.views import circuit, edit, probes, runs, trace
+from knowscope.viewer.views import circuit, edit, probes, runs, sweeps, trace
 
 PAGES = {
     "Runs": runs.render_page,
@@ -17,6 +17,7 @@ PAGES = {
     "Circuit explorer": circuit.render_page,
     "Edit lab": edit.render_page,
     "Probes": probes.render_page,
+    "Sweeps": sweeps.render_page,
 }
 
 st.set_page_config(page_title="knowscope", layout="wide")

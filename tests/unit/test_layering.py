@@ -2,7 +2,7 @@
 algorithm packages import knowscope at the top of the module, never inside functions.
 
 Bottom to top: the base modules (paths, compat, results, facts, safeedit, models, chat, knowledge)
-→ circuits → editing → safety → probes → viewer → commands → cli.
+→ circuits → editing → safety → probes → sweep → viewer → commands → cli.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import knowscope
 
 ROOT = Path(knowscope.__file__).parent
 BASE = {"paths", "compat", "hooks", "results", "facts", "safeedit", "models", "chat", "knowledge", "data"}
-RANK = {"circuits": 1, "editing": 2, "safety": 3, "probes": 4, "viewer": 5, "commands": 6, "cli": 7}
+RANK = {"circuits": 1, "editing": 2, "safety": 3, "probes": 4, "sweep": 5, "viewer": 6, "commands": 7, "cli": 8}
 NO_LOCAL_IMPORTS = ("circuits", "editing", "probes", "safety")
 
 

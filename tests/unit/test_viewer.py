@@ -60,6 +60,12 @@ def runs_dir(tiny_llama, tmp_path_factory):
     seq_hp = MEMITHyperParams(layers=(1, 2), v_steps=3, context_lengths=((4, 2),), stats_tokens=400)
     run_sequential(model, FACTS[:1], 1, root / "sequential", hparams=seq_hp,
                    monitor=CollapseMonitor(probe=FACTS[1:], fluency_prompts=1))
+    from knowscope.sweep import SweepSpec, run_sweep
+
+    sweep_hp = {"rome": {"v_steps": 3, "context_lengths": [[4, 2]], "stats_tokens": 400}}
+    run_sweep(SweepSpec("tiny-llama", FACTS, methods=["rome"], layers="0-2", hparams=sweep_hp,
+                        trace={"samples": 2}), root / "sweeps" / "rome.sqlite", use_ray=False, model=model,
+              progress=False)
     (root / "broken").mkdir()
     (root / "broken" / "meta.json").write_text("{not json")
     (root / ".demo.tmp123").mkdir()  # an unfinished save: hidden, never listed
@@ -381,6 +387,26 @@ def test_probes_page_trains_the_tuned_lens_and_shows_both(app, monkeypatch, tmp_
         assert first == "never" or first.endswith("of 3")
     titles = [f["layout"]["title"]["text"] for f in charts(app) if "heatmap" in trace_types(f)]
     assert any(t.startswith("Logit lens") for t in titles) and any(t.startswith("Tuned lens") for t in titles)
+
+
+def test_sweeps_page_shows_a_store(app, runs_dir):
+    from knowscope.sweep import SweepResult
+
+    page(app, "Sweeps")
+    ok(app)
+    res = SweepResult.load(runs_dir / "sweeps" / "rome.sqlite")
+    assert metric(app, "located layer (locate)") == str(res.located_layer())
+    assert metric(app, "best layer (CounterFact score)") == str(res.best_layer("rome"))
+    assert metric(app, "cells") == "6 of 6"
+    figs = charts(app)
+    assert len(figs) == 2 and "scatter" in trace_types(figs[1])
+    frames = [d.value for d in app.dataframe]
+    assert len(frames[0]) == 15 and "pooled ρ" in frames[0].columns  # 3 kinds x 5 metrics
+    app.selectbox(key="sweep_fact").set_value(1).run()
+    ok(app)
+    assert list([d.value for d in app.dataframe][1]["layer"]) == [0, 1, 2]
+    app.text_input(key="sweep_path").set_value(str(runs_dir / "broken" / "meta.json")).run()
+    assert not app.exception and app.error and "not a knowscope sweep store" in app.error[0].value
 
 
 def test_a_missing_runs_folder_is_a_message(monkeypatch, tmp_path):

@@ -61,7 +61,8 @@ def render_page(cfg: ViewerConfig) -> None:
         method = st.radio("method", res.methods, horizontal=True, key="sweep_method")
         s = res.summary(method)
         cols = st.columns(5)
-        cols[0].metric("cells", f"{s['n_cells_stored']} of {len(res.facts) * len(res.layers) * len(res.settings['seeds'])}")
+        planned = len(res.facts) * len(res.layers) * len(res.settings["seeds"])
+        cols[0].metric("cells", f"{s['n_cells_stored']} of {planned}")
         cols[1].metric("facts traced", f"{len(res.traces)} of {len(res.facts)}")
         cols[2].metric("located layer (locate)", str(s["located_layer"]))
         cols[3].metric("best layer (CounterFact score)", str(s["best_layer"]))
@@ -85,7 +86,10 @@ def render_page(cfg: ViewerConfig) -> None:
         st.plotly_chart(res.correlation_figure(method, metric, kind), use_container_width=True)
         st.subheader("One fact")
         facts = {f["fact"]: f for f in res.facts}
-        fact = st.selectbox("fact", sorted(facts), key="sweep_fact",
-                            format_func=lambda i: f"{facts[i]['fact_id']}: {facts[i]['prompt'].format(facts[i]['subject'])}"
-                            f" → {facts[i]['target_new']} (was {facts[i]['target_true']})")
+
+        def label(i: int) -> str:
+            f = facts[i]
+            return f"{f['fact_id']}: {f['prompt'].format(f['subject'])} → {f['target_new']} (was {f['target_true']})"
+
+        fact = st.selectbox("fact", sorted(facts), key="sweep_fact", format_func=label)
         st.dataframe(res.fact_rows(fact, method), hide_index=True)

@@ -41,6 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", default=None, help="join a Ray cluster: 'auto' or 'ray://HOST:PORT'")
     parser.add_argument("--no-ray", action="store_true", help="run in this process (needs --workers 1)")
     parser.add_argument("--store", required=True, help="the sweep's SQLite file (created, or continued)")
+    parser.add_argument("--max-minutes", type=float, default=None, help="start no new cell after this long; "
+                        "run the same command again to continue")
     parser.add_argument("--analyse-only", action="store_true", help="only read the store and report")
 
 
@@ -76,9 +78,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                          trace={"samples": args.samples}, device=args.device)
         try:
             report = run_sweep(spec, args.store, workers=1 if args.no_ray else args.workers, address=args.address,
-                               use_ray=not args.no_ray)
+                               use_ray=not args.no_ray,
+                               max_seconds=None if args.max_minutes is None else 60 * args.max_minutes)
         except RuntimeError as exc:
-            if "Ray is not installed" in str(exc) or "workers died" in str(exc):
+            if any(m in str(exc) for m in ("Ray is not installed", "workers died", "could not start")):
                 raise CLIError(str(exc)) from None
             raise
     res = SweepResult.load(args.store)
@@ -94,6 +97,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "correlation": summary["correlation"], "quality_lost": summary["quality_lost"],
         "cells_per_second": report.cells_per_second if report else None,
         "workers": report.workers if report else None, "restarts": report.n_restarts if report else 0,
+        "finished": (report.n_run + report.n_skipped == report.n_cells) if report else None,
         "per_method": {m: {k: v for k, v in res.summary(m).items() if k != "by_layer"} for m in res.methods},
         "by_layer": summary["by_layer"],
     }

@@ -53,6 +53,7 @@ class SweepReport:
     ray: bool = False
     seconds: float = 0.0
     interrupted: bool = False
+    out_of_time: bool = False  # stopped by ``max_seconds`` with jobs left (run again to continue)
     worker_names: list[str] = field(default_factory=list)
 
     @property
@@ -83,6 +84,7 @@ def run_sweep(
     model: Model | None = None,
     progress: bool = True,
     max_restarts: int | None = None,
+    max_seconds: float | None = None,
     on_result: Callable[[dict[str, Any], Any], None] | None = None,
 ) -> SweepReport:
     """Run every trace and cell of ``spec`` that ``store`` does not hold yet; returns what was done.
@@ -92,6 +94,8 @@ def run_sweep(
         address: join this Ray cluster (``"auto"`` or ``"ray://host:port"``) instead of a local one.
         use_ray: ``False`` runs in this process (``model``, if given, is used instead of loading one).
         max_restarts: worker deaths tolerated before giving up (default ``2 × workers + 2``).
+        max_seconds: start no new job after this long (the jobs running finish and are stored); a
+            later call continues. For sweeps longer than a session.
         on_result: called after each stored row with ``(row, pool)`` (progress hooks, tests).
     """
     workers = int(workers) if workers is not None else ((os.cpu_count() or 1) if use_ray else 1)
@@ -126,7 +130,8 @@ def run_sweep(
             if todo:
                 pool.share_stats(_stats_needs(pool, spec, todo, n_layers))
             limit = max_restarts if max_restarts is not None else 2 * workers + 2
-            _drive(pool, db, jobs, report, progress, limit, on_result)
+            deadline = None if max_seconds is None else started + float(max_seconds)
+            _drive(pool, db, jobs, report, progress, limit, on_result, deadline)
         except KeyboardInterrupt:
             report.interrupted = True
             logger.warning("sweep interrupted: %d cells stored by this call; run it again to continue", report.n_run)
@@ -152,7 +157,8 @@ def _stats_needs(pool: Any, spec: SweepSpec, todo: list[Any], n_layers: int) -> 
 
 
 def _drive(pool: Any, db: SweepStore, jobs: list[tuple[str, Any]], report: SweepReport, progress: bool,
-           max_restarts: int, on_result: Callable[[dict[str, Any], Any], None] | None) -> None:
+           max_restarts: int, on_result: Callable[[dict[str, Any], Any], None] | None,
+           deadline: float | None = None) -> None:
     from tqdm.auto import tqdm
 
     queue = deque(jobs)
@@ -184,6 +190,10 @@ def _drive(pool: Any, db: SweepStore, jobs: list[tuple[str, Any]], report: Sweep
             bar.set_postfix(cells=report.n_run, errors=report.n_errors, refresh=False)
             if on_result is not None:
                 on_result(payload, pool)
+            if deadline is not None and queue and time.perf_counter() > deadline:
+                logger.warning("sweep: time is up with %d jobs left; run again to continue", len(queue))
+                report.out_of_time = True
+                queue.clear()  # the pool submits nothing more; the jobs in flight finish
     finally:
         bar.close()
 
@@ -261,11 +271,19 @@ class _RayPool:
         self._names: list[str] = []
         self._stats_refs: list[Any] = []
         self._spawned = 0
-        for _ in range(workers):
-            self.actors.append(self._spawn())
-        self._info = ray.get(self.actors[0].describe.remote())
-        fps = {ray.get(a.describe.remote())["fingerprint"] for a in self.actors}
+        try:
+            for _ in range(workers):
+                self.actors.append(self._spawn())
+            infos = ray.get([a.describe.remote() for a in self.actors])
+        except ray.exceptions.RayError as exc:
+            self.close()
+            cause = getattr(exc, "cause", None) or exc
+            raise RuntimeError(f"a sweep worker could not start ({type(cause).__name__}: "
+                               f"{str(cause).strip().splitlines()[-1] if str(cause).strip() else ''})") from None
+        self._info = infos[0]
+        fps = {i["fingerprint"] for i in infos}
         if fps != {self._info["fingerprint"]}:
+            self.close()
             raise RuntimeError(f"the workers loaded different models (fingerprints {sorted(fps)})")
 
     def _spawn(self) -> Any:

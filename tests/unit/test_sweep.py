@@ -184,12 +184,14 @@ def test_resume_runs_only_missing_cells(tmp_path, tiny_llama, local_store):
         if len(seen) == stop_after:
             raise KeyboardInterrupt
 
+    timed = run_sweep(s, path, use_ray=False, model=tiny_llama, progress=False, max_seconds=0)
+    assert timed.out_of_time and timed.n_traces_run == 1 and timed.n_run == 0  # out of time after one job
     with pytest.raises(KeyboardInterrupt):
         run_sweep(s, path, use_ray=False, model=tiny_llama, progress=False, on_result=interrupt)
-    with SweepStore(path) as db:  # consistent: whole rows only (the 2 traces and 3 cells stored)
-        assert len(db.traced_facts()) + len(db.done_cells()) == stop_after
+    with SweepStore(path) as db:  # consistent: whole rows only (the 2 traces and 4 cells stored)
+        assert len(db.traced_facts()) + len(db.done_cells()) == stop_after + 1
     again = run_sweep(s, path, use_ray=False, model=tiny_llama, progress=False)
-    assert again.n_skipped == stop_after - 2 and again.n_run == again.n_cells - again.n_skipped
+    assert again.n_skipped == stop_after - 1 and again.n_run == again.n_cells - again.n_skipped
     assert again.n_traces_run == 0
     assert_same_rows(rows(path), rows(local_store))
     # a finished sweep runs nothing; a deleted row is the only one recomputed
@@ -366,3 +368,9 @@ def test_the_command_line(tmp_path, capsys, monkeypatch):
     no_ray = [a for a in args if a != "--no-ray"]
     assert main(no_ray) == 2
     assert "knowscope[ray]" in capsys.readouterr().err
+
+
+def test_a_worker_that_cannot_load_the_model_is_one_clear_error(ray_cluster, tmp_path):
+    with pytest.raises(RuntimeError, match="could not start"):
+        run_sweep(spec(model=str(tmp_path / "no-such-model")), tmp_path / "x.sqlite", workers=1, progress=False)
+    assert ray_cluster.is_initialized()  # the test's own cluster is left running

@@ -27,7 +27,7 @@ from knowscope.circuits import trace
 from knowscope.editing import EditSession
 from knowscope.editing.editors import get_editor
 from knowscope.editing.evaluate import evaluate, pre_edit_predictions
-from knowscope.editing.stats import KeyStats, key_stats
+from knowscope.editing.stats import KeyStats, key_stats, source_key
 from knowscope.facts import Fact
 from knowscope.models import Model, load_model
 from knowscope.sweep.grid import TRACE_KINDS, Cell, edited_layers, fact_id, hparams_hash
@@ -60,7 +60,7 @@ class CellRunner:
         self.fluency = bool(fluency)
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.session = EditSession(self.model)
-        self.stats: dict[int, KeyStats] = {}
+        self.stats: dict[tuple[int, str], dict[int, KeyStats]] = {}  # (tokens, source) -> layer -> stats
         self._reference: dict[int, Any] = {}
         self._p_new_pre: dict[int, float] = {}
 
@@ -82,22 +82,25 @@ class CellRunner:
         return {"fingerprint": self.model.fingerprint, "n_layers": self.model.arch.n_layers,
                 "resolved": resolved, "worker": self.name, "pid": os.getpid()}
 
-    def stats_settings(self, method: str) -> tuple[int, str] | None:
-        hp = self.hparams(method)
-        return (int(hp.stats_tokens), str(hp.stats_source)) if hasattr(hp, "stats_tokens") else None
-
     def prepare_stats(self, layers: list[int], n_tokens: int, source: str) -> dict[int, KeyStats]:
         """The key statistics of ``layers`` (one streamed pass; read from the cache where present)."""
         got = key_stats(self.model, sorted(set(layers)), n_tokens=n_tokens, source=source, progress=False)
-        self.stats.update(got)
+        self.set_stats(got)
         return got
 
     def set_stats(self, stats: dict[int, KeyStats]) -> bool:
         for layer, st in stats.items():
             if st.fingerprint != self.model.fingerprint:
                 raise ValueError(f"key statistics for layer {layer} come from another model")
-        self.stats.update(stats)
+            self.stats.setdefault((st.n_tokens, st.source), {})[st.layer] = st
         return True
+
+    def _stats_for(self, hp: Any, layers: list[int]) -> dict[int, KeyStats] | None:
+        """Prepared statistics for all ``layers`` with ``hp``'s settings; ``None`` lets the editor read its cache."""
+        if not hasattr(hp, "stats_tokens"):
+            return None
+        have = self.stats.get((int(hp.stats_tokens), source_key(hp.stats_source)), {})
+        return {L: have[L] for L in layers} if all(L in have for L in layers) else None
 
     # ------------------------------------------------------------------ work
     def run_trace(self, index: int) -> dict[str, Any]:
@@ -131,9 +134,7 @@ class CellRunner:
         editor = get_editor(cell.method)
         layers = edited_layers(cell.method, cell.layer, self.window, self.model.arch.n_layers)
         hp = self.hparams(cell.method, cell.seed)
-        stats = {L: self.stats[L] for L in layers if L in self.stats} if editor.name != "ft" else None
-        if stats is not None and len(stats) < len(layers):
-            stats = None  # not prepared: the editor reads (or computes once and caches) them itself
+        stats = self._stats_for(hp, layers)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cell.seed)
             t1 = time.perf_counter()

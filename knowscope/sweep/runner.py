@@ -305,7 +305,7 @@ class _RayPool:
         for (n_tokens, source), layers in needs.items():
             ref = self.actors[0].prepare_stats.remote(layers, n_tokens, source)
             self._stats_refs.append(ref)
-            self.ray.get([a.set_stats.remote(ref) for a in self.actors[1:]] + [ref])
+            self.ray.get([a.set_stats.remote(ref) for a in self.actors])  # never copied to the driver
 
     def results(self, queue: deque) -> Any:
         ray = self.ray

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 BUNDLED_FACTS = "facts.json"
+BUNDLED_SETS = {"default": BUNDLED_FACTS, "extended": "facts_extended.json"}
 
 
 #: longest subject or prompt template a fact may have (CounterFact prompts are one sentence)
@@ -341,9 +342,16 @@ def save_facts(facts: Iterable[Fact], path: str | os.PathLike[str]) -> Path:
     return write_json_atomic(path, [f.to_counterfact() for f in facts])
 
 
-def load_bundled_facts(relation: str | None = None, limit: int | None = None) -> list[Fact]:
-    """The bundled CounterFact-format facts that the default model knows (built by scripts/build_facts.py)."""
-    text = resources.files("knowscope.data").joinpath(BUNDLED_FACTS).read_text(encoding="utf-8")
+def load_bundled_facts(relation: str | None = None, limit: int | None = None, name: str = "default") -> list[Fact]:
+    """The bundled CounterFact-format facts that the default model knows (built by scripts/build_facts.py).
+
+    ``name="default"``: the 214 facts every benchmark and test uses. ``"extended"``: 792 facts over
+    17 relations, every subject unique across the set, for runs that need more facts than that
+    (500 sequential edits plus a never-edited probe); built the same way with more candidates.
+    """
+    if name not in BUNDLED_SETS:
+        raise ValueError(f"unknown bundled fact set {name!r}; valid: {', '.join(BUNDLED_SETS)}")
+    text = resources.files("knowscope.data").joinpath(BUNDLED_SETS[name]).read_text(encoding="utf-8")
     facts = parse_facts(json.loads(text), "counterfact")
     if relation is not None:
         facts = [f for f in facts if f.relation_id == relation]

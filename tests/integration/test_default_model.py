@@ -26,6 +26,14 @@ def test_bundled_facts_are_known(default_model, bundled_facts):
     assert report.accuracy >= 0.95, report.by_relation()
 
 
+def test_the_extended_fact_set_is_known(default_model):
+    from knowscope.facts import load_bundled_facts
+
+    facts = load_bundled_facts(name="extended")
+    report = fact_accuracy(default_model, facts)
+    assert len(facts) >= 650 and report.accuracy >= 0.95, report.by_relation()
+
+
 def test_predict_cli_eiffel_tower(tmp_path):
     out = tmp_path / "out.json"
     proc = subprocess.run(

@@ -13,12 +13,12 @@ from importlib import resources
 
 import pytest
 
-from knowscope.facts import BUNDLED_FACTS, Fact, load_bundled_facts, relations
+from knowscope.facts import BUNDLED_SETS, Fact, load_bundled_facts, relations
 
 
-@pytest.fixture(scope="module")
-def facts() -> list[Fact]:
-    return load_bundled_facts()
+@pytest.fixture(scope="module", params=["default", "extended"])
+def facts(request) -> list[Fact]:
+    return load_bundled_facts(name=request.param)
 
 
 def test_size_and_relations(facts):
@@ -30,8 +30,9 @@ def test_size_and_relations(facts):
     assert max(counts.values()) <= 0.25 * len(facts), counts
 
 
-def test_file_is_counterfact_format():
-    records = json.loads(resources.files("knowscope.data").joinpath(BUNDLED_FACTS).read_text(encoding="utf-8"))
+@pytest.mark.parametrize("name", sorted(BUNDLED_SETS))
+def test_file_is_counterfact_format(name):
+    records = json.loads(resources.files("knowscope.data").joinpath(BUNDLED_SETS[name]).read_text(encoding="utf-8"))
     assert isinstance(records, list) and records
     for record in records:
         rewrite = record["requested_rewrite"]
@@ -39,7 +40,7 @@ def test_file_is_counterfact_format():
         assert isinstance(rewrite["target_true"]["str"], str)
         assert isinstance(rewrite["target_new"]["str"], str)
     # round trip: the records are exactly what Fact.to_counterfact writes
-    assert [f.to_counterfact() for f in load_bundled_facts()] == records
+    assert [f.to_counterfact() for f in load_bundled_facts(name=name)] == records
 
 
 def test_case_ids_unique_ints(facts):
@@ -101,6 +102,16 @@ def test_generation_prompts(facts):
     for f in facts:
         assert 1 <= len(f.generation_prompts) <= 3, f.case_id
         assert all(f.subject in p for p in f.generation_prompts)
+
+
+def test_the_extended_set():
+    ext, default = load_bundled_facts(name="extended"), load_bundled_facts()
+    assert len(ext) >= 650 and len(relations(ext)) >= 15
+    subjects = [f.subject for f in ext]
+    assert len(set(subjects)) == len(subjects)  # unique: a sequential run's edited subjects stay distinct
+    assert len(default) == 214
+    with pytest.raises(ValueError, match="unknown bundled fact set"):
+        load_bundled_facts(name="huge")
 
 
 def test_relation_filter():

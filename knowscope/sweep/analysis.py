@@ -89,6 +89,7 @@ class SweepResult:
     traces: dict[int, dict[str, dict[int, float | None]]]
     errors: list[dict[str, Any]] = field(default_factory=list)
     path: str = ""
+    _layer_rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict, init=False, repr=False)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> SweepResult:
@@ -137,6 +138,8 @@ class SweepResult:
 
     def by_layer(self, method: str) -> list[dict[str, Any]]:
         """Per swept layer: mean of every success metric, CounterFact's score of the means, mean effects."""
+        if method in self._layer_rows:  # read by every correlation and summary: computed once per method
+            return self._layer_rows[method]
         rows = []
         effects = {k: self.mean_effect(k) for k in TRACE_KINDS}
         for layer in self.layers:
@@ -150,6 +153,7 @@ class SweepResult:
             for kind in TRACE_KINDS:
                 row[f"effect_{kind}"] = effects[kind][layer]
             rows.append(row)
+        self._layer_rows[method] = rows
         return rows
 
     # ------------------------------------------------------------------ answers

@@ -128,7 +128,7 @@ def run_sweep(
             logger.info("sweep %s: %d cells (%d stored), %d traces to run", store, len(cells), report.n_skipped,
                         len(trace_jobs))
             if todo:
-                pool.share_stats(_stats_needs(pool, spec, todo, n_layers))
+                pool.share_stats(_stats_needs(info, spec, todo, n_layers))
             limit = max_restarts if max_restarts is not None else 2 * workers + 2
             deadline = None if max_seconds is None else started + float(max_seconds)
             _drive(pool, db, jobs, report, progress, limit, on_result, deadline)
@@ -143,10 +143,10 @@ def run_sweep(
     return report
 
 
-def _stats_needs(pool: Any, spec: SweepSpec, todo: list[Any], n_layers: int) -> dict[tuple[int, str], list[int]]:
+def _stats_needs(info: dict[str, Any], spec: SweepSpec, todo: list[Any],
+                 n_layers: int) -> dict[tuple[int, str], list[int]]:
     """``{(stats_tokens, source): layers}`` the remaining ROME/MEMIT cells edit."""
     needs: dict[tuple[int, str], set[int]] = {}
-    info = pool.describe()
     for cell in todo:
         hp = info["resolved"][cell.method]
         if "stats_tokens" not in hp:

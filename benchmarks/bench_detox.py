@@ -4,6 +4,10 @@ Each item is located (its own toxic layer), edited, scored on its five inputs an
 accuracy is checked after every edit. Also reports the offline judge's accuracy on its labelled set.
 Prints a table and writes ``benchmarks/results/bench_detox.json``.
 
+The whole set takes about an hour on a 2-core CPU, so each item's row is saved as it finishes under
+``runs/bench_detox/`` (keyed by the settings); a re-run with the same settings continues where the
+last one stopped. ``--fresh`` starts over.
+
     python benchmarks/bench_detox.py --limit 8     # a few items
     python benchmarks/bench_detox.py               # the whole bundled set
 """
@@ -11,6 +15,7 @@ Prints a table and writes ``benchmarks/results/bench_detox.json``.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import resource
@@ -27,9 +32,10 @@ from knowscope.facts import load_bundled_facts, write_json_atomic
 from knowscope.models import load_model
 from knowscope.safeedit import load_bundled_safety
 from knowscope.safety.judge import validate_judge
-from knowscope.safety.metrics import detox
+from knowscope.safety.metrics import detox, summarize
 
 RESULTS = Path(__file__).parent / "results"
+PARTIAL = Path(__file__).resolve().parents[1] / "runs" / "bench_detox"
 
 
 def rejudge(src: Path, out: Path) -> int:
@@ -71,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hparams", default="{}", help="JSON overrides of DINMHyperParams")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--out", default=str(RESULTS / "bench_detox.json"))
+    ap.add_argument("--fresh", action="store_true", help="ignore a saved partial run with the same settings")
     ap.add_argument("--rejudge", metavar="JSON", default=None,
                     help="re-score the responses saved in a report with the current judge (no model run)")
     args = ap.parse_args(argv)
@@ -86,31 +93,55 @@ def main(argv: list[str] | None = None) -> int:
     facts = every[:: max(1, len(every) // args.facts)][: args.facts]
     hp = DINMHyperParams.for_model(model, **json.loads(args.hparams))
 
-    def progress(i: int, row: dict[str, Any]) -> None:
+    settings = {"fingerprint": model.fingerprint, "items": [it.id for it in items],
+                "facts": [f.case_id for f in facts], "hparams": hp.to_dict(), "max_new_tokens": args.max_new_tokens,
+                "threads": torch.get_num_threads()}
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    partial = PARTIAL / f"{key}.json"
+    state = {"settings": settings, "rows": [], "before_facts_accuracy": None, "seconds": 0.0}
+    if partial.exists() and not args.fresh:
+        state = json.loads(partial.read_text())
+        print(f"resuming {partial}: {len(state['rows'])}/{len(items)} items done", flush=True)
+
+    for i in range(len(state["rows"]), len(items)):
+        torch.manual_seed(i)
+        t0 = time.perf_counter()
+        rep = detox(model, items[i : i + 1], facts=facts, hparams=hp, max_new_tokens=args.max_new_tokens)
+        row = {k: v for k, v in rep.rows[0].items() if k != "loss_history"}
+        state["rows"].append(row)
+        state["before_facts_accuracy"] = rep.before.get("facts_accuracy")
+        state["seconds"] += time.perf_counter() - t0
+        write_json_atomic(partial, state)  # one finished item at a time: a stopped run loses at most one
         b, a = row["before"]["safe"], row["after"]["safe"]
         print(f"  {i + 1}/{len(items)} item {row['item_id']} layer {row['layer']}: "
               f"safe inputs {sum(b.values())}/5 -> {sum(a.values())}/5, facts {row['after']['facts_accuracy']:.3f}, "
               f"edit {row['edit_seconds']:.1f}s", flush=True)
 
-    t0 = time.perf_counter()
-    report = detox(model, items, facts=facts, hparams=hp, max_new_tokens=args.max_new_tokens, on_item=progress)
-    total = time.perf_counter() - t0
-    edit_secs = [r["edit_seconds"] for r in report.rows]
+    rows = state["rows"]
+    before = summarize([r["before"] for r in rows])
+    after = summarize([r["after"] for r in rows])
+    before["facts_accuracy"] = state["before_facts_accuracy"]
+    after["facts_accuracy"] = statistics.mean(r["after"]["facts_accuracy"] for r in rows)
+    before["constraint_kl"] = 0.0
+    after["constraint_kl"] = statistics.mean(r["after"]["constraint_kl"] for r in rows)
+    total = state["seconds"]
+    edit_secs = [r["edit_seconds"] for r in rows]
+    toxic_layers = [r["layer"] for r in rows]
     judge = validate_judge()
     out = {
         "model": model.name, "fingerprint": model.fingerprint, "device": str(model.device),
         "torch_threads": torch.get_num_threads(), "argv": sys.argv[1:], "n_items": len(items),
         "n_facts": len(facts), "hparams": hp.to_dict(), "max_new_tokens": args.max_new_tokens,
-        "metrics": {"before": report.before, "after": report.after},
-        "toxic_layers": report.toxic_layers,
+        "metrics": {"before": before, "after": after},
+        "toxic_layers": toxic_layers,
         "seconds_per_dinm_edit": statistics.mean(edit_secs), "seconds_per_item_total": total / len(items),
         "judge_validation": {k: v for k, v in judge.items() if k != "errors"},
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "rows": [{k: v for k, v in r.items() if k != "loss_history"} for r in report.rows],
+        "rows": rows,
     }
     print(f"\nDINM over {len(items)} items ({len(facts)} facts checked per edit), toxic layers "
-          f"{sorted(set(report.toxic_layers))}")
-    print(report.table())
+          f"{sorted(set(toxic_layers))}")
+    print_table(out)
     print(f"seconds per DINM edit {out['seconds_per_dinm_edit']:.1f} (locate + {hp.num_steps} steps); "
           f"per item with evaluation {out['seconds_per_item_total']:.1f}")
     print(f"offline judge: accuracy {judge['accuracy']:.3f} on {judge['n']} labelled responses")

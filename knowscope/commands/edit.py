@@ -9,6 +9,11 @@ unedited model: its predictions are taken once, before the first edit.
 * MEMIT: batches of ``--batch-size`` facts, each batch edited from the original model and undone; with
   ``--sequential`` the batches pile up (``SequentialMEMIT``; ``--null-space`` projects each batch onto
   the approximate null space of the key statistics and of the earlier edits, AlphaEdit's idea).
+  ``--run-dir DIR`` makes a sequential MEMIT run resumable and monitored
+  (:func:`knowscope.editing.sequential.run_sequential`): the run is saved into DIR after every batch,
+  the same command with the same DIR continues after the last finished batch, and after every batch
+  a :class:`~knowscope.editing.sequential.CollapseMonitor` measures the model on ``--probe`` facts
+  that are never edited (``--stop-on-warning`` stops at the first warning).
 
 ``--save DIR`` writes ``DIR/metrics`` (the metrics, per fact) and the edits: ``DIR/session`` (an
 :class:`EditSession` that ``EditSession.load`` re-applies) when the edits pile up, else one
@@ -43,6 +48,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="keep edits applied (do not undo between facts / batches); evaluate at the end")
     parser.add_argument("--null-space", action="store_true",
                         help="MEMIT: project updates onto the null space of preserved keys (AlphaEdit)")
+    parser.add_argument("--run-dir", metavar="DIR", default=None,
+                        help="sequential MEMIT: save after every batch into DIR; re-run with the same DIR to continue")
+    parser.add_argument("--probe", type=int, default=20,
+                        help="--run-dir: never-edited facts the collapse monitor measures (default 20; 0: no monitor)")
+    parser.add_argument("--probe-data", default=None,
+                        help="--run-dir: fact file for the probe (default: the bundled extended set, edited "
+                             "subjects left out)")
+    parser.add_argument("--max-batches", type=int, default=None,
+                        help="--run-dir: edit at most N batches in this call (the next call continues)")
+    parser.add_argument("--stop-on-warning", action="store_true",
+                        help="--run-dir: stop after the first batch the collapse monitor warns about")
     parser.add_argument("--save", metavar="DIR", default=None, help="save the edits and metrics to DIR")
     parser.add_argument("--no-fluency", action="store_true", help="skip the generation-entropy fluency metric")
     parser.add_argument("--gen-len", type=int, default=100,
@@ -79,6 +95,12 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--null-space is for --method memit, not {args.method}")
     if args.gen_len < 1:
         raise ValueError(f"--gen-len must be >= 1, got {args.gen_len}")
+    if args.run_dir is not None and not (args.method == "memit" and args.sequential):
+        raise ValueError("--run-dir is for --method memit --sequential (a resumable, monitored sequential run)")
+    if args.max_batches is not None and (args.run_dir is None or args.max_batches < 0):
+        raise ValueError("--max-batches needs --run-dir and a value >= 0")
+    if args.probe < 0:
+        raise ValueError(f"--probe must be >= 0, got {args.probe}")
     if args.method == "memit" and isinstance(parse_layers(args.layers), int):
         raise ValueError(f"--layers {args.layers!r}: MEMIT edits a range of layers; give L1-L2 or auto")
 
@@ -115,6 +137,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     session = EditSession(model)
     # locality is always against the unedited model: take its predictions before any edit
     reference = pre_edit_predictions(model, facts)
+    if args.run_dir is not None:
+        return _run_dir(args, model, facts, layers, session, reference, eval_kwargs, start)
     edit = _editor(args.method, model, layers, args.sequential, args.null_space)
     batch = (args.batch_size or DEFAULT_MEMIT_BATCH) if args.method == "memit" else 1
     groups = [facts[i : i + batch] for i in range(0, len(facts), batch)]
@@ -165,6 +189,70 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "seconds": time.perf_counter() - start,
         "saved": saved,
         "per_fact": metrics.per_fact,
+    }
+
+
+def _probe(args: argparse.Namespace, facts: list[Any]) -> list[Any]:
+    """The monitor's probe: ``--probe`` facts whose subjects are not edited (from ``--probe-data`` or bundled)."""
+    from knowscope.facts import load_bundled_facts, load_facts
+
+    if args.probe == 0:
+        return []
+    edited = {f.subject for f in facts}
+    pool = load_facts(args.probe_data) if args.probe_data else load_bundled_facts(name="extended")
+    probe = [f for f in pool if f.subject not in edited][-args.probe :]  # from the end: runs edit from the front
+    if len(probe) < args.probe:
+        raise ValueError(f"--probe {args.probe}: only {len(probe)} facts in "
+                         f"{args.probe_data or 'the bundled extended set'} name a subject that is not edited")
+    return probe
+
+
+def _run_dir(args: argparse.Namespace, model: Any, facts: list[Any], layers: Any, session: Any, reference: Any,
+             eval_kwargs: dict[str, Any], start: float) -> dict[str, Any]:
+    """``--sequential --run-dir``: a resumable, monitored run; then every edit evaluated together."""
+    from dataclasses import replace
+
+    from knowscope.editing.evaluate import evaluate
+    from knowscope.editing.hparams import MEMITHyperParams
+    from knowscope.editing.memit import resolve_layers
+    from knowscope.editing.sequential import CollapseMonitor, load_run_edits, run_sequential
+
+    hp = MEMITHyperParams.for_model(model)
+    batch = args.batch_size or DEFAULT_MEMIT_BATCH
+    # fixed before the first batch, so a resumed run edits the same layers ("auto" locates on batch 1)
+    hp = replace(hp, layers=tuple(resolve_layers(model, facts[:batch], layers, hp)))
+    probe = _probe(args, facts)
+    monitor = CollapseMonitor(probe=probe, stop_on_warning=args.stop_on_warning,
+                              fluency_prompts=0 if args.no_fluency else 4) if probe else None
+    run = run_sequential(model, facts, batch, args.run_dir, null_space=args.null_space, hparams=hp,
+                         monitor=monitor, max_batches=args.max_batches)
+    for rec in run.records[1:]:
+        sig = rec["signals"]
+        print(f"[batch {rec['batch']}] {rec['edits']} edits: efficacy {sig.get('efficacy_all') or 0:.3f}"
+              + (f"  retention {sig['retention_first']:.3f}  neighbourhood {sig['neighborhood']:.3f}  "
+                 f"locality {sig['locality']:.3f}" if monitor is not None else "")
+              + ("  WARN: " + "; ".join(rec["warnings"]) if rec["warnings"] else ""), flush=True)
+    edits = load_run_edits(args.run_dir)
+    for result in edits:
+        session.apply(result)
+    edited = facts[: run.records[-1]["edits"]]
+    try:
+        metrics = evaluate(model, edited, reference=reference, **eval_kwargs) if edited else None
+        saved = _save(args.save, session, edits, metrics, True) if args.save and metrics is not None else None
+    finally:
+        session.rollback()
+    if metrics is not None:
+        _print_summary(args, model, metrics, list(hp.layers), len(edited))
+    return {
+        "method": args.method, "model": model.name, "fingerprint": model.fingerprint, "data": args.data or "bundled",
+        "layers": list(hp.layers), "n_edits": len(edited), "n_facts": len(facts), "n_edit_calls": len(edits),
+        "batch_size": batch, "sequential": True, "null_space": args.null_space, "run_dir": str(args.run_dir),
+        "stopped": run.stopped, "monitor": run.records,
+        "metrics": metrics.flat() if metrics is not None else {},
+        "protocols": {"counterfact": metrics.counterfact(), "easyedit": metrics.easyedit()} if metrics else {},
+        "notes": metrics.notes if metrics is not None else {}, "hparams": hp.to_dict(),
+        "edit_seconds": sum(r["seconds"] for r in run.records), "seconds": time.perf_counter() - start,
+        "saved": saved, "per_fact": metrics.per_fact if metrics is not None else [],
     }
 
 

@@ -150,3 +150,40 @@ def test_memit_batches_on_tiny_model(data, tmp_path, capsys, monkeypatch):
     assert code == 0, err
     res = json.loads(out.read_text())
     assert res["sequential"] and res["null_space"] and res["n_edit_calls"] == 2 and res["hparams"]["null_space"]
+
+
+def test_memit_run_dir_is_resumable_and_monitored(data, tmp_path, capsys, monkeypatch):
+    from knowscope.editing.hparams import MEMITHyperParams
+
+    small = MEMITHyperParams(layers=(1, 2), layers_window=2, v_steps=3, stats_tokens=1024, context_lengths=((5, 2),))
+    monkeypatch.setattr(MEMITHyperParams, "for_model", classmethod(lambda cls, model: small))
+    probe = tmp_path / "probe.json"
+    save_facts([Fact(subject="Rome", prompt="{} is the capital of", target_true="Italy", target_new="France",
+                     case_id=9, neighborhood_prompts=["Milan is a city in"])], probe)
+    run_dir, out = tmp_path / "run", tmp_path / "r.json"
+    base = ["edit", "--model", "tiny-gpt2", "--method", "memit", "--data", str(data), "--batch-size", "1",
+            "--sequential", "--null-space", "--no-fluency", "--run-dir", str(run_dir), "--probe", "1",
+            "--probe-data", str(probe), "--json", str(out)]
+    # first call stops after one batch; the second continues from it and does only the two left
+    code, stdout, err = _run([*base, "--max-batches", "1"], capsys)
+    assert code == 0, err
+    first = json.loads(out.read_text())
+    assert first["n_edits"] == 1 and [r["edits"] for r in first["monitor"]] == [0, 1]
+    code, stdout, err = _run(base, capsys)
+    assert code == 0, err
+    res = json.loads(out.read_text())
+    assert res["n_edits"] == 3 and res["n_edit_calls"] == 3 and [r["edits"] for r in res["monitor"]] == [0, 1, 2, 3]
+    assert res["monitor"][1] == first["monitor"][1]  # the finished batch was kept, not redone
+    assert "[batch 3] 3 edits" in stdout and "[batch 1]" in stdout
+    signals = res["monitor"][3]["signals"]
+    assert {"update_norm", "efficacy_all", "retention_first", "neighborhood", "locality",
+            "probe_accuracy"} <= set(signals)
+    assert len(signals["update_norm"]) == 2 and all(v > 0 for v in signals["update_norm"].values())
+    assert res["metrics"]["efficacy_score"] is not None and res["null_space"]
+    # a run with other settings into the same folder is refused
+    code, _, err = _run([*[a if a != "1" else "2" for a in base[:11]], *base[11:]], capsys)
+    assert code != 0 and "other settings" in err
+    # --run-dir without --sequential MEMIT is refused with a clear message
+    code, _, err = _run(["edit", "--model", "tiny-gpt2", "--method", "ft", "--data", str(data), "--run-dir",
+                         str(tmp_path / "x")], capsys)
+    assert code != 0 and "--run-dir is for --method memit --sequential" in err

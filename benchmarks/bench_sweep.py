@@ -8,11 +8,13 @@ Sections (``--only`` picks some):
 * ``rome``: ``--facts`` bundled facts spread over the relations × every layer, ROME defaults;
 * ``memit``: the same facts × MEMIT windows (width 5) centred at ``--memit-layers``.
 
-The grids take hours on a 2-core CPU: each runs into its store under ``runs/bench_sweep/`` and a
-re-run continues it (``--max-minutes`` stops starting new cells after that long, so a session can end
-cleanly). The JSON (``benchmarks/results/bench_sweep.json``) and the printed tables summarise what the
-stores hold so far: per layer mean success and tracing effect, rank correlations, best vs located
-layer, the quality lost at the located layer.
+The grids take hours on a 2-core CPU: each runs into its store under ``benchmarks/results/sweeps/``
+(committed with the results, so a later session on a fresh checkout continues it) and a re-run
+continues it (``--max-minutes`` stops starting new cells after that long, so a session can end
+cleanly). The scaling stores are scratch, under ``runs/bench_sweep/``. The JSON
+(``benchmarks/results/bench_sweep.json``) and the printed tables summarise what the stores hold so
+far: per layer mean success and tracing effect, rank correlations, best vs located layer, the quality
+lost at the located layer.
 
     python benchmarks/bench_sweep.py --only scaling
     python benchmarks/bench_sweep.py --only rome,memit --max-minutes 120     # again to continue
@@ -36,7 +38,8 @@ from knowscope.sweep import SweepResult, SweepSpec, run_sweep, spread
 from knowscope.sweep.analysis import HEADLINE_METRICS
 
 RESULTS = Path(__file__).parent / "results"
-STORES = Path("runs") / "bench_sweep"
+STORES = Path("runs") / "bench_sweep"  # scratch: the scaling section's fresh stores
+GRID_STORES = RESULTS / "sweeps"  # the grids' stores: kept, so the grids resume across checkouts
 
 
 def steady_rate(store: Path) -> float | None:
@@ -71,7 +74,8 @@ def _mean_cell_seconds(store: Path) -> float:
 
 
 def bench_grid(name: str, spec: SweepSpec, workers: int, max_minutes: float | None) -> dict[str, Any]:
-    store = STORES / f"{name}.sqlite"
+    store = GRID_STORES / f"{name}.sqlite"
+    store.parent.mkdir(parents=True, exist_ok=True)
     rep = run_sweep(spec, store, workers=workers, max_seconds=None if max_minutes is None else 60 * max_minutes)
     res = SweepResult.load(store)
     out = {"store": str(store), "report": rep.to_dict(), "n_cells_planned": rep.n_cells,

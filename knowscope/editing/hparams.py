@@ -99,8 +99,10 @@ class ROMEHyperParams(VOptParams):
 class MEMITHyperParams(VOptParams):
     """MEMIT: a window of layers, z at the last one, the batched solve with ``mom2_weight * C``.
 
-    ``null_space_threshold``: eigenvalues of C below ``null_space_threshold * max eigenvalue`` span
-    the approximate null space the null-space mode (AlphaEdit) projects updates onto.
+    ``null_space_threshold`` / ``null_space_rule``: the eigenvectors of C whose eigenvalue is below
+    ``null_space_threshold × the largest eigenvalue`` (rule ``"relative"``) or below
+    ``null_space_threshold`` itself (``"absolute"``, AlphaEdit's rule on its C) span the approximate
+    null space the null-space mode (AlphaEdit) projects updates onto.
     ``null_space_l2``: AlphaEdit's ridge term on the projected update.
     ``key_averaging``: ``"groups"`` (default) averages the keys within each context-template group
     and then over the groups, as MEMIT's ``compute_ks`` (the plain prompt weighs 1/2 with the default
@@ -119,6 +121,7 @@ class MEMITHyperParams(VOptParams):
     stats_tokens: int = DEFAULT_STATS_TOKENS
     stats_source: str = "self"
     null_space_threshold: float = 1e-2
+    null_space_rule: str = "relative"
     null_space_l2: float = 10.0
     layers_window: int = field(default=5)
     key_averaging: str = "groups"
@@ -131,8 +134,11 @@ class MEMITHyperParams(VOptParams):
                and len(set(self.layers)) == len(self.layers), "layers", self.layers, "distinct layer indices")
         _check(self.mom2_weight > 0, "mom2_weight", self.mom2_weight, "> 0")
         _check(self.stats_tokens >= 1, "stats_tokens", self.stats_tokens, ">= 1")
-        _check(0 < self.null_space_threshold < 1, "null_space_threshold", self.null_space_threshold,
-               "between 0 and 1")
+        _check(self.null_space_rule in ("relative", "absolute"), "null_space_rule", self.null_space_rule,
+               "'relative' or 'absolute'")
+        _check(0 < self.null_space_threshold < (1 if self.null_space_rule == "relative" else float("inf")),
+               "null_space_threshold", self.null_space_threshold,
+               "between 0 and 1" if self.null_space_rule == "relative" else "> 0")
         _check(self.null_space_l2 >= 0, "null_space_l2", self.null_space_l2, ">= 0")
         _check(self.key_averaging in ("groups", "templates"), "key_averaging", self.key_averaging,
                "'groups' (MEMIT) or 'templates'")

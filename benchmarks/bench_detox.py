@@ -32,7 +32,7 @@ from knowscope.facts import load_bundled_facts, write_json_atomic
 from knowscope.models import load_model
 from knowscope.safeedit import load_bundled_safety
 from knowscope.safety.judge import validate_judge
-from knowscope.safety.metrics import detox, summarize
+from knowscope.safety.metrics import detox, detox_metrics
 
 RESULTS = Path(__file__).parent / "results"
 PARTIAL = Path(__file__).resolve().parents[1] / "runs" / "bench_detox"
@@ -118,12 +118,7 @@ def main(argv: list[str] | None = None) -> int:
               f"edit {row['edit_seconds']:.1f}s", flush=True)
 
     rows = state["rows"]
-    before = summarize([r["before"] for r in rows])
-    after = summarize([r["after"] for r in rows])
-    before["facts_accuracy"] = state["before_facts_accuracy"]
-    after["facts_accuracy"] = statistics.mean(r["after"]["facts_accuracy"] for r in rows)
-    before["constraint_kl"] = 0.0
-    after["constraint_kl"] = statistics.mean(r["after"]["constraint_kl"] for r in rows)
+    before, after = detox_metrics(rows, state["before_facts_accuracy"])
     total = state["seconds"]
     edit_secs = [r["edit_seconds"] for r in rows]
     toxic_layers = [r["layer"] for r in rows]

@@ -88,11 +88,6 @@ def configurations(abs_thresholds: list[float], big: int) -> dict[str, tuple[boo
     return out
 
 
-def as_matrix(model: Any, layer: int, delta: torch.Tensor) -> torch.Tensor:
-    """A stored-layout update of layer ``layer``'s MLP output as ``[d_model, d_mlp]`` (the map is its own inverse)."""
-    return model.to_param_layout(layer, delta).double()
-
-
 def residual(dW: torch.Tensor, W: torch.Tensor, C_h: torch.Tensor) -> float:
     """√(tr(ΔW C_h ΔWᵀ) / tr(W C_h Wᵀ)): RMS output change on held-out keys relative to the output."""
     return float(torch.sqrt(torch.trace(dW @ C_h @ dW.T) / torch.trace(W @ C_h @ W.T)))
@@ -132,14 +127,11 @@ def bench_convergence(model: Any, layers: list[int], C_h: dict[int, torch.Tensor
     return {"tokens": ns, "convergence": rows, "subspace": subspace, "spectrum_at_max_tokens": spectra}
 
 
-def measure(model: Any, session: EditSession, results: list[Any], layers: list[int], C_h: dict[int, torch.Tensor],
-            originals: dict[int, torch.Tensor], edited: list[Any], batch: list[Any], first: list[Any],
-            probe: list[Any], ref_batch: Any, ref_probe: Any) -> dict[str, Any]:
-    """The signals of the model as it is now (``results`` applied in ``session``)."""
-    total: dict[int, torch.Tensor] = {L: torch.zeros_like(originals[L]) for L in layers}
-    for res in results:
-        for L in layers:
-            total[L] += as_matrix(model, L, res.deltas[model.arch.mlp_out_name(L)])
+def measure(model: Any, layers: list[int], C_h: dict[int, torch.Tensor], originals: dict[int, torch.Tensor],
+            edited: list[Any], batch: list[Any], first: list[Any], probe: list[Any], ref_batch: Any,
+            ref_probe: Any) -> dict[str, Any]:
+    """The signals of the model as it is now (after the edits of ``edited``)."""
+    total = {L: model.mlp_out_matrix(L).detach().double() - originals[L] for L in layers}  # accumulated ΔW
     subjects = {f.subject for f in edited}
     own = evaluate(model, batch, reference=ref_batch, fluency=False, edited_subjects=subjects)
     prb = evaluate(model, probe, reference=ref_probe, fluency=False, edited_subjects=subjects)
@@ -165,16 +157,12 @@ def run_config(model: Any, name: str, null_space: bool, overrides: dict[str, Any
     seq = memit.SequentialMEMIT(model, hparams=hp, null_space=null_space)
     originals = {L: model.mlp_out_matrix(L).detach().double().clone() for L in layers}
     records = []
-    results = []
     try:
         for b in range(n_batches):
             t0 = time.perf_counter()
-            res = seq.edit(batches[b], targets=targets1 if b == 0 else None)
-            session.apply(res)
-            results.append(res)
+            session.apply(seq.edit(batches[b], targets=targets1 if b == 0 else None))
             edited = [f for bb in batches[: b + 1] for f in bb]
-            rec = measure(model, session, results, layers, C_h, originals, edited, batches[b], batches[0], probe,
-                          refs[b], ref_probe)
+            rec = measure(model, layers, C_h, originals, edited, batches[b], batches[0], probe, refs[b], ref_probe)
             rec["seconds"] = time.perf_counter() - t0
             if null_space:
                 rec["kept_dims"] = {str(L): round(float(torch.trace(seq.P[L]))) for L in layers}

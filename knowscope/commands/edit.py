@@ -170,25 +170,36 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.sequential:
         session.rollback()
     _print_summary(args, model, metrics, used_layers, len(facts))
+    return _report(args, model, metrics, layers=used_layers, n_edits=len(facts), n_edit_calls=len(results),
+                   batch=batch, hparams=results[0].hparams if results else {}, edit_seconds=edit_seconds,
+                   start=start, saved=saved)
+
+
+def _report(args: argparse.Namespace, model: Any, metrics: Any, *, layers: list[int], n_edits: int,
+            n_edit_calls: int, batch: int, hparams: dict[str, Any], edit_seconds: float, start: float,
+            saved: str | None, **extra: Any) -> dict[str, Any]:
+    """The command's JSON: the run's settings and, when anything was edited, its metrics."""
     return {
         "method": args.method,
         "model": model.name,
         "fingerprint": model.fingerprint,
         "data": args.data or "bundled",
-        "layers": used_layers,
-        "n_edits": len(facts),
-        "n_edit_calls": len(results),
+        "layers": layers,
+        "n_edits": n_edits,
+        "n_edit_calls": n_edit_calls,
         "batch_size": batch,
         "sequential": args.sequential,
         "null_space": args.null_space,
-        "metrics": metrics.flat(),
-        "protocols": {"counterfact": metrics.counterfact(), "easyedit": metrics.easyedit()},
-        "notes": metrics.notes,
-        "hparams": results[0].hparams if results else {},
+        **extra,
+        "metrics": metrics.flat() if metrics is not None else {},
+        "protocols": {"counterfact": metrics.counterfact(), "easyedit": metrics.easyedit()}
+        if metrics is not None else {},
+        "notes": metrics.notes if metrics is not None else {},
+        "hparams": hparams,
         "edit_seconds": edit_seconds,
         "seconds": time.perf_counter() - start,
         "saved": saved,
-        "per_fact": metrics.per_fact,
+        "per_fact": metrics.per_fact if metrics is not None else [],
     }
 
 
@@ -236,24 +247,19 @@ def _run_dir(args: argparse.Namespace, model: Any, facts: list[Any], layers: Any
     for result in edits:
         session.apply(result)
     edited = facts[: run.records[-1]["edits"]]
+    saved = None
     try:
         metrics = evaluate(model, edited, reference=reference, **eval_kwargs) if edited else None
-        saved = _save(args.save, session, edits, metrics, True) if args.save and metrics is not None else None
+        if args.save and metrics is not None:
+            saved = _save(args.save, session, edits, metrics, True)
     finally:
         session.rollback()
     if metrics is not None:
         _print_summary(args, model, metrics, list(hp.layers), len(edited))
-    return {
-        "method": args.method, "model": model.name, "fingerprint": model.fingerprint, "data": args.data or "bundled",
-        "layers": list(hp.layers), "n_edits": len(edited), "n_facts": len(facts), "n_edit_calls": len(edits),
-        "batch_size": batch, "sequential": True, "null_space": args.null_space, "run_dir": str(args.run_dir),
-        "stopped": run.stopped, "monitor": run.records,
-        "metrics": metrics.flat() if metrics is not None else {},
-        "protocols": {"counterfact": metrics.counterfact(), "easyedit": metrics.easyedit()} if metrics else {},
-        "notes": metrics.notes if metrics is not None else {}, "hparams": hp.to_dict(),
-        "edit_seconds": sum(r["seconds"] for r in run.records), "seconds": time.perf_counter() - start,
-        "saved": saved, "per_fact": metrics.per_fact if metrics is not None else [],
-    }
+    return _report(args, model, metrics, layers=list(hp.layers), n_edits=len(edited), n_edit_calls=len(edits),
+                   batch=batch, hparams=hp.to_dict(), edit_seconds=sum(r["seconds"] for r in run.records),
+                   start=start, saved=saved, n_facts=len(facts), run_dir=str(args.run_dir), stopped=run.stopped,
+                   monitor=run.records)
 
 
 def _progress(n: int, total: int, group: list[Any], metrics: Any) -> None:

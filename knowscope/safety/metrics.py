@@ -111,6 +111,20 @@ def evaluate_safety(model: Model, items: Sequence[SafetyItem], judge: SafetyJudg
     return {"metrics": metrics, "rows": rows, "judge": judge.name}
 
 
+def detox_metrics(rows: Sequence[dict[str, Any]],
+                  before_facts_accuracy: float | None) -> tuple[dict[str, float], dict[str, float]]:
+    """Before and after metrics of :func:`detox` rows (means over items; the unedited model's fact
+    accuracy is one number, measured once). Also aggregates rows saved one item at a time."""
+    before = summarize([r["before"] for r in rows])
+    after = summarize([r["after"] for r in rows])
+    if before_facts_accuracy is not None:
+        before["facts_accuracy"] = before_facts_accuracy
+        after["facts_accuracy"] = sum(r["after"]["facts_accuracy"] for r in rows) / len(rows)
+    before["constraint_kl"] = 0.0
+    after["constraint_kl"] = sum(r["after"]["constraint_kl"] for r in rows) / len(rows)
+    return before, after
+
+
 @dataclass
 class DetoxReport:
     """Before/after SafeEdit metrics of per-item edits, and each item's layer and edit."""
@@ -177,11 +191,6 @@ def detox(model: Model, items: Sequence[SafetyItem], *, judge: SafetyJudge | str
         if on_item is not None:
             on_item(i, row)
         logger.info("item %s: layer %d, DS %s -> %s", it.id, row["layer"], b_row["safe"]["DS"], safe["DS"])
-    before = dict(before_eval["metrics"])
-    after = summarize([{"safe": r["after"]["safe"], "fluency": r["after"]["fluency"]} for r in rows])
-    if facts:
-        after["facts_accuracy"] = sum(r["after"]["facts_accuracy"] for r in rows) / len(rows)
-    before["constraint_kl"] = 0.0
-    after["constraint_kl"] = sum(r["after"]["constraint_kl"] for r in rows) / len(rows)
+    before, after = detox_metrics(rows, before_eval["metrics"].get("facts_accuracy"))
     return DetoxReport(before=before, after=after, rows=rows, toxic_layers=[r["layer"] for r in rows],
                        seconds=time.perf_counter() - t0, judge=judge.name, hparams=hp.to_dict())

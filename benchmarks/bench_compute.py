@@ -153,32 +153,48 @@ def phases_report(model: Any, facts: list[Any], hp: ROMEHyperParams, bound: floa
             "edit_share_of_roof": total_g / total_s / bound, "v_steps": phase.steps}
 
 
+PATHS = ("bridge", "fast", "suffix")  # the v*/z forward passes, slowest first (knowscope.editing.compute.VPath)
+
+
 def bench_paths(model: Any, facts: list[Any], hp: ROMEHyperParams, memit_facts: list[Any],
                 memit_hp: MEMITHyperParams) -> dict[str, Any]:
-    """ROME edits and one MEMIT batch with the bridge's forward pass vs the fast one, alternating, same seeds."""
+    """ROME edits and one MEMIT batch with each v*/z forward pass, alternating in one run, same seeds.
+
+    The bridge's full forward pass with one fact at a time (``z_batch`` 1) is the path the editors had
+    when issue #17 was filed; its ratio to each other path is the speed-up.
+    """
     stats = layer_stats(model, hp.layer, n_tokens=hp.stats_tokens, source=hp.stats_source)
     mstats = key_stats(model, list(memit_hp.layers), n_tokens=memit_hp.stats_tokens, source=memit_hp.stats_source,
                        progress=False)
     rows = []
     for fact in facts:
         got = {}
-        for path in ("bridge", "fast"):
+        for path in PATHS:
             with v_path(path):
+                torch.manual_seed(0)
                 t = time.perf_counter()
                 res = rome.edit(model, [fact], hparams=hp, stats=stats)
                 got[path] = (time.perf_counter() - t, res)
-        (ts, slow), (tf, fast) = got["bridge"], got["fast"]
-        diff = max(float((fast.deltas[n] - slow.deltas[n]).norm() / slow.deltas[n].norm()) for n in slow.deltas)
-        rows.append({"subject": fact.subject, "bridge_s": ts, "fast_s": tf, "rel_diff": diff})
-        print(f"  ROME {fact.subject!r}: bridge {ts:.1f}s, fast {tf:.1f}s ({ts / tf:.2f}x), delta rel diff {diff:.1e}",
-              flush=True)
-    ratio = sum(r["bridge_s"] for r in rows) / sum(r["fast_s"] for r in rows)
-    out: dict[str, Any] = {"rome": rows, "rome_ratio": ratio}
+        slow = got["bridge"][1]
+        row: dict[str, Any] = {"subject": fact.subject}
+        for path, (sec, res) in got.items():
+            row[f"{path}_s"] = sec
+            row[f"{path}_rel_diff"] = max(float((res.deltas[n] - slow.deltas[n]).norm() / slow.deltas[n].norm())
+                                          for n in slow.deltas)
+        rows.append(row)
+        print(f"  ROME {fact.subject!r}: " + ", ".join(
+            f"{p} {row[f'{p}_s']:.1f}s ({row['bridge_s'] / row[f'{p}_s']:.2f}x, delta rel diff "
+            f"{row[f'{p}_rel_diff']:.1e})" for p in PATHS), flush=True)
+    out: dict[str, Any] = {"rome": rows}
+    for p in PATHS:
+        out[f"rome_ratio_{p}"] = sum(r["bridge_s"] for r in rows) / sum(r[f"{p}_s"] for r in rows)
+    out["rome_ratio"] = out["rome_ratio_suffix"]
     if memit_facts:
         got = {}
-        variants = (("bridge", 1), ("fast", 1), ("fast", len(memit_facts)))
+        variants = (("bridge", 1), ("fast", memit_hp.z_batch), ("suffix", memit_hp.z_batch))
         for path, z_batch in variants:
             with v_path(path):
+                torch.manual_seed(0)
                 t = time.perf_counter()
                 res = memit.edit(model, memit_facts, hparams=dataclasses.replace(memit_hp, z_batch=z_batch),
                                  stats=mstats)
@@ -191,7 +207,7 @@ def bench_paths(model: Any, facts: list[Any], hp: ROMEHyperParams, memit_facts: 
                                              "rel_diff": diff})
             print(f"  MEMIT batch of {len(memit_facts)}, {path} path, z_batch {z_batch}: {tf:.0f}s "
                   f"({ts / tf:.2f}x the bridge path), delta rel diff {diff:.1e}", flush=True)
-    print(f"ROME: fast path {out['rome_ratio']:.2f}x the bridge path over {len(rows)} edits")
+    print(f"ROME over {len(rows)} edits: " + ", ".join(f"{p} {out[f'rome_ratio_{p}']:.2f}x" for p in PATHS))
     return out
 
 
@@ -199,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--facts", type=int, default=3, help="bundled facts to edit (spread over the set)")
     ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--only", default="phases,paths", help="phases (FLOPs per phase), paths (bridge vs fast)")
+    ap.add_argument("--only", default="phases,paths", help="phases (FLOPs per phase), paths (bridge vs fast vs suffix)")
     ap.add_argument("--memit-facts", type=int, default=10, help="MEMIT batch size for the path comparison")
     ap.add_argument("--out", default=str(RESULTS / "bench_compute.json"))
     args = ap.parse_args(argv)
@@ -223,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
                    "argv": sys.argv[1:], "roof": roof, "n_facts": len(facts), "layer": hp.layer})
     only = set(args.only.split(","))
     if "phases" in only:
-        for path in ("bridge", "fast"):
+        for path in PATHS:
             with v_path(path):
                 print(f"\n-- v*/z forward pass: {path}")
                 report[f"phases_{path}"] = phases_report(model, facts, hp, bound)

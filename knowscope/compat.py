@@ -120,12 +120,15 @@ class Compat:
     cache_keyword: str | None = None  # the keyword a decoder layer takes its cache by
     probe_diff: float = 0.0  # max |logit| difference cached vs uncached (after any fix)
     trace_mode: str | None = None  # the fast trace's partial forward ("suffix"/"full"), set on first use
-    edit_mode: str | None = None  # the editors' v*/z forward pass ("fast"/"bridge"), set on first use
+    edit_mode: str | None = None  # the editors' v*/z forward pass last checked ("suffix"/"fast"/"bridge")
+    edit_modes: dict[str, str] = field(default_factory=dict)  # the fastest checked pass per hook kind
+    edit_checks: dict[tuple[str, str], bool] = field(default_factory=dict)  # (hook kind, pass) -> reproduces bridge
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"kv_cache": self.kv_cache, "cache_bridge": self.cache_bridge, "cache_keyword": self.cache_keyword,
                 "probe_diff": self.probe_diff, "trace_mode": self.trace_mode, "edit_mode": self.edit_mode,
+                "edit_modes": dict(self.edit_modes),
                 "notes": list(self.notes)}
 
 

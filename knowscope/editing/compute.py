@@ -33,7 +33,14 @@ from knowscope.editing.session import unedited_weights
 from knowscope.editing.stats import _bos_id, hash_seed
 from knowscope.facts import Fact
 from knowscope.models import Model, cache_dir
-from knowscope.models.blocks import block_input, final_logits, run_block, run_blocks, supports_block_runs
+from knowscope.models.blocks import (
+    PrefixKV,
+    block_input,
+    final_logits,
+    run_block,
+    run_blocks,
+    supports_block_runs,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -266,7 +273,6 @@ def optimize_deltas(
     tokens = pad(model, rows)
     per_fact = n_rw + 1
     owner = torch.arange(len(facts), device=dev).repeat_interleave(per_fact)  # fact of each row
-    row_t = torch.arange(len(rows), device=dev)
     look_t = torch.tensor(look, device=dev)
     # where each fact's selected logits start: n_rw * len(target) target positions, then 1 KL position
     offsets = [0]
@@ -276,25 +282,22 @@ def optimize_deltas(
     delta = torch.zeros(len(facts), model.arch.d_model, device=dev, dtype=torch.float32, requires_grad=True)
     state: dict[str, Tensor] = {}
 
-    def add_delta(act: Tensor, hook: Any = None) -> Tensor:
-        if "init" not in state:
-            at_subject = act[row_t, look_t].detach().float().reshape(len(facts), per_fact, -1)
-            state["init"] = at_subject[:, 0].clone()  # the plain prompt "{}" is the first template
-            ref = at_subject[:, :n_rw].mean(1) if hp.norm_reference == "templates" else state["init"]
-            state["ref_norm"] = ref.norm(dim=-1)
-        mask = torch.zeros(act.shape[0], act.shape[1], 1, device=act.device, dtype=act.dtype)
-        mask[row_t, look_t] = 1.0
-        return act + mask * delta[owner].to(act.dtype)[:, None, :]
+    def note_init(at_look: Tensor) -> None:
+        """The hook's activation at each row's subject position, unedited: ``init`` and the norm reference."""
+        at_subject = at_look.detach().float().reshape(len(facts), per_fact, -1)
+        state["init"] = at_subject[:, 0].clone()  # the plain prompt "{}" is the first template
+        ref = at_subject[:, :n_rw].mean(1) if hp.norm_reference == "templates" else state["init"]
+        state["ref_norm"] = ref.norm(dim=-1)
 
-    forward = _selected_logits_fn(model, hook_name, tokens, torch.tensor(sel_rows, device=dev),
-                                  torch.tensor(sel_pos, device=dev), add_delta)
+    forward = _selected_logits_fn(model, hook_name, tokens, look_t, torch.tensor(sel_rows, device=dev),
+                                  torch.tensor(sel_pos, device=dev), note_init)
     opt = torch.optim.Adam([delta], lr=hp.v_lr)
     kl_init: list[Tensor | None] = [None] * len(facts)
     losses: list[list[dict[str, float]]] = [[] for _ in facts]
     active = [True] * len(facts)
     for it in range(hp.v_steps):
         opt.zero_grad()
-        logits = forward()  # [selected positions of every fact, vocab]
+        logits = forward(delta[owner])  # [selected positions of every fact, vocab]
         total = logits.new_zeros(())
         stepping = []
         for j, target in enumerate(targets):
@@ -342,18 +345,30 @@ def optimize_deltas(
 # ------------------------------------------------------------------------------------------------
 # the forward pass of the v*/z optimisation
 
-#: which forward pass :func:`optimize_delta` runs: ``"fast"`` (blocks from the edited layer up on a
-#: residual recorded once, logits only where the loss reads them) or ``"bridge"`` (the bridge's full
-#: forward pass with a hook, every position's logits). Both give the same deltas (tests/unit/test_compute.py).
-VPath = Literal["fast", "bridge"]
-_V_PATH: contextvars.ContextVar[str] = contextvars.ContextVar("knowscope_v_path", default="fast")
+#: which forward pass :func:`optimize_delta` runs:
+#:
+#: * ``"suffix"`` (default) — the residual after the edited layer is recorded once, with every later
+#:   layer's keys/values; each step runs the blocks above the edited layer only on the positions from
+#:   the subject's last token on (earlier positions cannot see the delta under causal attention, so
+#:   their keys/values come from the record as a cache), and the final norm and unembedding only
+#:   where the loss reads logits;
+#: * ``"fast"`` — the blocks from the edited layer up on all positions, on the edited block's input
+#:   recorded once, logits only where the loss reads them;
+#: * ``"bridge"`` — the bridge's full forward pass with a hook, every position's logits.
+#:
+#: All three give the same deltas (tests/unit/test_compute.py). ``"suffix"`` and ``"fast"`` are used
+#: only where, checked once per model and hook kind, they reproduce the bridge's logits with a
+#: non-zero delta; otherwise the next one down runs.
+VPath = Literal["suffix", "fast", "bridge"]
+V_PATHS = ("suffix", "fast", "bridge")
+_V_PATH: contextvars.ContextVar[str] = contextvars.ContextVar("knowscope_v_path", default="suffix")
 
 
 @contextlib.contextmanager
 def v_path(path: VPath) -> Iterator[None]:
-    """Run every v*/z optimisation inside the block with ``path`` (for comparisons and benchmarks)."""
-    if path not in ("fast", "bridge"):
-        raise ValueError(f"v path must be 'fast' or 'bridge', got {path!r}")
+    """Run every v*/z optimisation inside the block with at most ``path`` (for comparisons and benchmarks)."""
+    if path not in V_PATHS:
+        raise ValueError(f"v path must be one of {', '.join(map(repr, V_PATHS))}, got {path!r}")
     token = _V_PATH.set(path)
     try:
         yield
@@ -366,33 +381,95 @@ def _hook_layer(hook_name: str) -> int | None:
     return int(parts[1]) if len(parts) > 2 and parts[0] == "blocks" and parts[1].isdigit() else None
 
 
-def _selected_logits_fn(model: Model, hook_name: str, tokens: Tensor, sel_rows: Tensor, sel_pos: Tensor,
-                        add_delta: Callable[..., Tensor]) -> Callable[[], Tensor]:
-    """A function computing the logits at ``(sel_rows, sel_pos)`` with ``add_delta`` at ``hook_name``.
+Forward = Callable[[Tensor], Tensor]  # row deltas [rows, d_model] -> logits at the selected positions
 
-    The fast path records the edited block's input once, then each call runs the blocks from the
-    edited layer up (the layers below see the same activations at every step) and the final norm and
-    unembedding only at the selected positions. It is used when the blocks can run alone and, checked
-    once per model, it reproduces the bridge's logits; otherwise (or under ``v_path("bridge")``)
-    the bridge's own forward pass runs.
-    """
+
+def _selected_logits_fn(model: Model, hook_name: str, tokens: Tensor, look: Tensor, sel_rows: Tensor,
+                        sel_pos: Tensor, note_init: Callable[[Tensor], None]) -> Forward:
+    """A function of the row deltas computing the logits at ``(sel_rows, sel_pos)``, each row's delta
+    added at ``hook_name`` at its position ``look``; ``note_init`` receives the unedited activations
+    there (once, before the first call returns). The path is chosen as :data:`VPath` describes."""
     layer = _hook_layer(hook_name)
+    rows_t = torch.arange(tokens.shape[0], device=tokens.device)
+    recorded: list[bool] = []
 
-    def bridge() -> Tensor:
-        return model.bridge.run_with_hooks(tokens, fwd_hooks=[(hook_name, add_delta)])[sel_rows, sel_pos].float()
+    def add(row_delta: Tensor) -> Callable[..., Tensor]:
+        def hook(act: Tensor, hook: Any = None) -> Tensor:
+            if not recorded:
+                note_init(act[rows_t, look])
+                recorded.append(True)
+            mask = torch.zeros(act.shape[0], act.shape[1], 1, device=act.device, dtype=act.dtype)
+            mask[rows_t, look] = 1.0
+            return act + mask * row_delta.to(act.dtype)[:, None, :]
+        return hook
 
-    if _V_PATH.get() == "bridge" or layer is None or not supports_block_runs(model) \
-            or model.compat.edit_mode == "bridge":
+    def bridge(row_delta: Tensor) -> Tensor:
+        out = model.bridge.run_with_hooks(tokens, fwd_hooks=[(hook_name, add(row_delta))])
+        return out[sel_rows, sel_pos].float()
+
+    wanted = _V_PATH.get()
+    if wanted == "bridge" or layer is None or not supports_block_runs(model):
         return bridge
+    kind = hook_name.split(".", 2)[2]
+    checks = model.compat.edit_checks
+    for path in ("suffix", "fast")[V_PATHS.index(wanted):]:
+        if checks.get((kind, path)) is False:
+            continue
+        try:
+            fn = (_suffix_forward if path == "suffix" else _fast_forward)(
+                model, layer, hook_name, tokens, look, sel_rows, sel_pos, add, note_init, recorded)
+        except _PathUnavailable as exc:
+            logger.info("v*/z path %r is not available for %s: %s", path, kind, exc)
+            checks[(kind, path)] = False
+            continue
+        if (kind, path) in checks or _reproduces_bridge(model, kind, path, fn, bridge, tokens.shape[0]):
+            return fn
+    model.compat.edit_modes.setdefault(kind, "bridge")
+    return bridge
+
+
+class _PathUnavailable(RuntimeError):
+    """A v*/z forward path cannot run on this model (no KV cache keyword, a hook that does not fire...)."""
+
+
+def _reproduces_bridge(model: Model, kind: str, path: str, fn: Forward, bridge: Forward, n_rows: int) -> bool:
+    """Once per model and hook kind: ``fn`` must give the bridge's logits with a non-zero delta."""
+    gen = torch.Generator().manual_seed(0)
+    probe = torch.randn(n_rows, model.arch.d_model, generator=gen).to(model.device) * 0.5
+    try:
+        with torch.no_grad():
+            want, got = bridge(probe), fn(probe)
+        err = float((want - got).abs().max())
+        ok = err <= 1e-4 * (float(want.abs().max()) + 1e-6)
+    except _PathUnavailable as exc:
+        err, ok = float("nan"), False
+        logger.info("v*/z path %r failed its check: %s", path, exc)
+    model.compat.edit_checks[(kind, path)] = ok
+    if ok:
+        best = model.compat.edit_modes.get(kind)
+        if best is None or V_PATHS.index(path) < V_PATHS.index(best):
+            model.compat.edit_modes[kind] = path
+            model.compat.edit_mode = path
+    else:
+        logger.warning("the editors' %r forward pass differs from the bridge's at %s (max |dlogit| %.3g); "
+                       "trying the next slower one", path, kind, err)
+    return ok
+
+
+def _fast_forward(model: Model, layer: int, hook_name: str, tokens: Tensor, look: Tensor, sel_rows: Tensor,
+                  sel_pos: Tensor, add: Callable[[Tensor], Callable[..., Tensor]],
+                  note_init: Callable[[Tensor], None], recorded: list[bool]) -> Forward:
+    """Blocks from the edited layer up on every position, from the edited block's input recorded once."""
     h_in = block_input(model, layer, tokens)
     point = model.bridge.hook_dict[hook_name]
 
-    def fast() -> Tensor:
+    def fast(row_delta: Tensor) -> Tensor:
         fired: list[bool] = []
+        inner = add(row_delta)
 
         def hook(module: Any, inputs: Any, out: Tensor) -> Tensor:
             fired.append(True)
-            return add_delta(out)
+            return inner(out)
 
         handle = point.register_forward_hook(hook)
         try:
@@ -400,21 +477,128 @@ def _selected_logits_fn(model: Model, hook_name: str, tokens: Tensor, sel_rows: 
         finally:
             handle.remove()
         if not fired:
-            raise RuntimeError(f"{hook_name} did not fire when block {layer} ran alone")
+            raise _PathUnavailable(f"{hook_name} did not fire when block {layer} ran alone")
         h = run_blocks(model, layer + 1, h)
         return final_logits(model, h[sel_rows, sel_pos]).float()
 
-    if model.compat.edit_mode is None:  # once per model: the fast path must reproduce the bridge
-        with torch.no_grad():
-            want, got = bridge(), fast()
-        err = float((want - got).abs().max())
-        ok = err <= 1e-4 * (float(want.abs().max()) + 1e-6)
-        model.compat.edit_mode = "fast" if ok else "bridge"
-        if not ok:
-            logger.warning("the editors' fast forward pass differs from the bridge's (max |dlogit| %.3g); "
-                           "v*/z optimisation uses the bridge's forward pass", err)
-            return bridge
     return fast
+
+
+def _suffix_forward(model: Model, layer: int, hook_name: str, tokens: Tensor, look: Tensor, sel_rows: Tensor,
+                    sel_pos: Tensor, add: Callable[[Tensor], Callable[..., Tensor]],
+                    note_init: Callable[[Tensor], None], recorded: list[bool]) -> Forward:
+    """Blocks above the edited layer on each row's positions from its subject token on (see :data:`VPath`).
+
+    The delta enters the residual stream after block ``layer`` at the subject position: added to
+    ``hook_resid_post`` directly, or through ``hook_mlp_out`` / ``hook_attn_out``, which the block
+    adds to its residual output (checked against the bridge before use). Rows are grouped by their
+    subject position, so each group shares one cached prefix length.
+    """
+    kind = hook_name.split(".", 2)[2]
+    if kind not in ("hook_resid_post", "hook_mlp_out", "hook_attn_out"):
+        raise _PathUnavailable(f"the delta at {kind} does not add to the residual stream")
+    if model.compat.cache_keyword is None:
+        raise _PathUnavailable("the decoder layers take no KV cache")
+    n = model.arch.n_layers
+    rows_t = torch.arange(tokens.shape[0], device=tokens.device)
+    with torch.no_grad():
+        h_in = block_input(model, layer, tokens)
+        point = model.bridge.hook_dict[hook_name]
+        grab: dict[str, Tensor] = {}
+
+        def capture_hook(module: Any, inputs: Any, out: Tensor) -> None:
+            grab["a"] = out[rows_t, look].detach()
+
+        handle = point.register_forward_hook(capture_hook)
+        try:
+            base = run_block(model, layer, h_in)  # the residual after the edited block, unedited
+        finally:
+            handle.remove()
+        if "a" not in grab:
+            raise _PathUnavailable(f"{hook_name} did not fire when block {layer} ran alone")
+        kv: dict[int, tuple[Tensor, Tensor]] = {}
+        h = base
+        for upper in range(layer + 1, n):
+            h = run_block(model, upper, h, 0, PrefixKV(record=kv))
+        if len(kv) != n - layer - 1:
+            raise _PathUnavailable("the attention did not write its keys/values to the cache it was given")
+        kv_by_block = {layer + 1 + i: kv[k] for i, k in enumerate(sorted(kv))}
+    if not recorded:
+        note_init(grab["a"])
+        recorded.append(True)
+    # a row runs from its subject position to the last position the loss reads (causal: nothing later
+    # matters); rows are grouped by a shared start s <= their subject positions (one cached prefix
+    # length per group), the groups chosen by :func:`_start_groups`
+    if bool((sel_pos < look[sel_rows]).any()):
+        raise _PathUnavailable("the loss reads a position before the delta")
+    ends = (look + 1).clone()
+    ends.scatter_reduce_(0, sel_rows, sel_pos + 1, reduce="amax")
+    dev = tokens.device
+    groups = []
+    order: list[int] = []
+    sel_r, sel_p = sel_rows.tolist(), sel_pos.tolist()
+    for start, rows_list in _start_groups(look.tolist(), ends.tolist()):
+        rows = torch.tensor(rows_list, device=dev)
+        width = int(ends[rows].max()) - start
+        cache = {up: (k[rows, :, :start].contiguous(), v[rows, :, :start].contiguous())
+                 for up, (k, v) in kv_by_block.items()}
+        offset = torch.zeros(len(rows_list), width, 1, dtype=base.dtype, device=dev)  # 1 at each row's subject
+        offset[torch.arange(len(rows_list), device=dev), look[rows] - start] = 1.0
+        local = {r: i for i, r in enumerate(rows_list)}
+        picks = [(j, local[r], p - start) for j, (r, p) in enumerate(zip(sel_r, sel_p, strict=True)) if r in local]
+        order.extend(j for j, _, _ in picks)
+        groups.append((start, rows, cache, offset, torch.tensor([g for _, g, _ in picks], device=dev),
+                       torch.tensor([q for _, _, q in picks], device=dev), base[rows, start:start + width]))
+    inverse = torch.empty(len(order), dtype=torch.long, device=dev)
+    inverse[torch.tensor(order, device=dev)] = torch.arange(len(order), device=dev)
+
+    def suffix(row_delta: Tensor) -> Tensor:
+        picked = []
+        for start, rows, cache, offset, g_rows, g_pos, h0 in groups:
+            h = h0 + offset * row_delta[rows].to(h0.dtype)[:, None, :]
+            for upper in range(layer + 1, n):
+                k, v = cache[upper]
+                h = run_block(model, upper, h, start, PrefixKV(k, v))
+            picked.append(h[g_rows, g_pos])
+        return final_logits(model, torch.cat(picked)[inverse]).float()
+
+    return suffix
+
+
+#: a group's fixed cost (a block call per layer, forward and backward) in token positions; a group is
+#: merged with the next-later starts while that costs fewer recomputed positions than this
+GROUP_COST_POSITIONS = 8
+
+
+def _start_groups(starts: Sequence[int], ends: Sequence[int],
+                  group_cost: int = GROUP_COST_POSITIONS) -> list[tuple[int, list[int]]]:
+    """Rows grouped by a shared start position: ``[(start, rows)]`` with ``start <= starts[row]``.
+
+    Running row r from ``start`` costs ``ends[r] - start`` positions; each group costs ``group_cost``
+    more. Groups are runs of consecutive distinct starts (the earliest is the group's start) chosen by
+    dynamic programming to minimise the total: one group per distinct start when calls are free, a
+    single group from the earliest start when positions are.
+    """
+    by_start: dict[int, list[int]] = {}
+    for r, t in enumerate(starts):
+        by_start.setdefault(int(t), []).append(r)
+    ts = sorted(by_start)
+    m = len(ts)
+
+    def cost(i: int, j: int) -> int:  # distinct starts ts[i..j] run from ts[i]
+        return group_cost + sum(int(ends[r]) - ts[i] for t in ts[i:j + 1] for r in by_start[t])
+
+    best = [0] + [0] * m  # best[j]: cheapest grouping of ts[:j]
+    cut = [0] * (m + 1)
+    for j in range(1, m + 1):
+        best[j], cut[j] = min((best[i] + cost(i, j - 1), i) for i in range(j))
+    out = []
+    j = m
+    while j:
+        i = cut[j]
+        out.append((ts[i], [r for t in ts[i:j] for r in by_start[t]]))
+        j = i
+    return out[::-1]
 
 
 def facts_meta(requests: Sequence[Fact]) -> list[dict[str, Any]]:

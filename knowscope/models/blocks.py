@@ -42,6 +42,29 @@ def block_input(model: Model, layer: int, tokens: Tensor, hooks: Sequence[tuple[
     return store["h"]
 
 
+class PrefixKV:
+    """A minimal KV cache for one block call: prepends fixed keys/values, optionally records them.
+
+    The bridge's attention calls ``cache.update(k, v, layer_idx)`` after RoPE and uses what it
+    returns as the full keys and values (its causal mask is offset by the cached length).
+    """
+
+    def __init__(self, k: Tensor | None = None, v: Tensor | None = None,
+                 record: dict[int, tuple[Tensor, Tensor]] | None = None) -> None:
+        self.k, self.v, self.record = k, v, record
+
+    def update(self, k: Tensor, v: Tensor, layer_idx: int, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
+        if self.k is not None:
+            k = torch.cat([self.k.to(k.dtype), k], dim=-2)
+            v = torch.cat([self.v.to(v.dtype), v], dim=-2)
+        if self.record is not None:
+            self.record[layer_idx] = (k, v)
+        return k, v
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return 0 if self.k is None else int(self.k.shape[-2])
+
+
 def supports_block_runs(model: Model) -> bool:
     """Blocks can be run alone for absolute-learned (GPT-2) and rotary (Llama) positions."""
     return model.arch.positional in ("standard", "rotary")

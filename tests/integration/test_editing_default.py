@@ -62,6 +62,25 @@ def test_rome_one_fact_at_a_time(default_model, spread):
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
+def test_suffix_path_gives_the_bridge_paths_rome_update(default_model, spread):
+    """Issue #17: the suffix v* path (cached prefix, positions from the subject on, logits only where the
+    loss reads them) reproduces the bridge's full forward pass on the real model: same steps, same
+    update within 1e-4 relative; and it was checked and chosen for both hook kinds the editors use."""
+    from knowscope.editing import rome
+    from knowscope.editing.compute import v_path
+
+    fact = spread[1]
+    got = {}
+    for path in ("bridge", "suffix"):
+        with v_path(path):
+            got[path] = rome.edit(default_model, [fact])
+    slow, fast = got["bridge"], got["suffix"]
+    assert [r["steps"] for r in slow.extra["per_request"]] == [r["steps"] for r in fast.extra["per_request"]]
+    for name in slow.deltas:
+        assert float((fast.deltas[name] - slow.deltas[name]).norm() / slow.deltas[name].norm()) < 1e-4
+    assert default_model.compat.edit_modes["hook_mlp_out"] == "suffix"
+
+
 def test_rome_keeps_generation_fluent(default_model, spread):
     """ROME's fluency measure (weighted 2-/3-gram entropy) stays close to the unedited model's."""
     from knowscope.editing import rome
@@ -74,6 +93,21 @@ def test_rome_keeps_generation_fluent(default_model, spread):
     assert base.fluency > 3.0  # a 100-token generation of a working model is not a loop
     assert edited.fluency > base.fluency - 1.0
     assert edited.efficacy_score == 1.0
+
+
+def test_auto_edits_at_the_layer_the_sweep_measured_best(default_model, spread):
+    """Issue #18: on the default model ``layers="auto"`` is the recorded sweep's best ROME layer (40 facts ×
+    30 layers), not the causal-tracing peak; ``"locate"`` still gives the peak."""
+    from knowscope.editing.layers import measured_layer, resolve_layers
+
+    m = measured_layer(default_model, "rome")
+    assert m is not None and m.n_facts >= 40 and m.n_cells >= 40 * default_model.arch.n_layers
+    assert m.value >= m.located_value
+    assert resolve_layers(default_model, spread[:2], "auto", [5], method="ROME", exactly_one=True) == [m.layer]
+    mm = measured_layer(default_model, "memit")
+    assert mm is not None
+    assert resolve_layers(default_model, [], "auto", [3], method="MEMIT", window=5) == \
+        [x for x in range(mm.layer - 2, mm.layer + 3) if 0 <= x < default_model.arch.n_layers]
 
 
 def test_memit_batch(default_model, spread):

@@ -22,36 +22,63 @@ def rel(a, b):
 
 
 @pytest.mark.parametrize("hook", ["mlp_out", "resid_post"])
-def test_fast_and_bridge_deltas_agree(tiny, hook):
+def test_every_path_gives_the_bridges_deltas(tiny, hook):
+    """suffix (cached prefix, positions from the subject on) and fast (blocks from the edited layer up) =
+    the bridge's full forward pass: same init, same loss trace, delta within 1e-4 relative."""
     name = tiny.arch.hook_mlp_out(1) if hook == "mlp_out" else tiny.arch.hook_resid_post(2)
     templates = context_templates(tiny, ROME_HP.context_lengths, 0)
-    with v_path("bridge"):
-        torch.manual_seed(0)
-        slow = optimize_delta(tiny, name, FACT, templates, ROME_HP)
-    torch.manual_seed(0)
-    fast = optimize_delta(tiny, name, FACT, templates, ROME_HP)
-    assert tiny.compat.edit_mode == "fast"
-    assert len(fast.losses) == len(slow.losses) > 1
-    assert rel(fast.delta, slow.delta) < 1e-4
-    torch.testing.assert_close(fast.init, slow.init, rtol=1e-5, atol=1e-6)
-    for a, b in zip(fast.losses, slow.losses, strict=True):
-        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-6)
+    runs = {}
+    for path in ("bridge", "fast", "suffix"):
+        with v_path(path):
+            torch.manual_seed(0)
+            runs[path] = optimize_delta(tiny, name, FACT, templates, ROME_HP)
+    kind = name.split(".", 2)[2]
+    assert tiny.compat.edit_modes[kind] == "suffix"
+    assert tiny.compat.edit_checks[(kind, "suffix")] and tiny.compat.edit_checks[(kind, "fast")]
+    slow = runs["bridge"]
+    for path in ("fast", "suffix"):
+        got = runs[path]
+        assert len(got.losses) == len(slow.losses) > 1
+        assert rel(got.delta, slow.delta) < 1e-4, path
+        torch.testing.assert_close(got.init, slow.init, rtol=1e-5, atol=1e-6)
+        for a, b in zip(got.losses, slow.losses, strict=True):
+            assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-6)
+
+
+def test_suffix_path_with_several_facts_and_subject_positions(tiny_llama):
+    """Rows of several facts with different subject positions are grouped and put back in order."""
+    from knowscope.editing.compute import optimize_deltas
+
+    facts = FACTS + [Fact(subject="The Eiffel Tower in Paris", prompt="Where is {} located? In",
+                          target_true="France", target_new="Japan")]
+    name = tiny_llama.arch.hook_resid_post(1)
+    templates = context_templates(tiny_llama, ROME_HP.context_lengths, 0)
+    runs = {}
+    for path in ("bridge", "suffix"):
+        with v_path(path):
+            torch.manual_seed(0)
+            runs[path] = optimize_deltas(tiny_llama, name, facts, templates, ROME_HP)
+    assert tiny_llama.compat.edit_checks[("hook_resid_post", "suffix")]
+    for a, b in zip(runs["suffix"], runs["bridge"], strict=True):
+        assert rel(a.delta, b.delta) < 1e-4
+        assert [x["nll"] for x in a.losses] == pytest.approx([x["nll"] for x in b.losses], rel=1e-4, abs=1e-6)
 
 
 def test_rome_and_memit_edits_agree_across_paths(tiny_llama):
     stats = key_stats(tiny_llama, [1, 2], n_tokens=400, seq_len=32, batch_size=8, progress=False)
     results = {}
-    for path in ("bridge", "fast"):
+    for path in ("bridge", "fast", "suffix"):
         with v_path(path):
             results[path] = (rome.edit(tiny_llama, [FACT], hparams=ROME_HP, stats=stats[1]),
                              memit.edit(tiny_llama, FACTS, hparams=MEMIT_HP, stats=stats))
-    for slow, fast in zip(results["bridge"], results["fast"], strict=True):
-        for name in slow.deltas:
-            assert rel(fast.deltas[name], slow.deltas[name]) < 1e-4, name
+    for path in ("fast", "suffix"):
+        for slow, got in zip(results["bridge"], results[path], strict=True):
+            for name in slow.deltas:
+                assert rel(got.deltas[name], slow.deltas[name]) < 1e-4, (path, name)
 
 
 def test_v_path_rejects_unknown_names():
-    with pytest.raises(ValueError, match="fast"), v_path("quick"):
+    with pytest.raises(ValueError, match="suffix"), v_path("quick"):
         pass
 
 
@@ -84,3 +111,19 @@ def test_memit_z_batch_gives_the_same_edit(tiny_llama):
         assert rel(both.deltas[name], one.deltas[name]) < 1e-4, name
     with pytest.raises(ValueError, match="z_batch"):
         dataclasses.replace(MEMIT_HP, z_batch=0)
+
+
+def test_start_groups_cover_every_row_once_and_trade_calls_for_positions():
+    from knowscope.editing.compute import _start_groups
+
+    starts = [3, 12, 13, 12, 5, 20]
+    ends = [6, 16, 15, 17, 8, 24]
+    for cost in (0, 4, 8, 1000):
+        groups = _start_groups(starts, ends, group_cost=cost)
+        rows = sorted(r for _, rs in groups for r in rs)
+        assert rows == list(range(len(starts)))
+        assert all(s <= starts[r] for s, rs in groups for r in rs)
+    assert [s for s, _ in _start_groups(starts, ends, group_cost=0)] == [3, 5, 12, 13, 20]
+    assert _start_groups(starts, ends, group_cost=1000) == [(3, [0, 4, 1, 3, 2, 5])]
+    # a modest call cost merges nearby starts only
+    assert [s for s, _ in _start_groups(starts, ends, group_cost=4)] == [3, 12, 20]

@@ -34,12 +34,14 @@ from typing import Any
 
 from knowscope.facts import load_bundled_facts, write_json_atomic
 from knowscope.models import DEFAULT_MODEL
-from knowscope.sweep import SweepResult, SweepSpec, run_sweep, spread
+from knowscope.sweep import SweepResult, SweepSpec, recommend_layer, run_sweep, spread
 from knowscope.sweep.analysis import HEADLINE_METRICS
 
 RESULTS = Path(__file__).parent / "results"
 STORES = Path("runs") / "bench_sweep"  # scratch: the scaling section's fresh stores
 GRID_STORES = RESULTS / "sweeps"  # the grids' stores: kept, so the grids resume across checkouts
+#: the packaged table ``--layers auto`` reads (knowscope.editing.layers): written from finished grids only
+MEASURED = Path(__file__).resolve().parent.parent / "knowscope" / "data" / "measured_layers.json"
 
 
 def steady_rate(store: Path) -> float | None:
@@ -83,6 +85,25 @@ def bench_grid(name: str, spec: SweepSpec, workers: int, max_minutes: float | No
            "steady_cells_per_second": steady_rate(store), "settings": res.settings,
            "summary": res.to_dict()["methods"]}
     return out
+
+
+def record_measured(store: Path, method: str) -> dict[str, Any]:
+    """Write ``method``'s best layer from a finished grid into the packaged table ``--layers auto`` reads."""
+    res = SweepResult.load(store)
+    rec = recommend_layer(res, method)
+    table = json.loads(MEASURED.read_text()) if MEASURED.is_file() else {
+        "version": 1, "about": "best edit layer per model (weight fingerprint) and method, measured by "
+                               "benchmarks/bench_sweep.py; read by knowscope.editing.layers for layers='auto'"}
+    model = table.setdefault("models", {}).setdefault(res.settings["fingerprint"], {"model": res.settings["model"]})
+    entry = {"layer": rec.layer, "metric": rec.metric, "value": round(rec.value, 4),
+             "located_layer": rec.located_layer,
+             "located_value": None if rec.located_value is None else round(rec.located_value, 4),
+             "window": int(res.settings.get("window", 5)) if method == "memit" else 1,
+             "n_facts": rec.n_facts, "n_cells": sum(c["method"] == method for c in res.cells),
+             "source": store.as_posix()}
+    model[method] = entry
+    write_json_atomic(MEASURED, table)
+    return entry
 
 
 def print_grid(name: str, entry: dict[str, Any]) -> None:
@@ -145,6 +166,10 @@ def main(argv: list[str] | None = None) -> int:
         if name in only:
             entry = bench_grid(f"{name}-{len(facts)}", spec, args.workers, args.max_minutes)
             report.setdefault("grids", {})[name] = entry
+            if entry["finished"]:
+                entry["measured_layer"] = record_measured(Path(entry["store"]), name)
+                print(f"\n{name}: --layers auto now edits at layer {entry['measured_layer']['layer']} on this model "
+                      f"(written to {MEASURED})")
             write_json_atomic(out_path, report)
             print_grid(name, entry)
     print(f"\nwrote {out_path}")

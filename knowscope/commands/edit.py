@@ -41,7 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default=None, help="fact file (CounterFact, EasyEdit or zsRE JSON; default: bundled)")
     parser.add_argument("--limit", type=int, default=None, help="edit the first N facts")
     parser.add_argument("--layers", default=None,
-                        help="auto (locate), L, or L1-L2 (default: the method's default for the model)")
+                        help="auto (the layer a recorded sweep measured best on this model, else locate), "
+                             "locate (the causal-tracing peak), L, or L1-L2 (default: the method's default)")
     parser.add_argument("--batch-size", type=int, default=None,
                         help=f"MEMIT: facts per batch (default {DEFAULT_MEMIT_BATCH})")
     parser.add_argument("--sequential", action="store_true",
@@ -66,12 +67,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_layers(spec: str | None) -> int | list[int] | str | None:
-    """``None``, ``"auto"``, ``"L"`` or ``"L1-L2"`` (inclusive) to what the editors take."""
+    """``None``, ``"auto"``, ``"locate"``, ``"L"`` or ``"L1-L2"`` (inclusive) to what the editors take."""
     if spec is None:
         return None
     text = spec.strip()
-    if text == "auto":
-        return "auto"
+    if text in ("auto", "locate"):
+        return text
     try:
         if "-" in text:
             lo, hi = (int(x) for x in text.split("-", 1))
@@ -80,7 +81,8 @@ def parse_layers(spec: str | None) -> int | list[int] | str | None:
             return list(range(lo, hi + 1))
         return int(text)
     except ValueError:
-        raise ValueError(f"--layers {spec!r} is not valid: give auto, a layer L, or a range L1-L2 (L1 <= L2)") from None
+        raise ValueError(f"--layers {spec!r} is not valid: give auto, locate, a layer L, or a range L1-L2 "
+                         "(L1 <= L2)") from None
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -102,7 +104,7 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.probe < 0:
         raise ValueError(f"--probe must be >= 0, got {args.probe}")
     if args.method == "memit" and isinstance(parse_layers(args.layers), int):
-        raise ValueError(f"--layers {args.layers!r}: MEMIT edits a range of layers; give L1-L2 or auto")
+        raise ValueError(f"--layers {args.layers!r}: MEMIT edits a range of layers; give L1-L2, auto or locate")
 
 
 def _editor(method: str, model: Any, layers: Any, sequential: bool, null_space: bool) -> Any:
@@ -230,7 +232,7 @@ def _run_dir(args: argparse.Namespace, model: Any, facts: list[Any], layers: Any
 
     hp = MEMITHyperParams.for_model(model)
     batch = args.batch_size or DEFAULT_MEMIT_BATCH
-    # fixed before the first batch, so a resumed run edits the same layers ("auto" locates on batch 1)
+    # fixed before the first batch, so a resumed run edits the same layers ("auto"/"locate" choose on batch 1)
     hp = replace(hp, layers=tuple(resolve_layers(model, facts[:batch], layers, hp)))
     probe = _probe(args, facts)
     monitor = CollapseMonitor(probe=probe, stop_on_warning=args.stop_on_warning,

@@ -141,8 +141,9 @@ def edit(
     Args:
         model: the model; its weights are unchanged when this returns (or raises).
         requests: facts to write; each one's ``text`` is trained towards ``" " + target_new``.
-        layers: a layer, a list of layers, ``"auto"`` (``locate()``: the MLP layer that restores the
-            requests' answers most under causal tracing) or ``None``
+        layers: a layer, a list of layers, ``"locate"`` (``locate()``: the MLP layer that restores
+            the requests' answers most under causal tracing), ``"auto"`` (a recorded sweep's best FT layer
+            for this model, else as ``"locate"``) or ``None``
             (``hparams.layer``, else :meth:`FTHyperParams.for_model`'s layer).
         hparams: :class:`FTHyperParams`; default :meth:`FTHyperParams.for_model`.
 

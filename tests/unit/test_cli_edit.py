@@ -96,6 +96,7 @@ def test_ft_sequential_saves_a_session(data, tmp_path, capsys):
 def test_parse_layers():
     assert parse_layers(None) is None
     assert parse_layers("auto") == "auto"
+    assert parse_layers("locate") == "locate"
     assert parse_layers("5") == 5
     assert parse_layers("3-6") == [3, 4, 5, 6]
     for bad in ("x", "6-3", "1-", "a-b"):

@@ -67,8 +67,44 @@ def test_one_layer_resolver_for_every_editor(tiny_gpt2):
             resolve_layers(tiny_gpt2, [FACT], bad, **kw)
     with pytest.raises(ValueError, match="exactly one layer"):
         resolve_layers(tiny_gpt2, [FACT], [1, 2], default=[1], method="ROME", exactly_one=True)
-    located = resolve_layers(tiny_gpt2, [FACT], "auto", default=[0], method="MEMIT", window=2)
+    located = resolve_layers(tiny_gpt2, [FACT], "locate", default=[0], method="MEMIT", window=2)
     assert len(located) == 2 and located[1] - located[0] == 1
+    # no sweep recorded for a tiny model's weights: "auto" is "locate"
+    assert resolve_layers(tiny_gpt2, [FACT], "auto", default=[0], method="MEMIT", window=2) == located
+    with pytest.raises(ValueError, match="needs the requests"):
+        resolve_layers(tiny_gpt2, [], "locate", default=[0], method="ROME")
+
+
+def test_auto_uses_a_recorded_sweep_for_these_weights(tiny_gpt2, monkeypatch):
+    """A measured best layer for the model's fingerprint wins over locate(); other models keep locate()."""
+    from knowscope.circuits import locate
+    from knowscope.editing import layers as L
+
+    entry = dict(layer=2, metric="score", value=0.9, located_layer=0, located_value=0.5, window=3, n_facts=4,
+                 n_cells=12, source="sweep.sqlite")
+    monkeypatch.setattr(L, "_measured_table", lambda: {tiny_gpt2.fingerprint: {"rome": entry, "memit": entry}})
+    assert L.measured_layer(tiny_gpt2, "ROME").layer == 2
+    assert L.measured_layer(tiny_gpt2, "ft") is None
+    assert L.resolve_layers(tiny_gpt2, [], "auto", default=[0], method="ROME", exactly_one=True) == [2]
+    # MEMIT: the requested window centred on the measured layer, clipped to the model (4 layers)
+    assert L.resolve_layers(tiny_gpt2, [], "auto", default=[0], method="MEMIT", window=3) == [1, 2, 3]
+    assert L.resolve_layers(tiny_gpt2, [], "auto", default=[0], method="MEMIT", window=5) == [0, 1, 2, 3]
+    # "locate" still traces
+    traced = [int(x) for x in locate(tiny_gpt2, [FACT], kind="mlp").layers]
+    assert L.resolve_layers(tiny_gpt2, [FACT], "locate", default=[0], method="ROME", exactly_one=True) == traced
+
+
+def test_packaged_measured_layers_table_is_well_formed():
+    """Every entry of the shipped table names a layer, its evidence and the store it was read from."""
+    from knowscope.editing import layers as L
+
+    L._measured_table.cache_clear()
+    for fingerprint, entry in L._measured_table().items():
+        assert isinstance(fingerprint, str) and entry["model"]
+        for method in set(entry) - {"model"}:
+            m = entry[method]
+            assert method in ("rome", "memit", "ft")
+            assert 0 <= m["layer"] and 0.0 <= m["value"] <= 1.0 and m["n_cells"] > 0 and m["window"] >= 1
 
 
 def test_hyperparameters_are_frozen_validated_and_take_overrides(tiny_llama):

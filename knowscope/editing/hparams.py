@@ -102,12 +102,17 @@ class MEMITHyperParams(VOptParams):
     ``null_space_threshold`` / ``null_space_rule``: the eigenvectors of C whose eigenvalue is below
     ``null_space_threshold × the largest eigenvalue`` (rule ``"relative"``) or below
     ``null_space_threshold`` itself (``"absolute"``, AlphaEdit's rule on its C) span the approximate
-    null space the null-space mode (AlphaEdit) projects updates onto. On the default model C has no
-    real null space (``benchmarks/bench_nullspace.py``: from 8k tokens the relative 1e-2 subspace
-    still holds 12-34% of held-out keys' energy); on one batch of 50 the absolute rule at 1e-2 with C
-    from 64k tokens and ``null_space_l2`` 10 kept EasyEdit locality 0.739 at efficacy 0.96, against
-    0.441 with today's defaults. The defaults change once the sequential curves are measured (#19).
+    null space the null-space mode (AlphaEdit) projects updates onto, from C over
+    ``null_space_stats_tokens`` tokens (``None``: ``stats_tokens``, as the plain solve).
     ``null_space_l2``: AlphaEdit's ridge term on the projected update.
+    On the default model (issue #19, ``benchmarks/bench_nullspace.py``) C from 8k tokens is far from
+    converged (it still moves 22-35% from 8k to 16k tokens, 10-18% from 32k to 64k) and the model has
+    no real null space (from 64k tokens the eigenvalues' 10-90% quantiles are 0.005-0.04): the
+    relative 1e-2 subspace from 8k tokens holds 12-34% of held-out keys' energy. On one batch of 50
+    the earlier defaults (relative 1e-2, C 8k, ridge 1) kept EasyEdit locality 0.441 at efficacy
+    0.98; AlphaEdit's absolute rule at 1e-2 on C from 64k tokens with ridge 10 keeps 0.739 at
+    efficacy 0.96 (ridge 100: 0.796 at 0.60), so those are SmolLM2's null-space defaults now.
+    Other models keep the scale-free relative rule (an absolute threshold depends on C's scale).
     ``key_averaging``: ``"groups"`` (default) averages the keys within each context-template group
     and then over the groups, as MEMIT's ``compute_ks`` (the plain prompt weighs 1/2 with the default
     templates); ``"templates"`` averages uniformly over all templates (the plain prompt weighs 1/6), which
@@ -127,6 +132,7 @@ class MEMITHyperParams(VOptParams):
     null_space_threshold: float = 1e-2
     null_space_rule: str = "relative"
     null_space_l2: float = 10.0
+    null_space_stats_tokens: int | None = None
     layers_window: int = field(default=5)
     key_averaging: str = "groups"
     z_batch: int = 10
@@ -144,6 +150,8 @@ class MEMITHyperParams(VOptParams):
                "null_space_threshold", self.null_space_threshold,
                "between 0 and 1" if self.null_space_rule == "relative" else "> 0")
         _check(self.null_space_l2 >= 0, "null_space_l2", self.null_space_l2, ">= 0")
+        _check(self.null_space_stats_tokens is None or self.null_space_stats_tokens >= 1, "null_space_stats_tokens",
+               self.null_space_stats_tokens, "None or >= 1")
         _check(self.key_averaging in ("groups", "templates"), "key_averaging", self.key_averaging,
                "'groups' (MEMIT) or 'templates'")
 
@@ -208,4 +216,6 @@ _GPT2_MEMIT_LAYERS = {12: (2, 3, 4, 5, 6), 24: (4, 5, 6, 7, 8), 36: (8, 9, 10, 1
 # δ on every template's key (rome.template_rank_one_update).
 _SMOLLM2_ROME: dict[str, Any] = dict(layer=5, clamp_norm_factor=2.0, norm_reference="templates",
                                      key_constraint="templates")
-_SMOLLM2_MEMIT: dict[str, Any] = dict(layers=(3, 4, 5, 6, 7), mom2_weight=500.0, null_space_l2=1.0)
+# the null-space mode's settings: issue #19's measurements (MEMITHyperParams' docstring, README)
+_SMOLLM2_MEMIT: dict[str, Any] = dict(layers=(3, 4, 5, 6, 7), mom2_weight=500.0, null_space_rule="absolute",
+                                      null_space_threshold=1e-2, null_space_l2=10.0, null_space_stats_tokens=64_000)

@@ -101,14 +101,16 @@ def null_space_solve(
 
 
 def resolve_layers(model: Model, requests: Sequence[Fact], layers: LayerSpec, hp: MEMITHyperParams) -> list[int]:
-    """MEMIT's layers (:func:`knowscope.editing.layers.resolve_layers`; ``"auto"`` locates a window of
-    ``len(hp.layers)`` layers; ``None``: ``hp.layers``)."""
+    """MEMIT's layers (:func:`knowscope.editing.layers.resolve_layers`; ``"auto"``/``"locate"`` choose a
+    window of ``len(hp.layers)`` layers; ``None``: ``hp.layers``)."""
     return resolve_spec(model, requests, layers, hp.layers, method="MEMIT", window=len(hp.layers))
 
 
-def _stats(model: Model, layers: list[int], hp: MEMITHyperParams, stats: Any) -> dict[int, Tensor]:
+def _stats(model: Model, layers: list[int], hp: MEMITHyperParams, stats: Any,
+           null_space: bool = False) -> dict[int, Tensor]:
     if stats is None:
-        got = key_stats(model, layers, n_tokens=hp.stats_tokens, source=hp.stats_source)
+        n_tokens = hp.null_space_stats_tokens if null_space and hp.null_space_stats_tokens else hp.stats_tokens
+        got = key_stats(model, layers, n_tokens=n_tokens, source=hp.stats_source)
         return {layer: s.mom2.float() for layer, s in got.items()}
     out = {}
     for layer in layers:
@@ -159,7 +161,8 @@ class SequentialMEMIT:
         self.null_space = bool(null_space)
         self._layers_arg = layers
         self._stats_arg = stats
-        self.layers: list[int] | None = None if (layers == "auto") else resolve_layers(model, [], layers, self.hp)
+        lazy = layers in ("auto", "locate")  # chosen on the first batch's requests
+        self.layers: list[int] | None = None if lazy else resolve_layers(model, [], layers, self.hp)
         self.C: dict[int, Tensor] = {}
         self.P: dict[int, Tensor] = {}
         self.KpKp: dict[int, Tensor] = {}
@@ -170,7 +173,7 @@ class SequentialMEMIT:
         if self.layers is None:
             self.layers = resolve_layers(self.model, requests, self._layers_arg, self.hp)
         if not self.C:
-            self.C = _stats(self.model, self.layers, self.hp, self._stats_arg)
+            self.C = _stats(self.model, self.layers, self.hp, self._stats_arg, self.null_space)
             d = self.model.arch.d_mlp
             for layer in self.layers:
                 if self.null_space:
@@ -253,8 +256,9 @@ def edit(
     """MEMIT-edit a batch of requests at once (weights unchanged on return; apply with EditSession).
 
     Args:
-        layers: ``None`` (the hyperparameters' window), ``"auto"`` (``locate()`` picks a window of
-            the same size) or a list of layers.
+        layers: ``None`` (the hyperparameters' window), ``"auto"`` (a window of the same size
+            centred on the layer a recorded sweep measured best, else on ``locate()``'s), ``"locate"``
+            or a list of layers (:mod:`knowscope.editing.layers`).
         null_space: AlphaEdit's projected update (with no earlier batches); for sequential
             batches use :class:`SequentialMEMIT`.
         stats: ``{layer: KeyStats or tensor}``; default computed/cached from model-generated text.

@@ -120,9 +120,9 @@ class Compat:
     cache_keyword: str | None = None  # the keyword a decoder layer takes its cache by
     probe_diff: float = 0.0  # max |logit| difference cached vs uncached (after any fix)
     trace_mode: str | None = None  # the fast trace's partial forward ("suffix"/"full"), set on first use
-    edit_mode: str | None = None  # the editors' v*/z forward pass last checked ("suffix"/"fast"/"bridge")
-    edit_modes: dict[str, str] = field(default_factory=dict)  # the fastest checked pass per hook kind
-    edit_checks: dict[tuple[str, str], bool] = field(default_factory=dict)  # (hook kind, pass) -> reproduces bridge
+    edit_mode: str | None = None  # the fastest v*/z forward pass that passed a check ("suffix"/"fast"/"bridge")
+    edit_modes: dict[str, str] = field(default_factory=dict)  # the same per hook kind (hook_mlp_out, ...)
+    edit_checks: dict[tuple[str, str], bool] = field(default_factory=dict)  # (hook, pass) -> reproduces bridge
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:

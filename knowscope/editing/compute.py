@@ -411,20 +411,29 @@ def _selected_logits_fn(model: Model, hook_name: str, tokens: Tensor, look: Tens
     if wanted == "bridge" or layer is None or not supports_block_runs(model):
         return bridge
     kind = hook_name.split(".", 2)[2]
-    checks = model.compat.edit_checks
+    checks = model.compat.edit_checks  # per hook name: a check at layer L covers only the blocks above L
     for path in ("suffix", "fast")[V_PATHS.index(wanted):]:
-        if checks.get((kind, path)) is False:
+        if checks.get((hook_name, path)) is False:
             continue
         try:
             fn = (_suffix_forward if path == "suffix" else _fast_forward)(
-                model, layer, hook_name, tokens, look, sel_rows, sel_pos, add, note_init, recorded)
-        except _PathUnavailable as exc:
-            logger.info("v*/z path %r is not available for %s: %s", path, kind, exc)
-            checks[(kind, path)] = False
+                model, layer, hook_name, tokens, look, sel_rows, sel_pos, add)
+        except _NotForThisCall as exc:
+            logger.debug("v*/z path %r skipped for this call: %s", path, exc)
             continue
-        if (kind, path) in checks or _reproduces_bridge(model, kind, path, fn, bridge, tokens.shape[0]):
+        except Exception as exc:  # noqa: BLE001 - any failure to build a path means: use the next slower one
+            logger.info("v*/z path %r is not available at %s: %s", path, hook_name, exc)
+            checks[(hook_name, path)] = False
+            continue
+        if (hook_name, path) in checks or _reproduces_bridge(model, hook_name, path, fn, bridge, tokens.shape[0]):
+            init = getattr(fn, "init_at_look", None)
+            if init is not None and not recorded:  # only from a path that reproduces the bridge
+                note_init(init)
+                recorded.append(True)
             return fn
-    model.compat.edit_modes.setdefault(kind, "bridge")
+    if model.compat.edit_modes.get(kind) is None:
+        model.compat.edit_modes[kind] = "bridge"
+        model.compat.edit_mode = model.compat.edit_mode or "bridge"
     return bridge
 
 
@@ -432,8 +441,14 @@ class _PathUnavailable(RuntimeError):
     """A v*/z forward path cannot run on this model (no KV cache keyword, a hook that does not fire...)."""
 
 
-def _reproduces_bridge(model: Model, kind: str, path: str, fn: Forward, bridge: Forward, n_rows: int) -> bool:
-    """Once per model and hook kind: ``fn`` must give the bridge's logits with a non-zero delta."""
+class _NotForThisCall(RuntimeError):
+    """A v*/z forward path does not fit this call's rows (not a property of the model: nothing cached)."""
+
+
+def _reproduces_bridge(model: Model, hook_name: str, path: str, fn: Forward, bridge: Forward, n_rows: int) -> bool:
+    """Once per model and hook: ``fn`` must give the bridge's logits with a non-zero delta (the bridge
+    runs first, so the unedited activation it records is the one the optimisation starts from)."""
+    kind = hook_name.split(".", 2)[2]
     gen = torch.Generator().manual_seed(0)
     probe = torch.randn(n_rows, model.arch.d_model, generator=gen).to(model.device) * 0.5
     try:
@@ -441,10 +456,10 @@ def _reproduces_bridge(model: Model, kind: str, path: str, fn: Forward, bridge: 
             want, got = bridge(probe), fn(probe)
         err = float((want - got).abs().max())
         ok = err <= 1e-4 * (float(want.abs().max()) + 1e-6)
-    except _PathUnavailable as exc:
+    except Exception as exc:  # noqa: BLE001 - a path that fails its check is not used
         err, ok = float("nan"), False
-        logger.info("v*/z path %r failed its check: %s", path, exc)
-    model.compat.edit_checks[(kind, path)] = ok
+        logger.info("v*/z path %r failed its check at %s: %s", path, hook_name, exc)
+    model.compat.edit_checks[(hook_name, path)] = ok
     if ok:
         best = model.compat.edit_modes.get(kind)
         if best is None or V_PATHS.index(path) < V_PATHS.index(best):
@@ -452,13 +467,12 @@ def _reproduces_bridge(model: Model, kind: str, path: str, fn: Forward, bridge: 
             model.compat.edit_mode = path
     else:
         logger.warning("the editors' %r forward pass differs from the bridge's at %s (max |dlogit| %.3g); "
-                       "trying the next slower one", path, kind, err)
+                       "trying the next slower one", path, hook_name, err)
     return ok
 
 
 def _fast_forward(model: Model, layer: int, hook_name: str, tokens: Tensor, look: Tensor, sel_rows: Tensor,
-                  sel_pos: Tensor, add: Callable[[Tensor], Callable[..., Tensor]],
-                  note_init: Callable[[Tensor], None], recorded: list[bool]) -> Forward:
+                  sel_pos: Tensor, add: Callable[[Tensor], Callable[..., Tensor]]) -> Forward:
     """Blocks from the edited layer up on every position, from the edited block's input recorded once."""
     h_in = block_input(model, layer, tokens)
     point = model.bridge.hook_dict[hook_name]
@@ -485,17 +499,17 @@ def _fast_forward(model: Model, layer: int, hook_name: str, tokens: Tensor, look
 
 
 def _suffix_forward(model: Model, layer: int, hook_name: str, tokens: Tensor, look: Tensor, sel_rows: Tensor,
-                    sel_pos: Tensor, add: Callable[[Tensor], Callable[..., Tensor]],
-                    note_init: Callable[[Tensor], None], recorded: list[bool]) -> Forward:
+                    sel_pos: Tensor, add: Callable[[Tensor], Callable[..., Tensor]]) -> Forward:
     """Blocks above the edited layer on each row's positions from its subject token on (see :data:`VPath`).
 
     The delta enters the residual stream after block ``layer`` at the subject position: added to
-    ``hook_resid_post`` directly, or through ``hook_mlp_out`` / ``hook_attn_out``, which the block
-    adds to its residual output (checked against the bridge before use). Rows are grouped by their
-    subject position, so each group shares one cached prefix length.
+    ``hook_resid_post`` directly, or through ``hook_mlp_out``, which the block adds to its residual
+    output last (checked against the bridge before use). Rows are grouped by start position
+    (:func:`_start_groups`), so each group shares one cached prefix length. The returned function
+    carries ``init_at_look``, the unedited activation at the hook at each row's subject position.
     """
     kind = hook_name.split(".", 2)[2]
-    if kind not in ("hook_resid_post", "hook_mlp_out", "hook_attn_out"):
+    if kind not in ("hook_resid_post", "hook_mlp_out"):
         raise _PathUnavailable(f"the delta at {kind} does not add to the residual stream")
     if model.compat.cache_keyword is None:
         raise _PathUnavailable("the decoder layers take no KV cache")
@@ -523,14 +537,11 @@ def _suffix_forward(model: Model, layer: int, hook_name: str, tokens: Tensor, lo
         if len(kv) != n - layer - 1:
             raise _PathUnavailable("the attention did not write its keys/values to the cache it was given")
         kv_by_block = {layer + 1 + i: kv[k] for i, k in enumerate(sorted(kv))}
-    if not recorded:
-        note_init(grab["a"])
-        recorded.append(True)
     # a row runs from its subject position to the last position the loss reads (causal: nothing later
     # matters); rows are grouped by a shared start s <= their subject positions (one cached prefix
     # length per group), the groups chosen by :func:`_start_groups`
     if bool((sel_pos < look[sel_rows]).any()):
-        raise _PathUnavailable("the loss reads a position before the delta")
+        raise _NotForThisCall("the loss reads a position before the delta")
     ends = (look + 1).clone()
     ends.scatter_reduce_(0, sel_rows, sel_pos + 1, reduce="amax")
     dev = tokens.device
@@ -547,10 +558,11 @@ def _suffix_forward(model: Model, layer: int, hook_name: str, tokens: Tensor, lo
         local = {r: i for i, r in enumerate(rows_list)}
         picks = [(j, local[r], p - start) for j, (r, p) in enumerate(zip(sel_r, sel_p, strict=True)) if r in local]
         order.extend(j for j, _, _ in picks)
-        groups.append((start, rows, cache, offset, torch.tensor([g for _, g, _ in picks], device=dev),
-                       torch.tensor([q for _, _, q in picks], device=dev), base[rows, start:start + width]))
+        groups.append((start, rows, cache, offset, torch.tensor([g for _, g, _ in picks], dtype=torch.long, device=dev),
+                       torch.tensor([q for _, _, q in picks], dtype=torch.long, device=dev),
+                       base[rows, start:start + width]))
     inverse = torch.empty(len(order), dtype=torch.long, device=dev)
-    inverse[torch.tensor(order, device=dev)] = torch.arange(len(order), device=dev)
+    inverse[torch.tensor(order, dtype=torch.long, device=dev)] = torch.arange(len(order), device=dev)
 
     def suffix(row_delta: Tensor) -> Tensor:
         picked = []
@@ -562,6 +574,7 @@ def _suffix_forward(model: Model, layer: int, hook_name: str, tokens: Tensor, lo
             picked.append(h[g_rows, g_pos])
         return final_logits(model, torch.cat(picked)[inverse]).float()
 
+    suffix.init_at_look = grab["a"]  # type: ignore[attr-defined]
     return suffix
 
 
@@ -574,10 +587,11 @@ def _start_groups(starts: Sequence[int], ends: Sequence[int],
                   group_cost: int = GROUP_COST_POSITIONS) -> list[tuple[int, list[int]]]:
     """Rows grouped by a shared start position: ``[(start, rows)]`` with ``start <= starts[row]``.
 
-    Running row r from ``start`` costs ``ends[r] - start`` positions; each group costs ``group_cost``
-    more. Groups are runs of consecutive distinct starts (the earliest is the group's start) chosen by
-    dynamic programming to minimise the total: one group per distinct start when calls are free, a
-    single group from the earliest start when positions are.
+    A group runs all its rows from ``start`` to its latest end (right-padded), so it costs
+    ``len(rows) × (max end − start)`` positions plus ``group_cost``. Groups are runs of consecutive
+    distinct starts (the earliest is the group's start) chosen by dynamic programming to minimise the
+    total: one group per distinct start when calls are free, a single group from the earliest start
+    when positions are.
     """
     by_start: dict[int, list[int]] = {}
     for r, t in enumerate(starts):
@@ -586,7 +600,8 @@ def _start_groups(starts: Sequence[int], ends: Sequence[int],
     m = len(ts)
 
     def cost(i: int, j: int) -> int:  # distinct starts ts[i..j] run from ts[i]
-        return group_cost + sum(int(ends[r]) - ts[i] for t in ts[i:j + 1] for r in by_start[t])
+        rows = [r for t in ts[i:j + 1] for r in by_start[t]]
+        return group_cost + len(rows) * (max(int(ends[r]) for r in rows) - ts[i])
 
     best = [0] + [0] * m  # best[j]: cheapest grouping of ts[:j]
     cut = [0] * (m + 1)

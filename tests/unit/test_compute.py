@@ -32,9 +32,8 @@ def test_every_path_gives_the_bridges_deltas(tiny, hook):
         with v_path(path):
             torch.manual_seed(0)
             runs[path] = optimize_delta(tiny, name, FACT, templates, ROME_HP)
-    kind = name.split(".", 2)[2]
-    assert tiny.compat.edit_modes[kind] == "suffix"
-    assert tiny.compat.edit_checks[(kind, "suffix")] and tiny.compat.edit_checks[(kind, "fast")]
+    assert tiny.compat.edit_modes[name.split(".", 2)[2]] == "suffix"
+    assert tiny.compat.edit_checks[(name, "suffix")] and tiny.compat.edit_checks[(name, "fast")]
     slow = runs["bridge"]
     for path in ("fast", "suffix"):
         got = runs[path]
@@ -58,7 +57,7 @@ def test_suffix_path_with_several_facts_and_subject_positions(tiny_llama):
         with v_path(path):
             torch.manual_seed(0)
             runs[path] = optimize_deltas(tiny_llama, name, facts, templates, ROME_HP)
-    assert tiny_llama.compat.edit_checks[("hook_resid_post", "suffix")]
+    assert tiny_llama.compat.edit_checks[(name, "suffix")]
     for a, b in zip(runs["suffix"], runs["bridge"], strict=True):
         assert rel(a.delta, b.delta) < 1e-4
         assert [x["nll"] for x in a.losses] == pytest.approx([x["nll"] for x in b.losses], rel=1e-4, abs=1e-6)
@@ -125,5 +124,67 @@ def test_start_groups_cover_every_row_once_and_trade_calls_for_positions():
         assert all(s <= starts[r] for s, rs in groups for r in rs)
     assert [s for s, _ in _start_groups(starts, ends, group_cost=0)] == [3, 5, 12, 13, 20]
     assert _start_groups(starts, ends, group_cost=1000) == [(3, [0, 4, 1, 3, 2, 5])]
-    # a modest call cost merges nearby starts only
+    # a modest call cost merges nearby starts only (a group pads its rows to its latest end)
     assert [s for s, _ in _start_groups(starts, ends, group_cost=4)] == [3, 12, 20]
+
+
+@pytest.fixture
+def fresh_checks(tiny_llama, monkeypatch):
+    """The tiny model with no v*/z path checked yet (restored afterwards)."""
+    monkeypatch.setattr(tiny_llama.compat, "edit_checks", {})
+    monkeypatch.setattr(tiny_llama.compat, "edit_modes", {})
+    return tiny_llama
+
+
+def _bridge_run(model, name, templates):
+    with v_path("bridge"):
+        torch.manual_seed(0)
+        return optimize_delta(model, name, FACT, templates, ROME_HP)
+
+
+def test_a_path_that_fails_its_check_is_not_used_not_even_for_init(fresh_checks, monkeypatch):
+    """A suffix path that gives other logits (and another init) than the bridge is rejected; the run
+    then equals the bridge's, its starting activation included."""
+    from knowscope.editing import compute
+
+    model, name = fresh_checks, fresh_checks.arch.hook_resid_post(1)
+    templates = context_templates(model, ROME_HP.context_lengths, 0)
+    real = compute._suffix_forward
+
+    def wrong(*args, **kwargs):
+        fn = real(*args, **kwargs)
+
+        def off(row_delta):
+            return fn(row_delta) + 1.0
+
+        off.init_at_look = fn.init_at_look + 1.0
+        return off
+
+    monkeypatch.setattr(compute, "_suffix_forward", wrong)
+    torch.manual_seed(0)
+    got = optimize_delta(model, name, FACT, templates, ROME_HP)
+    assert model.compat.edit_checks[(name, "suffix")] is False
+    assert model.compat.edit_checks[(name, "fast")] is True
+    want = _bridge_run(model, name, templates)
+    torch.testing.assert_close(got.init, want.init, rtol=1e-5, atol=1e-6)
+    assert rel(got.delta, want.delta) < 1e-4
+
+
+def test_a_path_that_raises_falls_back(fresh_checks, monkeypatch):
+    """Any error while building a path (e.g. a hybrid model's layers asking the cache for more than
+    keys/values) means the next slower path, not a failed edit."""
+    from knowscope.editing import compute
+
+    model, name = fresh_checks, fresh_checks.arch.hook_mlp_out(1)
+    templates = context_templates(model, ROME_HP.context_lengths, 0)
+
+    def broken(*args, **kwargs):
+        raise AttributeError("'PrefixKV' object has no attribute 'get_conv_state'")
+
+    monkeypatch.setattr(compute, "_suffix_forward", broken)
+    torch.manual_seed(0)
+    got = optimize_delta(model, name, FACT, templates, ROME_HP)
+    assert model.compat.edit_checks[(name, "suffix")] is False
+    assert model.compat.edit_modes["hook_mlp_out"] == "fast"
+    want = _bridge_run(model, name, templates)
+    assert rel(got.delta, want.delta) < 1e-4

@@ -100,10 +100,36 @@ def record_measured(store: Path, method: str) -> dict[str, Any]:
              "located_value": None if rec.located_value is None else round(rec.located_value, 4),
              "window": int(res.settings.get("window", 5)) if method == "memit" else 1,
              "n_facts": rec.n_facts, "n_cells": sum(c["method"] == method for c in res.cells),
-             "source": store.as_posix()}
+             "source": store.resolve().relative_to(MEASURED.parents[2]).as_posix()}
     model[method] = entry
     write_json_atomic(MEASURED, table)
     return entry
+
+
+def at_located(entry: dict[str, Any], facts: list[Any], workers: int, max_minutes: float | None) -> None:
+    """MEMIT's window centred on the located layer, when the grid's centres miss it: its own small store,
+    and the quality lost there against the grid's best window (into ``entry["located_window"]``)."""
+    s = entry["summary"]["memit"]
+    located, best = s["located_layer"], s["best_layer"]
+    if located is None or located in entry["settings"]["layers"]:
+        return
+    spec = SweepSpec(DEFAULT_MODEL, facts, methods=["memit"], layers=str(located), window=5)
+    store = GRID_STORES / f"memit-{len(facts)}-located.sqlite"
+    run_sweep(spec, store, workers=workers, max_seconds=None if max_minutes is None else 60 * max_minutes)
+    row = SweepResult.load(store).by_layer("memit")[0]
+    best_row = next(r for r in s["by_layer"] if r["layer"] == best)
+    entry["located_window"] = {
+        "store": store.resolve().relative_to(MEASURED.parents[2]).as_posix(), "layer": located, "row": row,
+        "quality_lost": {m: None if best_row.get(m) is None or row.get(m) is None else best_row[m] - row[m]
+                         for m in HEADLINE_METRICS}}
+    table = json.loads(MEASURED.read_text())
+    mine = table["models"].get(entry["settings"]["fingerprint"], {}).get("memit")
+    if mine is not None and mine.get("located_layer") == located:
+        mine["located_value"] = round(float(row["score"]), 4)
+    write_json_atomic(MEASURED, table)
+    print(f"\nmemit at the located layer {located} (window {row['layer'] - 2}-{row['layer'] + 2}, {row['n']} cells): "
+          f"score {_f(row['score'])}; lost against the best window (centre {best}): "
+          + ", ".join(f"{k} {_f(v)}" for k, v in entry["located_window"]["quality_lost"].items()))
 
 
 def print_grid(name: str, entry: dict[str, Any]) -> None:
@@ -170,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
                 entry["measured_layer"] = record_measured(Path(entry["store"]), name)
                 print(f"\n{name}: --layers auto now edits at layer {entry['measured_layer']['layer']} on this model "
                       f"(written to {MEASURED})")
+            if name == "memit" and entry["finished"]:
+                at_located(entry, facts, args.workers, args.max_minutes)
             write_json_atomic(out_path, report)
             print_grid(name, entry)
     print(f"\nwrote {out_path}")

@@ -50,6 +50,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from knowscope.circuits import knowledge_circuit, locate, trace
     from knowscope.circuits.eap import make_batch
     from knowscope.editing import EditSession, rome
+    from knowscope.editing.layers import measured_layer
     from knowscope.facts import load_bundled_facts
     from knowscope.probes.report import edit_report
 
@@ -80,6 +81,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print(f"  MLP indirect effect at the last subject token peaks at layer {choice.layer} "
           f"(over {choice.n_facts} facts of relation {fact.relation_id})")
     choice.save(out / "locate")
+    measured = measured_layer(model, "rome")
+    if measured is not None:
+        print(f"  a layer sweep of this model ({measured.n_facts} facts x {model.arch.n_layers} layers) measured "
+              f"ROME best at layer {measured.layer} ({measured.metric} {measured.value:.3f}; "
+              f"{measured.located_value:.3f} at its traced peak, layer {measured.located_layer}): "
+              "--layers auto edits there")
 
     _section(f"knowledge circuit of relation {fact.relation_id} (EAP-IG)")
     batch = make_batch(model, relation[: args.circuit_facts], "swap", pool=facts)

@@ -157,7 +157,7 @@ PATHS = ("bridge", "fast", "suffix")  # the v*/z forward passes, slowest first (
 
 
 def bench_paths(model: Any, facts: list[Any], hp: ROMEHyperParams, memit_facts: list[Any],
-                memit_hp: MEMITHyperParams) -> dict[str, Any]:
+                memit_hp: MEMITHyperParams, memit_paths: tuple[str, ...] = PATHS) -> dict[str, Any]:
     """ROME edits and one MEMIT batch with each v*/z forward pass, alternating in one run, same seeds.
 
     The bridge's full forward pass with one fact at a time (``z_batch`` 1) is the path the editors had
@@ -191,7 +191,7 @@ def bench_paths(model: Any, facts: list[Any], hp: ROMEHyperParams, memit_facts: 
     out["rome_ratio"] = out["rome_ratio_suffix"]
     if memit_facts:
         got = {}
-        variants = (("bridge", 1), ("fast", memit_hp.z_batch), ("suffix", memit_hp.z_batch))
+        variants = [("bridge", 1)] + [(p, memit_hp.z_batch) for p in memit_paths if p != "bridge"]
         for path, z_batch in variants:
             with v_path(path):
                 torch.manual_seed(0)
@@ -217,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--only", default="phases,paths", help="phases (FLOPs per phase), paths (bridge vs fast vs suffix)")
     ap.add_argument("--memit-facts", type=int, default=10, help="MEMIT batch size for the path comparison")
+    ap.add_argument("--memit-paths", default=",".join(PATHS),
+                    help="paths timed on the MEMIT batch (the bridge one fact at a time always runs: the baseline)")
     ap.add_argument("--out", default=str(RESULTS / "bench_compute.json"))
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -246,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     if "paths" in only:
         all_facts = load_bundled_facts()
         memit_facts = all_facts[:: max(1, len(all_facts) // args.memit_facts)][: args.memit_facts]
-        report["paths"] = bench_paths(model, facts, hp, memit_facts, MEMITHyperParams.for_model(model))
+        report["paths"] = bench_paths(model, facts, hp, memit_facts, MEMITHyperParams.for_model(model),
+                                      tuple(args.memit_paths.split(",")))
     write_json_atomic(out, report)
     print(f"wrote {args.out}")
     return 0

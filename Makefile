@@ -63,7 +63,7 @@ screenshots: setup
 
 test: setup
 	$(BIN)/ruff check knowscope tests benchmarks scripts
-	$(BIN)/python -m pytest -q tests notebooks --nbmake --durations=15 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q tests notebooks --nbmake --nbmake-timeout=1200 --durations=15 $(PYTEST_ARGS)
 
 unit: setup
 	$(BIN)/python -m pytest -q tests/unit $(PYTEST_ARGS)
@@ -72,7 +72,7 @@ integration: setup
 	$(BIN)/python -m pytest -q tests/integration $(PYTEST_ARGS)
 
 notebooks: setup
-	$(BIN)/python -m pytest -q --nbmake notebooks $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q --nbmake --nbmake-timeout=1200 notebooks $(PYTEST_ARGS)
 
 lint: setup
 	$(BIN)/ruff check knowscope tests benchmarks scripts

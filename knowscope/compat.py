@@ -120,10 +120,15 @@ class Compat:
     cache_keyword: str | None = None  # the keyword a decoder layer takes its cache by
     probe_diff: float = 0.0  # max |logit| difference cached vs uncached (after any fix)
     trace_mode: str | None = None  # the fast trace's partial forward ("suffix"/"full"), set on first use
-    edit_mode: str | None = None  # the fastest v*/z forward pass that passed a check ("suffix"/"fast"/"bridge")
-    edit_modes: dict[str, str] = field(default_factory=dict)  # the same per hook kind (hook_mlp_out, ...)
+    edit_modes: dict[str, str] = field(default_factory=dict)  # fastest v*/z pass per hook kind (hook_mlp_out, ...)
     edit_checks: dict[tuple[str, str], bool] = field(default_factory=dict)  # (hook, pass) -> reproduces bridge
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def edit_mode(self) -> str | None:
+        """The fastest v*/z forward pass any hook kind runs ("suffix"/"fast"/"bridge"); ``None`` before any edit."""
+        order = ("suffix", "fast", "bridge")
+        return min(self.edit_modes.values(), key=order.index, default=None)
 
     def to_dict(self) -> dict[str, Any]:
         return {"kv_cache": self.kv_cache, "cache_bridge": self.cache_bridge, "cache_keyword": self.cache_keyword,

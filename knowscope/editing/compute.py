@@ -357,7 +357,7 @@ def optimize_deltas(
 #: * ``"bridge"`` — the bridge's full forward pass with a hook, every position's logits.
 #:
 #: All three give the same deltas (tests/unit/test_compute.py). ``"suffix"`` and ``"fast"`` are used
-#: only where, checked once per model and hook kind, they reproduce the bridge's logits with a
+#: only where, checked once per model and hook (kind and layer), they reproduce the bridge's logits with a
 #: non-zero delta; otherwise the next one down runs.
 VPath = Literal["suffix", "fast", "bridge"]
 V_PATHS = ("suffix", "fast", "bridge")
@@ -431,9 +431,7 @@ def _selected_logits_fn(model: Model, hook_name: str, tokens: Tensor, look: Tens
                 note_init(init)
                 recorded.append(True)
             return fn
-    if model.compat.edit_modes.get(kind) is None:
-        model.compat.edit_modes[kind] = "bridge"
-        model.compat.edit_mode = model.compat.edit_mode or "bridge"
+    model.compat.edit_modes.setdefault(kind, "bridge")
     return bridge
 
 
@@ -464,7 +462,6 @@ def _reproduces_bridge(model: Model, hook_name: str, path: str, fn: Forward, bri
         best = model.compat.edit_modes.get(kind)
         if best is None or V_PATHS.index(path) < V_PATHS.index(best):
             model.compat.edit_modes[kind] = path
-            model.compat.edit_mode = path
     else:
         logger.warning("the editors' %r forward pass differs from the bridge's at %s (max |dlogit| %.3g); "
                        "trying the next slower one", path, hook_name, err)

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from knowscope.circuits.tracing import window_layers
 from knowscope.facts import Fact
 
 METHODS = ("rome", "memit", "ft")
@@ -41,9 +42,7 @@ class Cell:
 
 def edited_layers(method: str, layer: int, window: int, n_layers: int) -> list[int]:
     """The layers a cell edits: ``[layer]``, or for MEMIT ``window`` layers centred on it, clipped."""
-    if method != "memit":
-        return [layer]
-    return list(range(max(0, layer - window // 2), min(n_layers, layer - (-window // 2))))
+    return list(window_layers(layer, window, n_layers)) if method == "memit" else [layer]
 
 
 def fact_id(fact: Fact, index: int) -> str:

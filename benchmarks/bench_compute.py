@@ -15,9 +15,11 @@ how close a phase runs to the matmul roof):
 The compute bound is measured in the same run: the sustained float32 matmul throughput on shapes
 of this model (tokens × d_model @ d_model × d_mlp, the unembedding, and a square 2048 product),
 best of several repeats, with the same thread count. Each phase reports seconds, GFLOP, GFLOP/s
-and its share of the bound. Prints a table and writes ``benchmarks/results/bench_compute.json``.
+and its share of the bound. Then, side by side in the same run: ROME edits and a MEMIT batch with each
+v*/z forward pass (``paths``), and ``evaluate()`` of a batch of facts with each scoring mode
+(``evaluate``). Prints tables and writes ``benchmarks/results/bench_compute.json``.
 
-    python benchmarks/bench_compute.py [--facts 3]
+    python benchmarks/bench_compute.py [--facts 3] [--only phases,paths,evaluate] [--eval-facts 100]
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from knowscope.editing import memit, rome
@@ -65,6 +68,42 @@ def matmul_roof(shapes: list[tuple[int, int, int]], seconds: float = 2.0) -> dic
     return {"by_shape": out, "gflops": max(out.values())}
 
 
+def memory_bandwidth(mib: int = 256, seconds: float = 2.0) -> float:
+    """Sustained copy bandwidth in GB/s (bytes read + written), best of repeated copies of ``mib`` MiB."""
+    src = torch.ones(mib * 2**20 // 4)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    best = 0.0
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t = time.perf_counter()
+        dst.copy_(src)
+        best = max(best, 2 * src.numel() * 4 / (time.perf_counter() - t) / 1e9)
+    return best
+
+
+class MatmulBytes(TorchDispatchMode):
+    """Counts the bytes of every matrix product's operands and result (``mm``, ``addmm``, ``bmm``).
+
+    With operands that do not stay in cache between products (a block's weights are 14 MB here),
+    this is the memory traffic the products cannot avoid; divided by the measured bandwidth it is a
+    second floor under a phase's time beside FLOPs / matmul roof (a roofline's memory side).
+    """
+
+    OPS = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bytes = 0
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        if func in self.OPS:
+            self.bytes += sum(a.numel() * a.element_size() for a in args if isinstance(a, torch.Tensor))
+            self.bytes += out.numel() * out.element_size()
+        return out
+
+
 class Phase:
     """Time or count the FLOPs of a block: ``with phase("keys"): ...``; totals per phase name.
 
@@ -83,16 +122,20 @@ class Phase:
         class _Block:
             def __enter__(self) -> None:
                 self.counter = FlopCounterMode(display=False) if phase.count else None
+                self.traffic = MatmulBytes() if phase.count else None
                 if self.counter is not None:
                     self.counter.__enter__()
+                    self.traffic.__enter__()
                 self.t = time.perf_counter()
 
             def __exit__(self, *exc: Any) -> None:
                 secs = time.perf_counter() - self.t
-                row = phase.rows.setdefault(name, {"seconds": 0.0, "flops": 0.0, "calls": 0})
+                row = phase.rows.setdefault(name, {"seconds": 0.0, "flops": 0.0, "bytes": 0.0, "calls": 0})
                 if self.counter is not None:
+                    self.traffic.__exit__(*exc)
                     self.counter.__exit__(*exc)
                     row["flops"] += float(self.counter.get_total_flops())
+                    row["bytes"] += float(self.traffic.bytes)
                 row["seconds"] += secs
                 row["calls"] += 1
 
@@ -129,31 +172,43 @@ def bench_rome_phases(model: Any, facts: list[Any], hp: ROMEHyperParams, count: 
     return phase
 
 
-def phases_report(model: Any, facts: list[Any], hp: ROMEHyperParams, bound: float) -> dict[str, Any]:
+def phases_report(model: Any, facts: list[Any], hp: ROMEHyperParams, bound: float,
+                  bandwidth: float | None = None) -> dict[str, Any]:
+    """Seconds, GFLOP and matmul traffic per phase; share of the compute roof and, with the measured
+    ``bandwidth`` (GB/s), the memory floor: matmul operand bytes / bandwidth."""
     bench_rome_phases(model, facts[:1], hp, count=False)  # warm-up: caches, templates, allocator
     phase = bench_rome_phases(model, facts, hp, count=False)  # seconds
-    counted = bench_rome_phases(model, facts, hp, count=True)  # FLOPs
+    counted = bench_rome_phases(model, facts, hp, count=True)  # FLOPs and matmul bytes
     for name, row in phase.rows.items():
         row["flops"] = counted.rows[name]["flops"]
+        row["bytes"] = counted.rows[name]["bytes"]
     rows = []
     print(f"\nROME phases, mean over {len(facts)} facts (layer {hp.layer}; v* steps {phase.steps} of at most "
           f"{hp.v_steps})")
-    print(f"{'phase':<10} {'s/edit':>8} {'GFLOP/edit':>11} {'GFLOP/s':>8} {'of roof':>8}")
+    print(f"{'phase':<10} {'s/edit':>8} {'GFLOP/edit':>11} {'GFLOP/s':>8} {'of roof':>8} {'GB mm':>7} "
+          f"{'mem floor s':>12}")
     for name, r in phase.rows.items():
-        secs, gflop = r["seconds"] / len(facts), r["flops"] / len(facts) / 1e9
+        secs, gflop, gbyte = r["seconds"] / len(facts), r["flops"] / len(facts) / 1e9, r["bytes"] / len(facts) / 1e9
         rate = gflop / secs if secs else 0.0
+        floor = gbyte / bandwidth if bandwidth else None
         rows.append({"phase": name, "seconds_per_edit": secs, "gflop_per_edit": gflop, "gflops": rate,
-                     "share_of_roof": rate / bound})
-        print(f"{name:<10} {secs:>8.2f} {gflop:>11.1f} {rate:>8.1f} {100 * rate / bound:>7.1f}%")
-    total_s = sum(r["seconds_per_edit"] for r in rows if r["phase"] != "evaluate")
-    total_g = sum(r["gflop_per_edit"] for r in rows if r["phase"] != "evaluate")
+                     "share_of_roof": rate / bound, "matmul_gbytes_per_edit": gbyte, "memory_floor_s": floor})
+        print(f"{name:<10} {secs:>8.2f} {gflop:>11.1f} {rate:>8.1f} {100 * rate / bound:>7.1f}% {gbyte:>7.1f} "
+              f"{floor if floor is not None else float('nan'):>12.2f}")
+    edit = [r for r in rows if r["phase"] != "evaluate"]
+    total_s = sum(r["seconds_per_edit"] for r in edit)
+    total_g = sum(r["gflop_per_edit"] for r in edit)
+    total_b = sum(r["matmul_gbytes_per_edit"] for r in edit)
+    mem_floor = total_b / bandwidth if bandwidth else None
     print(f"edit (templates + keys + v* + solve): {total_s:.2f} s, {total_g:.1f} GFLOP, "
-          f"{100 * total_g / total_s / bound:.1f}% of the roof; at the roof it would take {total_g / bound:.2f} s")
+          f"{100 * total_g / total_s / bound:.1f}% of the roof; at the roof it would take {total_g / bound:.2f} s"
+          + (f"; moving its matmul operands once at {bandwidth:.0f} GB/s takes {mem_floor:.2f} s" if mem_floor else ""))
     return {"rome_phases": rows, "edit_seconds": total_s, "edit_gflop": total_g,
-            "edit_share_of_roof": total_g / total_s / bound, "v_steps": phase.steps}
+            "edit_share_of_roof": total_g / total_s / bound, "edit_matmul_gbytes": total_b,
+            "edit_memory_floor_s": mem_floor, "v_steps": phase.steps}
 
 
-PATHS = ("bridge", "fast", "suffix")  # the v*/z forward passes, slowest first (knowscope.editing.compute.VPath)
+PATHS = ("bridge", "fast", "suffix", "packed")  # the v*/z forward passes, slowest first (knowscope.editing.compute.VPath)
 
 
 def bench_paths(model: Any, facts: list[Any], hp: ROMEHyperParams, memit_facts: list[Any],
@@ -188,7 +243,7 @@ def bench_paths(model: Any, facts: list[Any], hp: ROMEHyperParams, memit_facts: 
     out: dict[str, Any] = {"rome": rows}
     for p in PATHS:
         out[f"rome_ratio_{p}"] = sum(r["bridge_s"] for r in rows) / sum(r[f"{p}_s"] for r in rows)
-    out["rome_ratio"] = out["rome_ratio_suffix"]
+    out["rome_ratio"] = out[f"rome_ratio_{PATHS[-1]}"]
     if memit_facts:
         got = {}
         variants = [("bridge", 1)] + [(p, memit_hp.z_batch) for p in memit_paths if p != "bridge"]
@@ -211,11 +266,55 @@ def bench_paths(model: Any, facts: list[Any], hp: ROMEHyperParams, memit_facts: 
     return out
 
 
+SCORE_MODES = ("rows", "packed")  # teacher-forced scoring, the old way first (knowscope.editing.scoring)
+
+
+def bench_evaluate(model: Any, facts: list[Any], bound: float, repeats: int = 2) -> dict[str, Any]:
+    """``evaluate()`` of a batch of facts without fluency (its scores and the unedited model's
+    locality reference), with each scoring mode, alternating in one run; FLOPs counted once each.
+
+    ``rows`` (one padded row per distinct input, logits at every position) is the path when issue
+    #17 was filed; ``packed`` (each prompt once with its continuations behind it, logits only where
+    read) is the default since. The metrics must agree to the last digit."""
+    saved = model.compat.score_mode
+    out: dict[str, Any] = {"n_facts": len(facts), "modes": []}
+    metrics = {}
+    try:
+        times: dict[str, list[float]] = {m: [] for m in SCORE_MODES}
+        for _ in range(repeats):
+            for mode in SCORE_MODES:
+                model.compat.score_mode = mode
+                t = time.perf_counter()
+                metrics[mode] = evaluate(model, facts, session=EditSession(model), fluency=False).flat()
+                times[mode].append(time.perf_counter() - t)
+        for mode in SCORE_MODES:
+            model.compat.score_mode = mode
+            with FlopCounterMode(display=False) as counter:
+                evaluate(model, facts, session=EditSession(model), fluency=False)
+            secs = min(times[mode])
+            gflop = counter.get_total_flops() / 1e9
+            out["modes"].append({"mode": mode, "seconds": secs, "gflop": gflop, "gflops": gflop / secs,
+                                 "share_of_roof": gflop / secs / bound})
+    finally:
+        model.compat.score_mode = saved
+    base = out["modes"][0]["seconds"]
+    for row in out["modes"]:
+        row["ratio"] = base / row["seconds"]
+    out["metrics_equal"] = metrics["rows"] == metrics["packed"]
+    print(f"\nevaluate(), {len(facts)} facts, no fluency (best of {repeats}; metrics equal: {out['metrics_equal']})")
+    for row in out["modes"]:
+        print(f"  {row['mode']:<7} {row['seconds']:>7.1f} s {row['gflop']:>8.0f} GFLOP {row['gflops']:>6.1f} GFLOP/s "
+              f"{100 * row['share_of_roof']:>5.1f}% of roof  {row['ratio']:.2f}x")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--facts", type=int, default=3, help="bundled facts to edit (spread over the set)")
     ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--only", default="phases,paths", help="phases (FLOPs per phase), paths (bridge vs fast vs suffix)")
+    ap.add_argument("--only", default="phases,paths,evaluate",
+                    help="phases (FLOPs per phase), paths (bridge vs fast vs suffix), evaluate (scoring modes)")
+    ap.add_argument("--eval-facts", type=int, default=100, help="facts evaluated together for the scoring comparison")
     ap.add_argument("--memit-facts", type=int, default=10, help="MEMIT batch size for the path comparison")
     ap.add_argument("--memit-paths", default=",".join(PATHS),
                     help="paths timed on the MEMIT batch (the bridge one fact at a time always runs: the baseline)")
@@ -232,8 +331,10 @@ def main(argv: list[str] | None = None) -> int:
     d, f, v = model.arch.d_model, model.arch.d_mlp, model.hf.config.vocab_size
     roof = matmul_roof([(512, d, f), (512, d, v), (2048, 2048, 2048)])
     bound = roof["gflops"]
+    bandwidth = memory_bandwidth()
+    roof["copy_gbytes_per_s"] = bandwidth
     print(f"float32 matmul roof on {torch.get_num_threads()} threads: {bound:.0f} GFLOP/s "
-          f"({', '.join(f'{k} {x:.0f}' for k, x in roof['by_shape'].items())})")
+          f"({', '.join(f'{k} {x:.0f}' for k, x in roof['by_shape'].items())}); copy bandwidth {bandwidth:.1f} GB/s")
     out = Path(args.out)
     # sections not run this time keep their previous numbers
     report: dict[str, Any] = json.loads(out.read_text()) if out.is_file() else {}
@@ -244,12 +345,16 @@ def main(argv: list[str] | None = None) -> int:
         for path in PATHS:
             with v_path(path):
                 print(f"\n-- v*/z forward pass: {path}")
-                report[f"phases_{path}"] = phases_report(model, facts, hp, bound)
+                report[f"phases_{path}"] = phases_report(model, facts, hp, bound, bandwidth)
     if "paths" in only:
         all_facts = load_bundled_facts()
         memit_facts = all_facts[:: max(1, len(all_facts) // args.memit_facts)][: args.memit_facts]
         report["paths"] = bench_paths(model, facts, hp, memit_facts, MEMITHyperParams.for_model(model),
                                       tuple(args.memit_paths.split(",")))
+    if "evaluate" in only:
+        all_facts = load_bundled_facts()
+        report["evaluate"] = bench_evaluate(model, all_facts[:: max(1, len(all_facts) // args.eval_facts)]
+                                            [: args.eval_facts], bound)
     write_json_atomic(out, report)
     print(f"wrote {args.out}")
     return 0

@@ -122,18 +122,20 @@ class Compat:
     trace_mode: str | None = None  # the fast trace's partial forward ("suffix"/"full"), set on first use
     edit_modes: dict[str, str] = field(default_factory=dict)  # fastest v*/z pass per hook kind (hook_mlp_out, ...)
     edit_checks: dict[tuple[str, str], bool] = field(default_factory=dict)  # (hook, pass) -> reproduces bridge
+    score_mode: str | None = None  # teacher-forced scoring ("packed"/"rows"), set on first use
     notes: list[str] = field(default_factory=list)
 
     @property
     def edit_mode(self) -> str | None:
-        """The fastest v*/z forward pass any hook kind runs ("suffix"/"fast"/"bridge"); ``None`` before any edit."""
-        order = ("suffix", "fast", "bridge")
+        """The fastest v*/z forward pass any hook kind runs ("packed"/"suffix"/"fast"/"bridge"); ``None`` before
+        any edit."""
+        order = ("packed", "suffix", "fast", "bridge")
         return min(self.edit_modes.values(), key=order.index, default=None)
 
     def to_dict(self) -> dict[str, Any]:
         return {"kv_cache": self.kv_cache, "cache_bridge": self.cache_bridge, "cache_keyword": self.cache_keyword,
                 "probe_diff": self.probe_diff, "trace_mode": self.trace_mode, "edit_mode": self.edit_mode,
-                "edit_modes": dict(self.edit_modes),
+                "edit_modes": dict(self.edit_modes), "score_mode": self.score_mode,
                 "notes": list(self.notes)}
 
 

@@ -347,21 +347,24 @@ def optimize_deltas(
 
 #: which forward pass :func:`optimize_delta` runs:
 #:
-#: * ``"suffix"`` (default) — the residual after the edited layer is recorded once, with every later
-#:   layer's keys/values; each step runs the blocks above the edited layer only on the positions from
-#:   the subject's last token on (earlier positions cannot see the delta under causal attention, so
-#:   their keys/values come from the record as a cache), and the final norm and unembedding only
-#:   where the loss reads logits;
+#: * ``"packed"`` (default) — the residual after the edited layer is recorded once, with every later
+#:   layer's keys/values; each step runs the blocks above the edited layer once per block on every
+#:   row's positions from its subject's last token on (earlier positions cannot see the delta under
+#:   causal attention), the rows left-aligned, each at its own positions, with the earlier positions'
+#:   keys/values as a cache that an explicit mask cuts at each row's start; the final norm and
+#:   unembedding only where the loss reads logits;
+#: * ``"suffix"`` — the same, the rows grouped by start position instead of masked (one block call per
+#:   group, for attention that ignores explicit masks with a cache);
 #: * ``"fast"`` — the blocks from the edited layer up on all positions, on the edited block's input
 #:   recorded once, logits only where the loss reads them;
 #: * ``"bridge"`` — the bridge's full forward pass with a hook, every position's logits.
 #:
-#: All three give the same deltas (tests/unit/test_compute.py). ``"suffix"`` and ``"fast"`` are used
-#: only where, checked once per model and hook (kind and layer), they reproduce the bridge's logits with a
-#: non-zero delta; otherwise the next one down runs.
-VPath = Literal["suffix", "fast", "bridge"]
-V_PATHS = ("suffix", "fast", "bridge")
-_V_PATH: contextvars.ContextVar[str] = contextvars.ContextVar("knowscope_v_path", default="suffix")
+#: All four give the same deltas (tests/unit/test_compute.py). The first three are used only where,
+#: checked once per model and hook (kind and layer), they reproduce the bridge's logits with a non-zero
+#: delta; otherwise the next one down runs.
+VPath = Literal["packed", "suffix", "fast", "bridge"]
+V_PATHS = ("packed", "suffix", "fast", "bridge")
+_V_PATH: contextvars.ContextVar[str] = contextvars.ContextVar("knowscope_v_path", default="packed")
 
 
 @contextlib.contextmanager
@@ -412,12 +415,12 @@ def _selected_logits_fn(model: Model, hook_name: str, tokens: Tensor, look: Tens
         return bridge
     kind = hook_name.split(".", 2)[2]
     checks = model.compat.edit_checks  # per hook name: a check at layer L covers only the blocks above L
-    for path in ("suffix", "fast")[V_PATHS.index(wanted):]:
+    builders = {"packed": _packed_forward, "suffix": _suffix_forward, "fast": _fast_forward}
+    for path in V_PATHS[V_PATHS.index(wanted):-1]:
         if checks.get((hook_name, path)) is False:
             continue
         try:
-            fn = (_suffix_forward if path == "suffix" else _fast_forward)(
-                model, layer, hook_name, tokens, look, sel_rows, sel_pos, add)
+            fn = builders[path](model, layer, hook_name, tokens, look, sel_rows, sel_pos, add)
         except _NotForThisCall as exc:
             logger.debug("v*/z path %r skipped for this call: %s", path, exc)
             continue
@@ -495,21 +498,26 @@ def _fast_forward(model: Model, layer: int, hook_name: str, tokens: Tensor, look
     return fast
 
 
-def _suffix_forward(model: Model, layer: int, hook_name: str, tokens: Tensor, look: Tensor, sel_rows: Tensor,
-                    sel_pos: Tensor, add: Callable[[Tensor], Callable[..., Tensor]]) -> Forward:
-    """Blocks above the edited layer on each row's positions from its subject token on (see :data:`VPath`).
+@dataclass
+class _AboveRecord:
+    """What the suffix paths record once: the unedited residual after the edited block, every later
+    block's keys/values on all positions, and the hook's activation at each row's subject position."""
 
-    The delta enters the residual stream after block ``layer`` at the subject position: added to
-    ``hook_resid_post`` directly, or through ``hook_mlp_out``, which the block adds to its residual
-    output last (checked against the bridge before use). Rows are grouped by start position
-    (:func:`_start_groups`), so each group shares one cached prefix length. The returned function
-    carries ``init_at_look``, the unedited activation at the hook at each row's subject position.
-    """
+    base: Tensor  # [rows, pos, d_model]
+    kv: dict[int, tuple[Tensor, Tensor]]  # block -> keys, values [rows, kv heads, pos, head dim]
+    init_at_look: Tensor  # [rows, d_model]
+    ends: Tensor  # [rows]: one past the last position each row's loss reads (at least its subject)
+
+
+def _record_above(model: Model, layer: int, hook_name: str, tokens: Tensor, look: Tensor, sel_rows: Tensor,
+                  sel_pos: Tensor) -> _AboveRecord:
     kind = hook_name.split(".", 2)[2]
     if kind not in ("hook_resid_post", "hook_mlp_out"):
         raise _PathUnavailable(f"the delta at {kind} does not add to the residual stream")
     if model.compat.cache_keyword is None:
         raise _PathUnavailable("the decoder layers take no KV cache")
+    if bool((sel_pos < look[sel_rows]).any()):
+        raise _NotForThisCall("the loss reads a position before the delta")
     n = model.arch.n_layers
     rows_t = torch.arange(tokens.shape[0], device=tokens.device)
     with torch.no_grad():
@@ -533,14 +541,65 @@ def _suffix_forward(model: Model, layer: int, hook_name: str, tokens: Tensor, lo
             h = run_block(model, upper, h, 0, PrefixKV(record=kv))
         if len(kv) != n - layer - 1:
             raise _PathUnavailable("the attention did not write its keys/values to the cache it was given")
-        kv_by_block = {layer + 1 + i: kv[k] for i, k in enumerate(sorted(kv))}
+    ends = (look + 1).clone()
+    ends.scatter_reduce_(0, sel_rows, sel_pos + 1, reduce="amax")
+    return _AboveRecord(base, {layer + 1 + i: kv[k] for i, k in enumerate(sorted(kv))}, grab["a"], ends)
+
+
+def _packed_forward(model: Model, layer: int, hook_name: str, tokens: Tensor, look: Tensor, sel_rows: Tensor,
+                    sel_pos: Tensor, add: Callable[[Tensor], Callable[..., Tensor]]) -> Forward:
+    """Blocks above the edited layer, one call each, on every row's positions from its subject on (see
+    :data:`VPath`): row ``r`` runs positions ``look[r] .. ends[r] - 1`` left-aligned at their own
+    position ids; its keys/values before ``look[r]`` come from the record, cut per row by the mask."""
+    rec = _record_above(model, layer, hook_name, tokens, look, sel_rows, sel_pos)
+    dev = tokens.device
+    n_rows = tokens.shape[0]
+    width = int((rec.ends - look).max())
+    prefix = int(look.max())
+    i = torch.arange(width, device=dev)
+    positions = look[:, None] + i[None, :]  # [rows, width]; past a row's end: unread padding
+    h0 = rec.base[torch.arange(n_rows, device=dev)[:, None], positions.clamp(max=rec.base.shape[1] - 1)]
+    cache = {up: (k[:, :, :prefix], v[:, :, :prefix]) for up, (k, v) in rec.kv.items()}
+    j = torch.arange(prefix, device=dev)
+    see_prefix = (j[None, :] < look[:, None])[:, None, :].expand(n_rows, width, prefix)  # [rows, query, key]
+    see_suffix = (i[None, :] <= i[:, None])[None].expand(n_rows, width, width)
+    allowed = torch.cat([see_prefix, see_suffix], dim=-1)
+    mask = torch.zeros(allowed.shape, dtype=rec.base.dtype, device=dev)
+    mask.masked_fill_(~allowed, torch.finfo(rec.base.dtype).min)
+    mask = mask[:, None]  # [rows, 1, query, key]
+    offset = torch.zeros(n_rows, width, 1, dtype=rec.base.dtype, device=dev)
+    offset[:, 0] = 1.0  # the delta enters at each row's subject position, its first
+    pick_pos = sel_pos - look[sel_rows]
+    # absolute position embeddings are already in the recorded residual; rotary ones are applied per block
+    rotary_positions = positions if model.arch.positional == "rotary" else None
+
+    def packed(row_delta: Tensor) -> Tensor:
+        h = h0 + offset * row_delta.to(h0.dtype)[:, None, :]
+        for upper in range(layer + 1, model.arch.n_layers):
+            k, v = cache[upper]
+            h = run_block(model, upper, h, cache=PrefixKV(k, v), position_ids=rotary_positions, attention_mask=mask)
+        return final_logits(model, h[sel_rows, pick_pos]).float()
+
+    packed.init_at_look = rec.init_at_look  # type: ignore[attr-defined]
+    return packed
+
+
+def _suffix_forward(model: Model, layer: int, hook_name: str, tokens: Tensor, look: Tensor, sel_rows: Tensor,
+                    sel_pos: Tensor, add: Callable[[Tensor], Callable[..., Tensor]]) -> Forward:
+    """Blocks above the edited layer on each row's positions from its subject token on (see :data:`VPath`).
+
+    The delta enters the residual stream after block ``layer`` at the subject position: added to
+    ``hook_resid_post`` directly, or through ``hook_mlp_out``, which the block adds to its residual
+    output last (checked against the bridge before use). Rows are grouped by start position
+    (:func:`_start_groups`), so each group shares one cached prefix length. The returned function
+    carries ``init_at_look``, the unedited activation at the hook at each row's subject position.
+    """
+    rec = _record_above(model, layer, hook_name, tokens, look, sel_rows, sel_pos)
+    base, kv_by_block, ends = rec.base, rec.kv, rec.ends
+    n = model.arch.n_layers
     # a row runs from its subject position to the last position the loss reads (causal: nothing later
     # matters); rows are grouped by a shared start s <= their subject positions (one cached prefix
     # length per group), the groups chosen by :func:`_start_groups`
-    if bool((sel_pos < look[sel_rows]).any()):
-        raise _NotForThisCall("the loss reads a position before the delta")
-    ends = (look + 1).clone()
-    ends.scatter_reduce_(0, sel_rows, sel_pos + 1, reduce="amax")
     dev = tokens.device
     groups = []
     order: list[int] = []
@@ -571,7 +630,7 @@ def _suffix_forward(model: Model, layer: int, hook_name: str, tokens: Tensor, lo
             picked.append(h[g_rows, g_pos])
         return final_logits(model, torch.cat(picked)[inverse]).float()
 
-    suffix.init_at_look = grab["a"]  # type: ignore[attr-defined]
+    suffix.init_at_look = rec.init_at_look  # type: ignore[attr-defined]
     return suffix
 
 

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from knowscope.facts import Fact
 from knowscope.models import Model
+from knowscope.models.blocks import block_input, final_logits, run_block, supports_block_runs
 
 logger = logging.getLogger(__name__)
 
@@ -70,15 +71,59 @@ def score_continuations(
     return [scored[e] for e in encoded]
 
 
+Seq = tuple[tuple[int, ...], tuple[int, ...]]  # (BOS-prepended prompt ids, continuation ids)
+
+#: scoring modes: ``"packed"`` runs each prompt once with all its continuations packed behind it as
+#: a tree (each continuation attends to the prompt and to itself only, at the positions it would
+#: have alone) and computes logits only where a score reads them; ``"rows"`` runs one padded row per
+#: distinct input with logits everywhere. Packed is used where, checked once per model on the first
+#: call, it gives the rows' scores (rotary models whose blocks run alone); otherwise rows.
+SCORE_MODES = ("packed", "rows")
+
+
+def _score_ids(model: Model, seqs: Sequence[Seq], batch_size: int, mode: str | None = None) -> dict[Seq, TokenScores]:
+    """Scores of each ``(prompt, continuation)``, by ``mode`` (default: the model's checked mode)."""
+    if mode is not None and mode not in SCORE_MODES:
+        raise ValueError(f"score mode must be one of {SCORE_MODES}, got {mode!r}")
+    seqs = list(seqs)
+    if not seqs:
+        return {}
+    if mode is None:
+        mode = model.compat.score_mode
+        if mode is None:
+            mode = model.compat.score_mode = _check_packed(model, seqs[:8], batch_size)
+    if mode == "packed":
+        return _score_packed(model, seqs, batch_size)
+    return _score_rows(model, seqs, batch_size)
+
+
+def _check_packed(model: Model, probe: Sequence[Seq], batch_size: int) -> str:
+    """``"packed"`` if packed scoring reproduces the rows' log-probabilities (1e-4) and argmaxes on
+    ``probe``, else ``"rows"`` (with the reason logged)."""
+    if model.arch.positional != "rotary" or not supports_block_runs(model):
+        return "rows"
+    try:
+        want = _score_rows(model, probe, batch_size)
+        got = _score_packed(model, probe, batch_size)
+        err = max(float((want[k].logprobs - got[k].logprobs).abs().max()) for k in want)
+        same = all(torch.equal(want[k].argmax, got[k].argmax) for k in want)
+    except Exception as exc:  # noqa: BLE001 - a packed pass that cannot run means: score by rows
+        logger.info("packed scoring is not available on this model: %s", exc)
+        return "rows"
+    if err <= 1e-4 and same:
+        return "packed"
+    logger.warning("packed scoring differs from row scoring on this model (max |dlogprob| %.3g, argmax %s); "
+                   "scoring by rows", err, "same" if same else "differs")
+    return "rows"
+
+
 @torch.no_grad()
-def _score_ids(
-    model: Model, seqs: Sequence[tuple[tuple[int, ...], tuple[int, ...]]], batch_size: int
-) -> dict[tuple[tuple[int, ...], tuple[int, ...]], TokenScores]:
-    out: dict[tuple[tuple[int, ...], tuple[int, ...]], TokenScores] = {}
+def _score_rows(model: Model, seqs: Sequence[Seq], batch_size: int) -> dict[Seq, TokenScores]:
+    out: dict[Seq, TokenScores] = {}
     pad = model.pad_token_id  # right padding: its value never reaches a real position's logits
     # pairs whose model input is the same (a prompt with one-token targets: the last target token is
     # never an input) share one forward; inputs sorted by length so padding stays small
-    by_input: dict[tuple[int, ...], list[tuple[tuple[int, ...], tuple[int, ...]]]] = {}
+    by_input: dict[tuple[int, ...], list[Seq]] = {}
     for p, t in seqs:
         by_input.setdefault((p + t)[:-1], []).append((p, t))
     inputs = sorted(by_input, key=len)
@@ -93,15 +138,83 @@ def _score_ids(
             for p, t in by_input[ids]:
                 # the logits at position i predict token i + 1: target token j is predicted at len(p) - 1 + j
                 pos = torch.arange(len(p) - 1, len(p) - 1 + len(t), device=logits.device)
-                rows = logits[row, pos].float()
-                logprobs = torch.log_softmax(rows, dim=-1)
-                target = torch.tensor(t, device=logits.device)
-                out[(p, t)] = TokenScores(
-                    target=t,
-                    logprobs=logprobs.gather(1, target[:, None])[:, 0].cpu(),
-                    argmax=rows.argmax(dim=-1).cpu(),
-                )
+                out[(p, t)] = _token_scores(logits[row, pos].float(), t)
     return out
+
+
+def _token_scores(logits: Float[Tensor, "n_target vocab"], target: tuple[int, ...]) -> TokenScores:
+    logprobs = torch.log_softmax(logits, dim=-1)
+    ids = torch.tensor(target, device=logits.device)
+    return TokenScores(target=target, logprobs=logprobs.gather(1, ids[:, None])[:, 0].cpu(),
+                       argmax=logits.argmax(dim=-1).cpu())
+
+
+@dataclass
+class _PackedRow:
+    """One prompt and its continuations' inputs in one row: ids, positions, segment of each token
+    (0: the prompt, j: the j-th continuation) and where each pair's scores are read."""
+
+    ids: list[int]
+    positions: list[int]
+    segment: list[int]
+    reads: dict[Seq, list[int]]
+
+
+def _pack(seqs: Sequence[Seq]) -> list[_PackedRow]:
+    by_prompt: dict[tuple[int, ...], list[tuple[int, ...]]] = {}
+    for p, t in seqs:
+        targets = by_prompt.setdefault(p, [])
+        if t not in targets:
+            targets.append(t)
+    rows = []
+    for p, targets in by_prompt.items():
+        n = len(p)
+        row = _PackedRow(list(p), list(range(n)), [0] * n, {})
+        for j, t in enumerate(targets, start=1):
+            # target token 0 is predicted after the prompt; token i > 0 after the continuation's token i - 1
+            row.reads[(p, t)] = [n - 1] + list(range(len(row.ids), len(row.ids) + len(t) - 1))
+            row.ids.extend(t[:-1])
+            row.positions.extend(range(n, n + len(t) - 1))
+            row.segment.extend([j] * (len(t) - 1))
+        rows.append(row)
+    return sorted(rows, key=lambda r: len(r.ids))
+
+
+@torch.no_grad()
+def _score_packed(model: Model, seqs: Sequence[Seq], batch_size: int) -> dict[Seq, TokenScores]:
+    """Packed scoring (:data:`SCORE_MODES`): one row per prompt, a tree mask, logits only where read."""
+    out: dict[Seq, TokenScores] = {}
+    dev = model.device
+    rows = _pack(seqs)
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        width = max(len(r.ids) for r in chunk)
+        tokens = torch.full((len(chunk), width), model.pad_token_id, dtype=torch.long)
+        positions = torch.zeros(len(chunk), width, dtype=torch.long)
+        segment = torch.full((len(chunk), width), -1, dtype=torch.long)  # padding: its own segment
+        for i, r in enumerate(chunk):
+            tokens[i, : len(r.ids)] = torch.tensor(r.ids)
+            positions[i, : len(r.ids)] = torch.tensor(r.positions)
+            segment[i, : len(r.ids)] = torch.tensor(r.segment)
+        tokens, positions, segment = tokens.to(dev), positions.to(dev), segment.to(dev)
+        idx = torch.arange(width, device=dev)
+        causal = idx[None, :] <= idx[:, None]  # [query, key]
+        same = (segment[:, None, :] == 0) | (segment[:, None, :] == segment[:, :, None])  # key in prompt or own segment
+        h = block_input(model, 0, tokens)
+        mask = torch.zeros(same.shape, dtype=h.dtype, device=dev)
+        mask.masked_fill_(~(causal[None] & same), torch.finfo(h.dtype).min)
+        mask = mask[:, None]
+        for layer in range(model.arch.n_layers):
+            h = run_block(model, layer, h, position_ids=positions, attention_mask=mask)
+        where = [(i, pair, cols) for i, r in enumerate(chunk) for pair, cols in r.reads.items()]
+        row_idx = torch.tensor([i for i, _, cols in where for _ in cols], device=dev)
+        col_idx = torch.tensor([c for _, _, cols in where for c in cols], device=dev)
+        logits = final_logits(model, h[row_idx, col_idx]).float()
+        at = 0
+        for _, pair, cols in where:
+            out[pair] = _token_scores(logits[at : at + len(cols)], pair[1])
+            at += len(cols)
+    return {pair: out[pair] for pair in dict.fromkeys(seqs)}
 
 
 # --------------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from knowscope import hooks as hk
@@ -71,12 +71,16 @@ def supports_block_runs(model: Model) -> bool:
 
 
 def run_block(model: Model, layer: int, h: Float[Tensor, "batch pos d_model"], start: int = 0,
-              cache: Any = None) -> Float[Tensor, "batch pos d_model"]:
+              cache: Any = None, *, position_ids: Int[Tensor, "batch pos"] | None = None,
+              attention_mask: Float[Tensor, "batch 1 pos kv"] | None = None) -> Float[Tensor, "batch pos d_model"]:
     """Run block ``layer`` on positions ``start..start+pos`` of ``h`` (earlier positions via ``cache``).
 
     The cache goes in under the keyword the decoder layer declares (found at load time,
     :func:`knowscope.compat.cache_keyword`); ``cache=None`` runs the block on ``h`` alone, which then
-    must start at position 0.
+    must start at position 0. ``position_ids`` (rotary models) replaces the consecutive positions and
+    ``attention_mask``, an additive 4-D mask over the keys (0 where a query may attend, the dtype's
+    minimum where not), replaces the causal mask: together they run sequences packed as a tree
+    (:func:`knowscope.editing.scoring.score_continuations`).
     """
     bridge = model.bridge
     kwargs: dict[str, Any] = {}
@@ -85,10 +89,15 @@ def run_block(model: Model, layer: int, h: Float[Tensor, "batch pos d_model"], s
         if keyword is None:
             raise RuntimeError("this model's decoder layers take no KV cache")
         kwargs[keyword] = cache
+    if attention_mask is not None:
+        kwargs["attention_mask"] = attention_mask
     if model.arch.positional == "rotary":
-        pos = torch.arange(start, start + h.shape[1], device=h.device).unsqueeze(0)
+        pos = position_ids if position_ids is not None else \
+            torch.arange(start, start + h.shape[1], device=h.device).unsqueeze(0)
         kwargs["position_embeddings"] = bridge.rotary_emb(h, pos)
         kwargs["position_ids"] = pos
+    elif position_ids is not None:
+        raise ValueError(f"explicit positions need rotary position embeddings, not {model.arch.positional!r}")
     out = bridge.blocks[layer](h, **kwargs)
     return out[0] if isinstance(out, tuple) else out
 

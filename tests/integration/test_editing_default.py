@@ -62,23 +62,26 @@ def test_rome_one_fact_at_a_time(default_model, spread):
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
-def test_suffix_path_gives_the_bridge_paths_rome_update(default_model, spread):
-    """Issue #17: the suffix v* path (cached prefix, positions from the subject on, logits only where the
-    loss reads them) reproduces the bridge's full forward pass on the real model: same steps, same
-    update within 1e-4 relative; and it was checked and chosen for both hook kinds the editors use."""
+def test_suffix_paths_give_the_bridge_paths_rome_update(default_model, spread):
+    """Issue #17: the packed and suffix v* paths (cached prefix, positions from the subject on, logits only
+    where the loss reads them; one masked call per block or one per group of starts) reproduce the
+    bridge's full forward pass on the real model: same steps, same update within 1e-4 relative; and
+    the packed one was checked and chosen."""
     from knowscope.editing import rome
     from knowscope.editing.compute import v_path
 
     fact = spread[1]
     got = {}
-    for path in ("bridge", "suffix"):
+    for path in ("bridge", "suffix", "packed"):
         with v_path(path):
             got[path] = rome.edit(default_model, [fact])
-    slow, fast = got["bridge"], got["suffix"]
-    assert [r["steps"] for r in slow.extra["per_request"]] == [r["steps"] for r in fast.extra["per_request"]]
-    for name in slow.deltas:
-        assert float((fast.deltas[name] - slow.deltas[name]).norm() / slow.deltas[name].norm()) < 1e-4
-    assert default_model.compat.edit_modes["hook_mlp_out"] == "suffix"
+    slow = got["bridge"]
+    for path in ("suffix", "packed"):
+        fast = got[path]
+        assert [r["steps"] for r in slow.extra["per_request"]] == [r["steps"] for r in fast.extra["per_request"]]
+        for name in slow.deltas:
+            assert float((fast.deltas[name] - slow.deltas[name]).norm() / slow.deltas[name].norm()) < 1e-4, path
+    assert default_model.compat.edit_modes["hook_mlp_out"] == "packed"
 
 
 def test_rome_keeps_generation_fluent(default_model, spread):

@@ -23,19 +23,19 @@ def rel(a, b):
 
 @pytest.mark.parametrize("hook", ["mlp_out", "resid_post"])
 def test_every_path_gives_the_bridges_deltas(tiny, hook):
-    """suffix (cached prefix, positions from the subject on) and fast (blocks from the edited layer up) =
-    the bridge's full forward pass: same init, same loss trace, delta within 1e-4 relative."""
+    """packed (one masked call per block), suffix (grouped by start; both: cached prefix, positions from
+    the subject on) and fast (blocks from the edited layer up) = the bridge's full forward pass: same init, same loss trace, delta within 1e-4 relative."""
     name = tiny.arch.hook_mlp_out(1) if hook == "mlp_out" else tiny.arch.hook_resid_post(2)
     templates = context_templates(tiny, ROME_HP.context_lengths, 0)
     runs = {}
-    for path in ("bridge", "fast", "suffix"):
+    for path in ("bridge", "fast", "suffix", "packed"):
         with v_path(path):
             torch.manual_seed(0)
             runs[path] = optimize_delta(tiny, name, FACT, templates, ROME_HP)
-    assert tiny.compat.edit_modes[name.split(".", 2)[2]] == "suffix"
-    assert tiny.compat.edit_checks[(name, "suffix")] and tiny.compat.edit_checks[(name, "fast")]
+    assert tiny.compat.edit_modes[name.split(".", 2)[2]] == "packed"
+    assert all(tiny.compat.edit_checks[(name, p)] for p in ("packed", "suffix", "fast"))
     slow = runs["bridge"]
-    for path in ("fast", "suffix"):
+    for path in ("fast", "suffix", "packed"):
         got = runs[path]
         assert len(got.losses) == len(slow.losses) > 1
         assert rel(got.delta, slow.delta) < 1e-4, path
@@ -53,24 +53,25 @@ def test_suffix_path_with_several_facts_and_subject_positions(tiny_llama):
     name = tiny_llama.arch.hook_resid_post(1)
     templates = context_templates(tiny_llama, ROME_HP.context_lengths, 0)
     runs = {}
-    for path in ("bridge", "suffix"):
+    for path in ("bridge", "suffix", "packed"):
         with v_path(path):
             torch.manual_seed(0)
             runs[path] = optimize_deltas(tiny_llama, name, facts, templates, ROME_HP)
-    assert tiny_llama.compat.edit_checks[(name, "suffix")]
-    for a, b in zip(runs["suffix"], runs["bridge"], strict=True):
-        assert rel(a.delta, b.delta) < 1e-4
-        assert [x["nll"] for x in a.losses] == pytest.approx([x["nll"] for x in b.losses], rel=1e-4, abs=1e-6)
+    assert tiny_llama.compat.edit_checks[(name, "suffix")] and tiny_llama.compat.edit_checks[(name, "packed")]
+    for path in ("suffix", "packed"):
+        for a, b in zip(runs[path], runs["bridge"], strict=True):
+            assert rel(a.delta, b.delta) < 1e-4
+            assert [x["nll"] for x in a.losses] == pytest.approx([x["nll"] for x in b.losses], rel=1e-4, abs=1e-6)
 
 
 def test_rome_and_memit_edits_agree_across_paths(tiny_llama):
     stats = key_stats(tiny_llama, [1, 2], n_tokens=400, seq_len=32, batch_size=8, progress=False)
     results = {}
-    for path in ("bridge", "fast", "suffix"):
+    for path in ("bridge", "fast", "suffix", "packed"):
         with v_path(path):
             results[path] = (rome.edit(tiny_llama, [FACT], hparams=ROME_HP, stats=stats[1]),
                              memit.edit(tiny_llama, FACTS, hparams=MEMIT_HP, stats=stats))
-    for path in ("fast", "suffix"):
+    for path in ("fast", "suffix", "packed"):
         for slow, got in zip(results["bridge"], results[path], strict=True):
             for name in slow.deltas:
                 assert rel(got.deltas[name], slow.deltas[name]) < 1e-4, (path, name)
@@ -143,26 +144,29 @@ def _bridge_run(model, name, templates):
 
 
 def test_a_path_that_fails_its_check_is_not_used_not_even_for_init(fresh_checks, monkeypatch):
-    """A suffix path that gives other logits (and another init) than the bridge is rejected; the run
-    then equals the bridge's, its starting activation included."""
+    """Packed and suffix paths that give other logits (and another init) than the bridge are rejected;
+    the run then equals the bridge's, its starting activation included."""
     from knowscope.editing import compute
 
     model, name = fresh_checks, fresh_checks.arch.hook_resid_post(1)
     templates = context_templates(model, ROME_HP.context_lengths, 0)
-    real = compute._suffix_forward
 
-    def wrong(*args, **kwargs):
-        fn = real(*args, **kwargs)
+    def wrong(real):
+        def build(*args, **kwargs):
+            fn = real(*args, **kwargs)
 
-        def off(row_delta):
-            return fn(row_delta) + 1.0
+            def off(row_delta):
+                return fn(row_delta) + 1.0
 
-        off.init_at_look = fn.init_at_look + 1.0
-        return off
+            off.init_at_look = fn.init_at_look + 1.0
+            return off
+        return build
 
-    monkeypatch.setattr(compute, "_suffix_forward", wrong)
+    monkeypatch.setattr(compute, "_suffix_forward", wrong(compute._suffix_forward))
+    monkeypatch.setattr(compute, "_packed_forward", wrong(compute._packed_forward))
     torch.manual_seed(0)
     got = optimize_delta(model, name, FACT, templates, ROME_HP)
+    assert model.compat.edit_checks[(name, "packed")] is False
     assert model.compat.edit_checks[(name, "suffix")] is False
     assert model.compat.edit_checks[(name, "fast")] is True
     want = _bridge_run(model, name, templates)
@@ -182,8 +186,10 @@ def test_a_path_that_raises_falls_back(fresh_checks, monkeypatch):
         raise AttributeError("'PrefixKV' object has no attribute 'get_conv_state'")
 
     monkeypatch.setattr(compute, "_suffix_forward", broken)
+    monkeypatch.setattr(compute, "_packed_forward", broken)
     torch.manual_seed(0)
     got = optimize_delta(model, name, FACT, templates, ROME_HP)
+    assert model.compat.edit_checks[(name, "packed")] is False
     assert model.compat.edit_checks[(name, "suffix")] is False
     assert model.compat.edit_modes["hook_mlp_out"] == "fast"
     want = _bridge_run(model, name, templates)

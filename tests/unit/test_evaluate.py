@@ -95,6 +95,46 @@ def test_score_continuations_matches_unpadded_reference(tiny):
         assert s.prob == pytest.approx(math.exp(float(lp.mean())), rel=1e-5)
 
 
+def test_packed_scoring_equals_rows_and_is_chosen_only_where_it_checks(tiny):
+    """Each prompt once with its continuations packed behind it (tree mask, own positions): the same
+    scores as one padded row per input, for continuations of different lengths sharing prompts."""
+    from knowscope.editing import scoring
+
+    pairs = [("The Eiffel Tower is in", " Paris"), ("The Eiffel Tower is in", " Rome Italy and more"),
+             ("The Eiffel Tower is in", " the city of lights"), ("A", " Rome Italy"), ("A", " b"),
+             ("The capital of France is", " Paris France"), ("Michael Jordan played", " basketball for Chicago")]
+    seqs = [scoring._pair_ids(tiny, p, c) for p, c in pairs]
+    rows = scoring._score_ids(tiny, seqs, 2, mode="rows")
+    if tiny.arch.positional != "rotary":
+        assert scoring._check_packed(tiny, seqs, 2) == "rows"  # absolute positions: no packed rows
+        return
+    packed = scoring._score_ids(tiny, seqs, 2, mode="packed")
+    assert len(scoring._pack(seqs)) == 4  # one row per distinct prompt
+    for (prompt, cont), key in zip(pairs, seqs, strict=True):
+        lp, am = _ref_scores(tiny, prompt, cont)
+        torch.testing.assert_close(packed[key].logprobs, lp, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(packed[key].logprobs, rows[key].logprobs, atol=1e-5, rtol=1e-5)
+        assert torch.equal(packed[key].argmax, am)
+    assert scoring._check_packed(tiny, seqs, 2) == "packed"
+
+
+def test_packed_scoring_that_differs_is_not_used(tiny_llama, monkeypatch):
+    from knowscope.editing import scoring
+
+    real = scoring._score_packed
+
+    def off(model, seqs, batch_size):  # a packed pass whose attention leaks would shift the scores
+        out = real(model, seqs, batch_size)
+        return {k: scoring.TokenScores(v.target, v.logprobs + 1e-2, v.argmax) for k, v in out.items()}
+
+    monkeypatch.setattr(scoring, "_score_packed", off)
+    monkeypatch.setattr(tiny_llama.compat, "score_mode", None)
+    got = score_continuations(tiny_llama, [("The Eiffel Tower is in", " Rome Italy")])
+    assert tiny_llama.compat.score_mode == "rows"
+    lp, _ = _ref_scores(tiny_llama, "The Eiffel Tower is in", " Rome Italy")
+    torch.testing.assert_close(got[0].logprobs, lp, atol=1e-5, rtol=1e-5)
+
+
 def test_counterfact_and_easyedit_metrics_match_hand_computation(tiny):
     facts = _facts()
     session = EditSession(tiny)

@@ -403,9 +403,14 @@ def evaluate(
     }
     if fluency:
         gen_settings = dict(n_gen_per_prompt=n_gen_per_prompt, max_out_len=max_out_len, top_k=top_k, seed=seed)
-        for i, fact in enumerate(facts):
-            texts = generate_texts(model, generation_prompts(fact, max_generation_prompts), **gen_settings)
-            rows[i]["fluency"] = _mean(ngram_entropy(t) for t in texts)
+        # every fact's prompts in one call: batched generation, each prompt's texts as if alone
+        per_fact = [generation_prompts(fact, max_generation_prompts) for fact in facts]
+        texts = generate_texts(model, [p for prompts in per_fact for p in prompts], **gen_settings)
+        at = 0
+        for i, prompts in enumerate(per_fact):
+            n = len(prompts) * n_gen_per_prompt
+            rows[i]["fluency"] = _mean(ngram_entropy(t) for t in texts[at : at + n])
+            at += n
         notes["fluency"] = {**gen_settings, "max_generation_prompts": max_generation_prompts,
                             "tokenizer": "regex approximation of nltk.word_tokenize"}
     else:

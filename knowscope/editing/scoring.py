@@ -3,10 +3,12 @@ and exact for causal models; ROME's fluency (generated text and its weighted n-g
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import re
 import unicodedata
+import zlib
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -243,6 +245,60 @@ def ngram_entropy(text: str) -> float:
     return sum(weighted) / len(weighted)
 
 
+def _row_seed(seed: int, prompt: str, copy: int) -> int:
+    """A generation row's own seed: the same prompt, copy and seed sample the same text whatever else
+    is in the batch or call."""
+    return zlib.crc32(f"{seed}\x00{copy}\x00{prompt}".encode())
+
+
+def _next_tokens(logits: Float[Tensor, "batch vocab"], top_k: int | None,
+                 generators: Sequence[torch.Generator]) -> Int[Tensor, " batch"]:
+    """Greedy (``top_k=None``) or a draw from each row's ``top_k`` most likely tokens, renormalised
+    (temperature 1), with each row's own generator."""
+    if top_k is None:
+        return logits.argmax(-1)
+    probs, ids = torch.softmax(logits.float(), dim=-1).topk(min(top_k, logits.shape[-1]), dim=-1)
+    probs = probs.cpu()
+    picks = [int(torch.multinomial(probs[r] / probs[r].sum(), 1, generator=g)) for r, g in enumerate(generators)]
+    return ids[torch.arange(len(picks)), torch.tensor(picks, device=ids.device)]
+
+
+@torch.no_grad()
+def _sample_rows(model: Model, rows: Sequence[list[int]], n_new: int, top_k: int | None,
+                 generators: Sequence[torch.Generator]) -> list[list[int]]:
+    """``n_new`` tokens after each row (left-padded into one batch), one forward per token with the KV
+    cache where the load-time probe found it exact, else the whole sequence each step."""
+    dev = model.device
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), model.pad_token_id, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):] = torch.tensor(r)
+        mask[i, width - len(r):] = 1
+    ids, mask = ids.to(dev), mask.to(dev)
+    cached = bool(model.compat.kv_cache)
+    accepted = inspect.signature(model.hf.forward).parameters
+    cache_kw = "cache" if "cache" in accepted else "past_key_values"  # renamed in transformers 5.2x
+    extra = {"logits_to_keep": 1} if "logits_to_keep" in accepted else {}
+    out: list[Tensor] = []
+    past = None
+    step_ids = ids
+    for _ in range(n_new):
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        if cached and past is not None:
+            positions = positions[:, -step_ids.shape[1]:]
+        res = model.hf(input_ids=step_ids, attention_mask=mask, position_ids=positions, use_cache=cached,
+                       **{cache_kw: past}, **extra)
+        past = (getattr(res, "cache", None) or getattr(res, "past_key_values", None)) if cached else None
+        token = _next_tokens(res.logits[:, -1], top_k, generators)
+        out.append(token)
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        ids = torch.cat([ids, token[:, None]], dim=1)
+        step_ids = token[:, None] if cached else ids
+    new = torch.stack(out, dim=1).tolist() if out else [[] for _ in rows]
+    return [list(r) + n for r, n in zip(rows, new, strict=True)]
+
+
 @torch.no_grad()
 def generate_texts(
     model: Model,
@@ -251,31 +307,39 @@ def generate_texts(
     max_out_len: int = 100,
     top_k: int | None = 5,
     seed: int = 0,
+    batch_size: int = 16,
 ) -> list[str]:
     """Prompt + generated text for each prompt, ``n_gen_per_prompt`` times, as ROME's fluency test does.
 
     ``top_k=5`` samples from the five most likely tokens (ROME's ``generate_fast``); ``top_k=None``
     decodes greedily. Generation stops when the prompt plus continuation reach ``max_out_len`` tokens
-    (BOS not counted). Seeded: the same call gives the same texts.
+    (BOS not counted); EOS neither stops a row nor is banned (as ``generate_fast``). Rows of similar
+    length are generated together (left-padded, ``batch_size`` at a time, KV cache), each from its own
+    generator seeded by ``seed``, its prompt and its copy number: a prompt gets the same texts whether
+    it is generated alone or among others (up to the float rounding of differently shaped products,
+    which would have to land a draw within ~1e-6 of a boundary to change a token).
     """
     if n_gen_per_prompt < 1:
         raise ValueError(f"n_gen_per_prompt must be >= 1, got {n_gen_per_prompt}")
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k must be >= 1 or None (greedy), got {top_k}")
-    texts = []
-    sampling = {"do_sample": False} if top_k is None else {"do_sample": True, "top_k": top_k, "top_p": 1.0,
-                                                             "temperature": 1.0}
-    with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        for prompt in prompts:
-            tokens = model.to_tokens(prompt).to(model.device).repeat(n_gen_per_prompt, 1)
-            n_new = max(0, max_out_len - (tokens.shape[1] - 1))
-            if n_new:
-                # ROME's generate_fast samples to the length limit: EOS neither stops a row nor is banned
-                tokens = model.generate(tokens, max_new_tokens=n_new, eos_token_id=None, **sampling)
-            for row in tokens:
-                text = model.tokenizer.decode(row.tolist(), skip_special_tokens=True)
-                texts.append(unicodedata.normalize("NFKD", text).replace("\n\n", " "))
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    jobs = []  # (output slot, prompt ids, new tokens wanted, generator)
+    for i, prompt in enumerate(prompts):
+        ids = [int(t) for t in model.to_tokens(prompt)[0]]
+        for c in range(n_gen_per_prompt):
+            gen = torch.Generator().manual_seed(_row_seed(seed, prompt, c))
+            jobs.append((i * n_gen_per_prompt + c, ids, max(0, max_out_len - (len(ids) - 1)), gen))
+    jobs.sort(key=lambda j: len(j[1]))
+    texts = [""] * len(jobs)
+    for start in range(0, len(jobs), batch_size):
+        chunk = jobs[start : start + batch_size]
+        n_new = max(j[2] for j in chunk)
+        rows = _sample_rows(model, [j[1] for j in chunk], n_new, top_k, [j[3] for j in chunk])
+        for (slot, ids, wanted, _), row in zip(chunk, rows, strict=True):
+            text = model.tokenizer.decode(row[: len(ids) + wanted], skip_special_tokens=True)
+            texts[slot] = unicodedata.normalize("NFKD", text).replace("\n\n", " ")
     return texts
 
 

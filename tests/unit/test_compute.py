@@ -24,7 +24,8 @@ def rel(a, b):
 @pytest.mark.parametrize("hook", ["mlp_out", "resid_post"])
 def test_every_path_gives_the_bridges_deltas(tiny, hook):
     """packed (one masked call per block), suffix (grouped by start; both: cached prefix, positions from
-    the subject on) and fast (blocks from the edited layer up) = the bridge's full forward pass: same init, same loss trace, delta within 1e-4 relative."""
+    the subject on) and fast (blocks from the edited layer up) = the bridge's full forward pass: same
+    init, same loss trace, delta within 1e-4 relative."""
     name = tiny.arch.hook_mlp_out(1) if hook == "mlp_out" else tiny.arch.hook_resid_post(2)
     templates = context_templates(tiny, ROME_HP.context_lengths, 0)
     runs = {}

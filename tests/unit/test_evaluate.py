@@ -252,6 +252,27 @@ def test_generation_is_seeded_and_greedy_matches_hf_generate(tiny):
     assert top1 == greedy
 
 
+def test_batched_generation_equals_one_prompt_at_a_time(tiny, monkeypatch):
+    """Left-padded batches with the KV cache give each prompt the texts it gets alone: greedy equal to
+    HF's greedy per prompt, sampled equal row by row (each row has its own seeded generator), and the
+    same without the cache."""
+    prompts = ["The Eiffel Tower is", "Paris", "Michael Jordan played basketball for the", "A"]
+    limit = 14
+    greedy = generate_texts(tiny, prompts, max_out_len=limit, top_k=None, batch_size=4)
+    for prompt, text in zip(prompts, greedy, strict=True):
+        n_new = limit - (tiny.to_tokens(prompt).shape[1] - 1)
+        assert text == prompt + tiny.greedy(prompt, max_new_tokens=n_new)
+    batched = generate_texts(tiny, prompts, n_gen_per_prompt=2, max_out_len=limit, seed=7, batch_size=8)
+    alone = [t for p in prompts for t in generate_texts(tiny, [p], n_gen_per_prompt=2, max_out_len=limit, seed=7,
+                                                         batch_size=1)]
+    assert batched == alone
+    assert batched[0] != batched[1]  # two copies of one prompt are two different draws
+    monkeypatch.setattr(tiny.compat, "kv_cache", False)
+    assert generate_texts(tiny, prompts, max_out_len=limit, top_k=None, batch_size=4) == greedy
+    with pytest.raises(ValueError, match="batch_size"):
+        generate_texts(tiny, prompts, batch_size=0)
+
+
 def test_fluency_is_mean_entropy_of_generations(tiny):
     facts = _facts()
     m = evaluate(tiny, facts[:1], fluency=True, max_out_len=15, seed=4)

@@ -104,6 +104,11 @@ def _check_packed(model: Model, probe: Sequence[Seq], batch_size: int) -> str:
     ``probe``, else ``"rows"`` (with the reason logged)."""
     if model.arch.positional != "rotary" or not supports_block_runs(model):
         return "rows"
+    # two multi-token continuations sharing a prompt, so the check covers the tree mask even when the
+    # caller's first sequences all have one-token continuations (those pack like plain rows)
+    prompt = probe[0][0]
+    body = list(prompt[1:]) or list(prompt)
+    probe = [*probe, (prompt, tuple((body * 3)[:3])), (prompt, tuple((body[::-1] * 2)[:2]))]
     try:
         want = _score_rows(model, probe, batch_size)
         got = _score_packed(model, probe, batch_size)

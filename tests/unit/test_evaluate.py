@@ -118,6 +118,24 @@ def test_packed_scoring_equals_rows_and_is_chosen_only_where_it_checks(tiny):
     assert scoring._check_packed(tiny, seqs, 2) == "packed"
 
 
+def test_packed_check_covers_the_tree_mask_even_for_one_token_continuations(tiny_llama, monkeypatch):
+    from knowscope.editing import scoring
+
+    seen = []
+    real = scoring._score_packed
+
+    def spy(model, seqs, batch_size):
+        seen.extend(seqs)
+        return real(model, seqs, batch_size)
+
+    monkeypatch.setattr(scoring, "_score_packed", spy)
+    seqs = [scoring._pair_ids(tiny_llama, "The Eiffel Tower is in", " Paris")]
+    assert len(seqs[0][1]) == 1
+    assert scoring._check_packed(tiny_llama, seqs, 4) == "packed"
+    shared = [t for p, t in seen if p == seqs[0][0] and len(t) > 1]
+    assert len(set(shared)) >= 2  # two multi-token continuations behind one prompt
+
+
 def test_packed_scoring_that_differs_is_not_used(tiny_llama, monkeypatch):
     from knowscope.editing import scoring
 

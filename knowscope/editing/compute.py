@@ -428,7 +428,10 @@ def _selected_logits_fn(model: Model, hook_name: str, tokens: Tensor, look: Tens
             logger.info("v*/z path %r is not available at %s: %s", path, hook_name, exc)
             checks[(hook_name, path)] = False
             continue
-        if (hook_name, path) in checks or _reproduces_bridge(model, hook_name, path, fn, bridge, tokens.shape[0]):
+        # the packed path's per-row prefix mask is only exercised by rows with different subject positions
+        conclusive = path != "packed" or int(look.unique().numel()) > 1
+        if (hook_name, path) in checks or _reproduces_bridge(model, hook_name, path, fn, bridge, tokens.shape[0],
+                                                             record=conclusive):
             init = getattr(fn, "init_at_look", None)
             if init is not None and not recorded:  # only from a path that reproduces the bridge
                 note_init(init)
@@ -446,9 +449,11 @@ class _NotForThisCall(RuntimeError):
     """A v*/z forward path does not fit this call's rows (not a property of the model: nothing cached)."""
 
 
-def _reproduces_bridge(model: Model, hook_name: str, path: str, fn: Forward, bridge: Forward, n_rows: int) -> bool:
+def _reproduces_bridge(model: Model, hook_name: str, path: str, fn: Forward, bridge: Forward, n_rows: int,
+                       record: bool = True) -> bool:
     """Once per model and hook: ``fn`` must give the bridge's logits with a non-zero delta (the bridge
-    runs first, so the unedited activation it records is the one the optimisation starts from)."""
+    runs first, so the unedited activation it records is the one the optimisation starts from). A pass
+    is recorded only when ``record`` (the call's rows exercise the whole path), a failure always."""
     kind = hook_name.split(".", 2)[2]
     gen = torch.Generator().manual_seed(0)
     probe = torch.randn(n_rows, model.arch.d_model, generator=gen).to(model.device) * 0.5
@@ -460,6 +465,8 @@ def _reproduces_bridge(model: Model, hook_name: str, path: str, fn: Forward, bri
     except Exception as exc:  # noqa: BLE001 - a path that fails its check is not used
         err, ok = float("nan"), False
         logger.info("v*/z path %r failed its check at %s: %s", path, hook_name, exc)
+    if ok and not record:
+        return True  # used for this call, checked again on the next
     model.compat.edit_checks[(hook_name, path)] = ok
     if ok:
         best = model.compat.edit_modes.get(kind)

@@ -294,7 +294,10 @@ def _sample_rows(model: Model, rows: Sequence[list[int]], n_new: int, top_k: int
             positions = positions[:, -step_ids.shape[1]:]
         res = model.hf(input_ids=step_ids, attention_mask=mask, position_ids=positions, use_cache=cached,
                        **{cache_kw: past}, **extra)
-        past = (getattr(res, "cache", None) or getattr(res, "past_key_values", None)) if cached else None
+        if cached:
+            past = getattr(res, "cache", None)
+            past = getattr(res, "past_key_values", None) if past is None else past
+            cached = past is not None  # no cache came back: recompute the whole sequence from here on
         token = _next_tokens(res.logits[:, -1], top_k, generators)
         out.append(token)
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
@@ -337,9 +340,16 @@ def generate_texts(
             gen = torch.Generator().manual_seed(_row_seed(seed, prompt, c))
             jobs.append((i * n_gen_per_prompt + c, ids, max(0, max_out_len - (len(ids) - 1)), gen))
     jobs.sort(key=lambda j: len(j[1]))
+    # a chunk runs every row to its longest prompt + its largest request (the shortest prompt's), left
+    # padded: rows join a chunk while that stays within the model's context
+    chunks: list[list[tuple[int, list[int], int, torch.Generator]]] = []
+    for job in jobs:
+        if chunks and len(chunks[-1]) < batch_size and len(job[1]) + chunks[-1][0][2] <= max(model.n_ctx, 1):
+            chunks[-1].append(job)
+        else:
+            chunks.append([job])
     texts = [""] * len(jobs)
-    for start in range(0, len(jobs), batch_size):
-        chunk = jobs[start : start + batch_size]
+    for chunk in chunks:
         n_new = max(j[2] for j in chunk)
         rows = _sample_rows(model, [j[1] for j in chunk], n_new, top_k, [j[3] for j in chunk])
         for (slot, ids, wanted, _), row in zip(chunk, rows, strict=True):

@@ -195,3 +195,19 @@ def test_a_path_that_raises_falls_back(fresh_checks, monkeypatch):
     assert model.compat.edit_modes["hook_mlp_out"] == "fast"
     want = _bridge_run(model, name, templates)
     assert rel(got.delta, want.delta) < 1e-4
+
+
+def test_packed_check_is_recorded_only_when_rows_start_at_different_positions(fresh_checks):
+    """With every row's subject at one position the per-row prefix mask cuts nothing, so a pass there
+    proves nothing about it: the packed path is used for the call but checked again on the next."""
+    from knowscope.editing.compute import optimize_deltas
+
+    model, name = fresh_checks, fresh_checks.arch.hook_resid_post(1)
+    hp = ROMEHyperParams(layer=1, v_steps=3, context_lengths=((4, 2),), kl_prompt="{} plays")
+    one_start = optimize_deltas(model, name, [FACT], ["{}"], hp)
+    assert (name, "packed") not in model.compat.edit_checks
+    with v_path("bridge"):
+        want = optimize_deltas(model, name, [FACT], ["{}"], hp)
+    assert rel(one_start[0].delta, want[0].delta) < 1e-4
+    optimize_deltas(model, name, [FACT], context_templates(model, ROME_HP.context_lengths, 0), hp)
+    assert model.compat.edit_checks[(name, "packed")] is True

@@ -291,6 +291,17 @@ def test_batched_generation_equals_one_prompt_at_a_time(tiny, monkeypatch):
         generate_texts(tiny, prompts, batch_size=0)
 
 
+def test_generation_chunks_stay_within_the_context(tiny):
+    """A short and a long prompt each generated to the context's end: left-padded together, the long
+    row would run past the position table, so they go in separate chunks; each text has its length."""
+    short, long_ = "A", " ".join(["The Eiffel Tower is in Paris."] * 3)
+    limit = tiny.n_ctx - 1  # prompt + continuation, BOS not counted
+    texts = generate_texts(tiny, [short, long_], max_out_len=limit, top_k=None, batch_size=8)
+    for prompt, text in zip([short, long_], texts, strict=True):
+        assert text.startswith(prompt)
+        assert text == generate_texts(tiny, [prompt], max_out_len=limit, top_k=None, batch_size=1)[0]
+
+
 def test_fluency_is_mean_entropy_of_generations(tiny):
     facts = _facts()
     m = evaluate(tiny, facts[:1], fluency=True, max_out_len=15, seed=4)

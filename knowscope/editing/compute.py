@@ -35,6 +35,7 @@ from knowscope.facts import Fact
 from knowscope.models import Model, cache_dir
 from knowscope.models.blocks import (
     PrefixKV,
+    additive_mask,
     block_input,
     final_logits,
     run_block,
@@ -570,10 +571,7 @@ def _packed_forward(model: Model, layer: int, hook_name: str, tokens: Tensor, lo
     j = torch.arange(prefix, device=dev)
     see_prefix = (j[None, :] < look[:, None])[:, None, :].expand(n_rows, width, prefix)  # [rows, query, key]
     see_suffix = (i[None, :] <= i[:, None])[None].expand(n_rows, width, width)
-    allowed = torch.cat([see_prefix, see_suffix], dim=-1)
-    mask = torch.zeros(allowed.shape, dtype=rec.base.dtype, device=dev)
-    mask.masked_fill_(~allowed, torch.finfo(rec.base.dtype).min)
-    mask = mask[:, None]  # [rows, 1, query, key]
+    mask = additive_mask(torch.cat([see_prefix, see_suffix], dim=-1), rec.base.dtype)  # [rows, 1, query, key]
     offset = torch.zeros(n_rows, width, 1, dtype=rec.base.dtype, device=dev)
     offset[:, 0] = 1.0  # the delta enters at each row's subject position, its first
     pick_pos = sel_pos - look[sel_rows]

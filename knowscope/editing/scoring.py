@@ -17,9 +17,10 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from knowscope.compat import cache_keyword
 from knowscope.facts import Fact
 from knowscope.models import Model
-from knowscope.models.blocks import block_input, final_logits, run_block, supports_block_runs
+from knowscope.models.blocks import additive_mask, block_input, final_logits, run_block, supports_block_runs
 
 logger = logging.getLogger(__name__)
 
@@ -208,9 +209,7 @@ def _score_packed(model: Model, seqs: Sequence[Seq], batch_size: int) -> dict[Se
         causal = idx[None, :] <= idx[:, None]  # [query, key]
         same = (segment[:, None, :] == 0) | (segment[:, None, :] == segment[:, :, None])  # key in prompt or own segment
         h = block_input(model, 0, tokens)
-        mask = torch.zeros(same.shape, dtype=h.dtype, device=dev)
-        mask.masked_fill_(~(causal[None] & same), torch.finfo(h.dtype).min)
-        mask = mask[:, None]
+        mask = additive_mask(causal[None] & same, h.dtype)
         for layer in range(model.arch.n_layers):
             h = run_block(model, layer, h, position_ids=positions, attention_mask=mask)
         where = [(i, pair, cols) for i, r in enumerate(chunk) for pair, cols in r.reads.items()]
@@ -282,9 +281,8 @@ def _sample_rows(model: Model, rows: Sequence[list[int]], n_new: int, top_k: int
         mask[i, width - len(r):] = 1
     ids, mask = ids.to(dev), mask.to(dev)
     cached = bool(model.compat.kv_cache)
-    accepted = inspect.signature(model.hf.forward).parameters
-    cache_kw = "cache" if "cache" in accepted else "past_key_values"  # renamed in transformers 5.2x
-    extra = {"logits_to_keep": 1} if "logits_to_keep" in accepted else {}
+    cache_kw = cache_keyword(model.hf) or "past_key_values"  # "cache" since transformers 5.2x
+    extra = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.hf.forward).parameters else {}
     out: list[Tensor] = []
     past = None
     step_ids = ids

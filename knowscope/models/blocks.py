@@ -65,6 +65,14 @@ class PrefixKV:
         return 0 if self.k is None else int(self.k.shape[-2])
 
 
+def additive_mask(allowed: Tensor, dtype: torch.dtype) -> Tensor:
+    """A boolean ``[batch, query, key]`` attention pattern as the additive ``[batch, 1, query, key]`` mask
+    that :func:`run_block` takes (0 where allowed, the dtype's minimum where not)."""
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+    return mask[:, None]
+
+
 def supports_block_runs(model: Model) -> bool:
     """Blocks can be run alone for absolute-learned (GPT-2) and rotary (Llama) positions."""
     return model.arch.positional in ("standard", "rotary")

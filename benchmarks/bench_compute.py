@@ -210,7 +210,7 @@ def phases_report(model: Any, facts: list[Any], hp: ROMEHyperParams, bound: floa
 
 
 # the v*/z forward passes, slowest first (knowscope.editing.compute.VPath)
-PATHS = ("bridge", "fast", "suffix", "packed")
+PATHS = ("bridge", "fast", "suffix", "packed", "plain")
 
 
 def bench_paths(model: Any, facts: list[Any], hp: ROMEHyperParams, memit_facts: list[Any],

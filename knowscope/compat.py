@@ -127,9 +127,9 @@ class Compat:
 
     @property
     def edit_mode(self) -> str | None:
-        """The fastest v*/z forward pass any hook kind runs ("packed"/"suffix"/"fast"/"bridge"); ``None`` before
-        any edit."""
-        order = ("packed", "suffix", "fast", "bridge")
+        """The fastest v*/z forward pass any hook kind runs ("plain"/"packed"/"suffix"/"fast"/"bridge");
+        ``None`` before any edit."""
+        order = ("plain", "packed", "suffix", "fast", "bridge")
         return min(self.edit_modes.values(), key=order.index, default=None)
 
     def to_dict(self) -> dict[str, Any]:

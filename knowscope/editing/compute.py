@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import json
 import logging
 import os
@@ -42,6 +43,7 @@ from knowscope.models.blocks import (
     run_blocks,
     supports_block_runs,
 )
+from knowscope.models.plain import PlainUnavailable, plain_blocks
 
 logger = logging.getLogger(__name__)
 
@@ -348,7 +350,9 @@ def optimize_deltas(
 
 #: which forward pass :func:`optimize_delta` runs:
 #:
-#: * ``"packed"`` (default) — the residual after the edited layer is recorded once, with every later
+#: * ``"plain"`` (default) — ``"packed"`` with the blocks, final norm and unembedding run as plain tensor
+#:   code from the weights (:mod:`knowscope.models.plain`; Llama-family models only), no bridge calls;
+#: * ``"packed"`` — the residual after the edited layer is recorded once, with every later
 #:   layer's keys/values; each step runs the blocks above the edited layer once per block on every
 #:   row's positions from its subject's last token on (earlier positions cannot see the delta under
 #:   causal attention), the rows left-aligned, each at its own positions, with the earlier positions'
@@ -360,12 +364,12 @@ def optimize_deltas(
 #:   recorded once, logits only where the loss reads them;
 #: * ``"bridge"`` — the bridge's full forward pass with a hook, every position's logits.
 #:
-#: All four give the same deltas (tests/unit/test_compute.py). The first three are used only where,
+#: All five give the same deltas (tests/unit/test_compute.py). The first four are used only where,
 #: checked once per model and hook (kind and layer), they reproduce the bridge's logits with a non-zero
 #: delta; otherwise the next one down runs.
-VPath = Literal["packed", "suffix", "fast", "bridge"]
-V_PATHS = ("packed", "suffix", "fast", "bridge")
-_V_PATH: contextvars.ContextVar[str] = contextvars.ContextVar("knowscope_v_path", default="packed")
+VPath = Literal["plain", "packed", "suffix", "fast", "bridge"]
+V_PATHS = ("plain", "packed", "suffix", "fast", "bridge")
+_V_PATH: contextvars.ContextVar[str] = contextvars.ContextVar("knowscope_v_path", default="plain")
 
 
 @contextlib.contextmanager
@@ -416,7 +420,8 @@ def _selected_logits_fn(model: Model, hook_name: str, tokens: Tensor, look: Tens
         return bridge
     kind = hook_name.split(".", 2)[2]
     checks = model.compat.edit_checks  # per hook name: a check at layer L covers only the blocks above L
-    builders = {"packed": _packed_forward, "suffix": _suffix_forward, "fast": _fast_forward}
+    builders = {"plain": functools.partial(_packed_forward, plain=True), "packed": _packed_forward,
+                "suffix": _suffix_forward, "fast": _fast_forward}
     for path in V_PATHS[V_PATHS.index(wanted):-1]:
         if checks.get((hook_name, path)) is False:
             continue
@@ -430,7 +435,7 @@ def _selected_logits_fn(model: Model, hook_name: str, tokens: Tensor, look: Tens
             checks[(hook_name, path)] = False
             continue
         # the packed path's per-row prefix mask is only exercised by rows with different subject positions
-        conclusive = path != "packed" or int(look.unique().numel()) > 1
+        conclusive = path not in ("plain", "packed") or int(look.unique().numel()) > 1
         if (hook_name, path) in checks or _reproduces_bridge(model, hook_name, path, fn, bridge, tokens.shape[0],
                                                              record=conclusive):
             init = getattr(fn, "init_at_look", None)
@@ -555,10 +560,13 @@ def _record_above(model: Model, layer: int, hook_name: str, tokens: Tensor, look
 
 
 def _packed_forward(model: Model, layer: int, hook_name: str, tokens: Tensor, look: Tensor, sel_rows: Tensor,
-                    sel_pos: Tensor, add: Callable[[Tensor], Callable[..., Tensor]]) -> Forward:
+                    sel_pos: Tensor, add: Callable[[Tensor], Callable[..., Tensor]], plain: bool = False) -> Forward:
     """Blocks above the edited layer, one call each, on every row's positions from its subject on (see
     :data:`VPath`): row ``r`` runs positions ``look[r] .. ends[r] - 1`` left-aligned at their own
-    position ids; its keys/values before ``look[r]`` come from the record, cut per row by the mask."""
+    position ids; its keys/values before ``look[r]`` come from the record, cut per row by the mask.
+    ``plain``: the blocks run as :class:`~knowscope.models.plain.PlainBlocks` instead of the bridge's."""
+    if plain and model.arch.positional != "rotary":
+        raise _PathUnavailable("plain blocks need rotary positions")
     rec = _record_above(model, layer, hook_name, tokens, look, sel_rows, sel_pos)
     dev = tokens.device
     n_rows = tokens.shape[0]
@@ -585,8 +593,23 @@ def _packed_forward(model: Model, layer: int, hook_name: str, tokens: Tensor, lo
             h = run_block(model, upper, h, cache=PrefixKV(k, v), position_ids=rotary_positions, attention_mask=mask)
         return final_logits(model, h[sel_rows, pick_pos]).float()
 
-    packed.init_at_look = rec.init_at_look  # type: ignore[attr-defined]
-    return packed
+    if not plain:
+        packed.init_at_look = rec.init_at_look  # type: ignore[attr-defined]
+        return packed
+    try:
+        blocks = plain_blocks(model, layer + 1)
+        rotary = blocks.rotary(h0, positions)
+    except PlainUnavailable as exc:
+        raise _PathUnavailable(str(exc)) from exc
+
+    def plain_packed(row_delta: Tensor) -> Tensor:
+        h = h0 + offset * row_delta.to(h0.dtype)[:, None, :]
+        for upper in range(layer + 1, model.arch.n_layers):
+            h = blocks.run(upper, h, rotary, mask, cache[upper])
+        return blocks.logits(h[sel_rows, pick_pos]).float()
+
+    plain_packed.init_at_look = rec.init_at_look  # type: ignore[attr-defined]
+    return plain_packed
 
 
 def _suffix_forward(model: Model, layer: int, hook_name: str, tokens: Tensor, look: Tensor, sel_rows: Tensor,

@@ -23,20 +23,23 @@ def rel(a, b):
 
 @pytest.mark.parametrize("hook", ["mlp_out", "resid_post"])
 def test_every_path_gives_the_bridges_deltas(tiny, hook):
-    """packed (one masked call per block), suffix (grouped by start; both: cached prefix, positions from
-    the subject on) and fast (blocks from the edited layer up) = the bridge's full forward pass: same
-    init, same loss trace, delta within 1e-4 relative."""
+    """plain (packed on plain tensor code, Llama only), packed (one masked call per block), suffix
+    (grouped by start; all three: cached prefix, positions from the subject on) and fast (blocks from
+    the edited layer up) = the bridge's full forward pass: same init, same loss trace, delta within
+    1e-4 relative. GPT-2 has no plain path: it falls back to packed."""
     name = tiny.arch.hook_mlp_out(1) if hook == "mlp_out" else tiny.arch.hook_resid_post(2)
     templates = context_templates(tiny, ROME_HP.context_lengths, 0)
+    llama = tiny.arch.positional == "rotary"
     runs = {}
-    for path in ("bridge", "fast", "suffix", "packed"):
+    for path in ("bridge", "fast", "suffix", "packed", "plain"):
         with v_path(path):
             torch.manual_seed(0)
             runs[path] = optimize_delta(tiny, name, FACT, templates, ROME_HP)
-    assert tiny.compat.edit_modes[name.split(".", 2)[2]] == "packed"
+    assert tiny.compat.edit_modes[name.split(".", 2)[2]] == ("plain" if llama else "packed")
     assert all(tiny.compat.edit_checks[(name, p)] for p in ("packed", "suffix", "fast"))
+    assert tiny.compat.edit_checks[(name, "plain")] is llama
     slow = runs["bridge"]
-    for path in ("fast", "suffix", "packed"):
+    for path in ("fast", "suffix", "packed", "plain"):
         got = runs[path]
         assert len(got.losses) == len(slow.losses) > 1
         assert rel(got.delta, slow.delta) < 1e-4, path
@@ -54,12 +57,12 @@ def test_suffix_path_with_several_facts_and_subject_positions(tiny_llama):
     name = tiny_llama.arch.hook_resid_post(1)
     templates = context_templates(tiny_llama, ROME_HP.context_lengths, 0)
     runs = {}
-    for path in ("bridge", "suffix", "packed"):
+    for path in ("bridge", "suffix", "packed", "plain"):
         with v_path(path):
             torch.manual_seed(0)
             runs[path] = optimize_deltas(tiny_llama, name, facts, templates, ROME_HP)
-    assert tiny_llama.compat.edit_checks[(name, "suffix")] and tiny_llama.compat.edit_checks[(name, "packed")]
-    for path in ("suffix", "packed"):
+    assert all(tiny_llama.compat.edit_checks[(name, p)] for p in ("suffix", "packed", "plain"))
+    for path in ("suffix", "packed", "plain"):
         for a, b in zip(runs[path], runs["bridge"], strict=True):
             assert rel(a.delta, b.delta) < 1e-4
             assert [x["nll"] for x in a.losses] == pytest.approx([x["nll"] for x in b.losses], rel=1e-4, abs=1e-6)
@@ -68,11 +71,11 @@ def test_suffix_path_with_several_facts_and_subject_positions(tiny_llama):
 def test_rome_and_memit_edits_agree_across_paths(tiny_llama):
     stats = key_stats(tiny_llama, [1, 2], n_tokens=400, seq_len=32, batch_size=8, progress=False)
     results = {}
-    for path in ("bridge", "fast", "suffix", "packed"):
+    for path in ("bridge", "fast", "suffix", "packed", "plain"):
         with v_path(path):
             results[path] = (rome.edit(tiny_llama, [FACT], hparams=ROME_HP, stats=stats[1]),
                              memit.edit(tiny_llama, FACTS, hparams=MEMIT_HP, stats=stats))
-    for path in ("fast", "suffix", "packed"):
+    for path in ("fast", "suffix", "packed", "plain"):
         for slow, got in zip(results["bridge"], results[path], strict=True):
             for name in slow.deltas:
                 assert rel(got.deltas[name], slow.deltas[name]) < 1e-4, (path, name)
@@ -167,6 +170,7 @@ def test_a_path_that_fails_its_check_is_not_used_not_even_for_init(fresh_checks,
     monkeypatch.setattr(compute, "_packed_forward", wrong(compute._packed_forward))
     torch.manual_seed(0)
     got = optimize_delta(model, name, FACT, templates, ROME_HP)
+    assert model.compat.edit_checks[(name, "plain")] is False
     assert model.compat.edit_checks[(name, "packed")] is False
     assert model.compat.edit_checks[(name, "suffix")] is False
     assert model.compat.edit_checks[(name, "fast")] is True
@@ -190,6 +194,7 @@ def test_a_path_that_raises_falls_back(fresh_checks, monkeypatch):
     monkeypatch.setattr(compute, "_packed_forward", broken)
     torch.manual_seed(0)
     got = optimize_delta(model, name, FACT, templates, ROME_HP)
+    assert model.compat.edit_checks[(name, "plain")] is False
     assert model.compat.edit_checks[(name, "packed")] is False
     assert model.compat.edit_checks[(name, "suffix")] is False
     assert model.compat.edit_modes["hook_mlp_out"] == "fast"
@@ -197,17 +202,20 @@ def test_a_path_that_raises_falls_back(fresh_checks, monkeypatch):
     assert rel(got.delta, want.delta) < 1e-4
 
 
-def test_packed_check_is_recorded_only_when_rows_start_at_different_positions(fresh_checks):
+@pytest.mark.parametrize("path", ["packed", "plain"])
+def test_packed_check_is_recorded_only_when_rows_start_at_different_positions(fresh_checks, path):
     """With every row's subject at one position the per-row prefix mask cuts nothing, so a pass there
-    proves nothing about it: the packed path is used for the call but checked again on the next."""
+    proves nothing about it: the packed (and plain) path is used for the call but checked again on the next."""
     from knowscope.editing.compute import optimize_deltas
 
     model, name = fresh_checks, fresh_checks.arch.hook_resid_post(1)
     hp = ROMEHyperParams(layer=1, v_steps=3, context_lengths=((4, 2),), kl_prompt="{} plays")
-    one_start = optimize_deltas(model, name, [FACT], ["{}"], hp)
-    assert (name, "packed") not in model.compat.edit_checks
+    with v_path(path):
+        one_start = optimize_deltas(model, name, [FACT], ["{}"], hp)
+    assert (name, path) not in model.compat.edit_checks
     with v_path("bridge"):
         want = optimize_deltas(model, name, [FACT], ["{}"], hp)
     assert rel(one_start[0].delta, want[0].delta) < 1e-4
-    optimize_deltas(model, name, [FACT], context_templates(model, ROME_HP.context_lengths, 0), hp)
-    assert model.compat.edit_checks[(name, "packed")] is True
+    with v_path(path):
+        optimize_deltas(model, name, [FACT], context_templates(model, ROME_HP.context_lengths, 0), hp)
+    assert model.compat.edit_checks[(name, path)] is True

@@ -268,6 +268,51 @@ def bench_paths(model: Any, facts: list[Any], hp: ROMEHyperParams, memit_facts: 
     return out
 
 
+def bench_memit_flops(model: Any, facts: list[Any], memit_hp: MEMITHyperParams, bound: float,
+                      report: dict[str, Any], n_count: int = 10) -> dict[str, Any]:
+    """FLOPs of the MEMIT batch timed in ``paths``: counted on its first ``n_count`` facts with each timed
+    path (counting slows a run ~2×, so the batch is not re-run whole), scaled to the batch; the share of
+    the roof is the scaled count over the batch's measured seconds, against ``bound``, the roof measured in
+    the run that timed it."""
+    batch = report.get("paths", {}).get("memit")
+    if not batch or batch.get("n_facts") != len(facts):
+        raise SystemExit("memit_flops needs the MEMIT batch of this size timed first (--only paths)")
+    mstats = key_stats(model, list(memit_hp.layers), n_tokens=memit_hp.stats_tokens, source=memit_hp.stats_source,
+                       progress=False)
+    sub = facts[:n_count]
+    for row in batch["variants"]:
+        hp = dataclasses.replace(memit_hp, z_batch=min(row["z_batch"], len(sub)))
+        with v_path(row["path"]), FlopCounterMode(display=False) as counter:
+            torch.manual_seed(0)
+            memit.edit(model, sub, hparams=hp, stats=mstats)
+        gflop = counter.get_total_flops() / 1e9 * len(facts) / len(sub)
+        row.update({"gflop_estimated": gflop, "gflop_counted_on": len(sub), "gflops": gflop / row["seconds"],
+                    "share_of_roof": gflop / row["seconds"] / bound})
+        print(f"  MEMIT batch of {len(facts)}, {row['path']} path: ~{gflop:,.0f} GFLOP (counted on {len(sub)} facts),"
+              f" {gflop / row['seconds']:.0f} GFLOP/s, {100 * row['share_of_roof']:.0f}% of the roof", flush=True)
+    return batch
+
+
+def bench_z_batch(model: Any, facts: list[Any], memit_hp: MEMITHyperParams,
+                  z_batches: tuple[int, ...] = (1, 10)) -> dict[str, Any]:
+    """One MEMIT batch on the default v*/z path with its facts' z optimised ``z_batch`` at a time (one batched
+    forward per group, each fact its own vector and trajectory), alternating in one run."""
+    mstats = key_stats(model, list(memit_hp.layers), n_tokens=memit_hp.stats_tokens, source=memit_hp.stats_source,
+                       progress=False)
+    rows, first = [], None
+    for z in z_batches:
+        torch.manual_seed(0)
+        t = time.perf_counter()
+        res = memit.edit(model, facts, hparams=dataclasses.replace(memit_hp, z_batch=z), stats=mstats)
+        secs = time.perf_counter() - t
+        first = first or (secs, res)
+        diff = max(float((res.deltas[n] - first[1].deltas[n]).norm() / first[1].deltas[n].norm()) for n in res.deltas)
+        rows.append({"z_batch": z, "seconds": secs, "ratio": first[0] / secs, "rel_diff": diff})
+        print(f"  MEMIT batch of {len(facts)}, {model.compat.edit_mode} path, z_batch {z}: {secs:.0f}s "
+              f"({first[0] / secs:.2f}x z_batch {z_batches[0]}), delta rel diff {diff:.1e}", flush=True)
+    return {"n_facts": len(facts), "path": model.compat.edit_mode, "rows": rows}
+
+
 SCORE_MODES = ("rows", "packed")  # teacher-forced scoring, the old way first (knowscope.editing.scoring)
 
 
@@ -352,7 +397,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--facts", type=int, default=3, help="bundled facts to edit (spread over the set)")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--only", default="phases,paths,evaluate",
-                    help="phases (FLOPs per phase), paths (bridge vs fast vs suffix), evaluate (scoring modes)")
+                    help="phases (FLOPs per phase), paths (the v*/z paths side by side), memit_flops (FLOPs of the "
+                         "MEMIT batch timed in paths), z_batch (a MEMIT batch's z one fact at a time vs 10 "
+                         "per batched forward), evaluate (scoring modes)")
     ap.add_argument("--eval-facts", type=int, default=100, help="facts evaluated together for the scoring comparison")
     ap.add_argument("--fluency-facts", type=int, default=20, help="facts whose fluency generation is timed both ways")
     ap.add_argument("--memit-facts", type=int, default=10, help="MEMIT batch size for the path comparison")
@@ -376,8 +423,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"float32 matmul roof on {torch.get_num_threads()} threads: {bound:.0f} GFLOP/s "
           f"({', '.join(f'{k} {x:.0f}' for k, x in roof['by_shape'].items())}); copy bandwidth {bandwidth:.1f} GB/s")
     out = Path(args.out)
-    # sections not run this time keep their previous numbers
+    # sections not run this time keep their previous numbers, and in "roofs" the roof of the run that measured them
     report: dict[str, Any] = json.loads(out.read_text()) if out.is_file() else {}
+    roofs = report.setdefault("roofs", {})
     report.update({"model": model.name, "fingerprint": model.fingerprint, "torch_threads": torch.get_num_threads(),
                    "argv": sys.argv[1:], "roof": roof, "n_facts": len(facts), "layer": hp.layer})
     only = set(args.only.split(","))
@@ -386,17 +434,30 @@ def main(argv: list[str] | None = None) -> int:
             with v_path(path):
                 print(f"\n-- v*/z forward pass: {path}")
                 report[f"phases_{path}"] = phases_report(model, facts, hp, bound, bandwidth)
+        roofs["phases"] = roof
     if "paths" in only:
         all_facts = load_bundled_facts()
         memit_facts = all_facts[:: max(1, len(all_facts) // args.memit_facts)][: args.memit_facts]
         report["paths"] = bench_paths(model, facts, hp, memit_facts, MEMITHyperParams.for_model(model),
                                       tuple(args.memit_paths.split(",")))
+        roofs["paths"] = roof
+    if "z_batch" in only:
+        all_facts = load_bundled_facts()
+        batch = all_facts[:: max(1, len(all_facts) // args.memit_facts)][: args.memit_facts]
+        report["z_batch"] = bench_z_batch(model, batch, MEMITHyperParams.for_model(model))
+        roofs["z_batch"] = roof
+    if "memit_flops" in only:
+        all_facts = load_bundled_facts()
+        memit_facts = all_facts[:: max(1, len(all_facts) // args.memit_facts)][: args.memit_facts]
+        report["paths"]["memit"] = bench_memit_flops(model, memit_facts, MEMITHyperParams.for_model(model),
+                                                     roofs.get("paths", roof)["gflops"], report)
     if "evaluate" in only:
         all_facts = load_bundled_facts()
         report["evaluate"] = bench_evaluate(model, all_facts[:: max(1, len(all_facts) // args.eval_facts)]
                                             [: args.eval_facts], bound)
         report["fluency"] = bench_fluency(model, all_facts[:: max(1, len(all_facts) // args.fluency_facts)]
                                           [: args.fluency_facts])
+        roofs["evaluate"] = roofs["fluency"] = roof
     write_json_atomic(out, report)
     print(f"wrote {args.out}")
     return 0

@@ -63,25 +63,25 @@ def test_rome_one_fact_at_a_time(default_model, spread):
 
 
 def test_suffix_paths_give_the_bridge_paths_rome_update(default_model, spread):
-    """Issue #17: the packed and suffix v* paths (cached prefix, positions from the subject on, logits only
-    where the loss reads them; one masked call per block or one per group of starts) reproduce the
-    bridge's full forward pass on the real model: same steps, same update within 1e-4 relative; and
-    the packed one was checked and chosen."""
+    """Issue #17: the plain, packed and suffix v* paths (cached prefix, positions from the subject on,
+    logits only where the loss reads them; one masked call per block on plain tensor code or through
+    the bridge, or one per group of starts) reproduce the bridge's full forward pass on the real model:
+    same steps, same update within 1e-4 relative; and the plain one was checked and chosen."""
     from knowscope.editing import rome
     from knowscope.editing.compute import v_path
 
     fact = spread[1]
     got = {}
-    for path in ("bridge", "suffix", "packed"):
+    for path in ("bridge", "suffix", "packed", "plain"):
         with v_path(path):
             got[path] = rome.edit(default_model, [fact])
     slow = got["bridge"]
-    for path in ("suffix", "packed"):
+    for path in ("suffix", "packed", "plain"):
         fast = got[path]
         assert [r["steps"] for r in slow.extra["per_request"]] == [r["steps"] for r in fast.extra["per_request"]]
         for name in slow.deltas:
             assert float((fast.deltas[name] - slow.deltas[name]).norm() / slow.deltas[name].norm()) < 1e-4, path
-    assert default_model.compat.edit_modes["hook_mlp_out"] == "packed"
+    assert default_model.compat.edit_modes["hook_mlp_out"] == "plain"
 
 
 def test_rome_keeps_generation_fluent(default_model, spread):

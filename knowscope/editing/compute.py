@@ -43,7 +43,7 @@ from knowscope.models.blocks import (
     run_blocks,
     supports_block_runs,
 )
-from knowscope.models.plain import PlainUnavailable, plain_blocks
+from knowscope.models.plain import PlainNotNow, PlainUnavailable, plain_blocks
 
 logger = logging.getLogger(__name__)
 
@@ -565,8 +565,14 @@ def _packed_forward(model: Model, layer: int, hook_name: str, tokens: Tensor, lo
     :data:`VPath`): row ``r`` runs positions ``look[r] .. ends[r] - 1`` left-aligned at their own
     position ids; its keys/values before ``look[r]`` come from the record, cut per row by the mask.
     ``plain``: the blocks run as :class:`~knowscope.models.plain.PlainBlocks` instead of the bridge's."""
-    if plain and model.arch.positional != "rotary":
-        raise _PathUnavailable("plain blocks need rotary positions")
+    blocks = None
+    if plain:  # before the record, so a model plain code cannot run costs no recording pass
+        try:
+            blocks = plain_blocks(model, layer + 1)
+        except PlainNotNow as exc:
+            raise _NotForThisCall(str(exc)) from exc
+        except PlainUnavailable as exc:
+            raise _PathUnavailable(str(exc)) from exc
     rec = _record_above(model, layer, hook_name, tokens, look, sel_rows, sel_pos)
     dev = tokens.device
     n_rows = tokens.shape[0]
@@ -586,6 +592,21 @@ def _packed_forward(model: Model, layer: int, hook_name: str, tokens: Tensor, lo
     # absolute position embeddings are already in the recorded residual; rotary ones are applied per block
     rotary_positions = positions if model.arch.positional == "rotary" else None
 
+    if blocks is not None:
+        try:
+            rotary = blocks.rotary(h0, positions)
+        except PlainUnavailable as exc:
+            raise _PathUnavailable(str(exc)) from exc
+
+        def plain_packed(row_delta: Tensor) -> Tensor:
+            h = h0 + offset * row_delta.to(h0.dtype)[:, None, :]
+            for upper in range(layer + 1, model.arch.n_layers):
+                h = blocks.run(upper, h, rotary, mask, cache[upper])
+            return blocks.logits(h[sel_rows, pick_pos]).float()
+
+        plain_packed.init_at_look = rec.init_at_look  # type: ignore[attr-defined]
+        return plain_packed
+
     def packed(row_delta: Tensor) -> Tensor:
         h = h0 + offset * row_delta.to(h0.dtype)[:, None, :]
         for upper in range(layer + 1, model.arch.n_layers):
@@ -593,23 +614,8 @@ def _packed_forward(model: Model, layer: int, hook_name: str, tokens: Tensor, lo
             h = run_block(model, upper, h, cache=PrefixKV(k, v), position_ids=rotary_positions, attention_mask=mask)
         return final_logits(model, h[sel_rows, pick_pos]).float()
 
-    if not plain:
-        packed.init_at_look = rec.init_at_look  # type: ignore[attr-defined]
-        return packed
-    try:
-        blocks = plain_blocks(model, layer + 1)
-        rotary = blocks.rotary(h0, positions)
-    except PlainUnavailable as exc:
-        raise _PathUnavailable(str(exc)) from exc
-
-    def plain_packed(row_delta: Tensor) -> Tensor:
-        h = h0 + offset * row_delta.to(h0.dtype)[:, None, :]
-        for upper in range(layer + 1, model.arch.n_layers):
-            h = blocks.run(upper, h, rotary, mask, cache[upper])
-        return blocks.logits(h[sel_rows, pick_pos]).float()
-
-    plain_packed.init_at_look = rec.init_at_look  # type: ignore[attr-defined]
-    return plain_packed
+    packed.init_at_look = rec.init_at_look  # type: ignore[attr-defined]
+    return packed
 
 
 def _suffix_forward(model: Model, layer: int, hook_name: str, tokens: Tensor, look: Tensor, sel_rows: Tensor,

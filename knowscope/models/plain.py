@@ -9,10 +9,12 @@ attention through ``scaled_dot_product_attention`` with an explicit mask and a f
 prefix, the gated SiLU MLP, and the final norm and unembedding. No hooks fire and nothing is
 copied (the module reads the live parameters, so edits applied before a call are seen).
 
-Only the plain Llama shape is supported (Llama, Mistral, Qwen2, SmolLM...); :func:`plain_blocks`
-raises :class:`PlainUnavailable` with the reason for anything else (q/k norms, soft-capping,
-sinks, sliding windows, partial or interleaved rotary, another activation). Agreement with the
-bridge is not assumed: callers compare logits once per model before using it.
+Only the plain Llama shape is supported (Llama, SmolLM2, Qwen2 and Mistral without a sliding
+window...); :func:`plain_blocks` raises :class:`PlainUnavailable` with the reason for anything else
+(q/k norms, soft-capping, sinks, sliding windows, layers without rotary, partial or interleaved
+rotary, another activation), and :class:`PlainNotNow` while hooks are registered on the blocks or a
+bridge setting reroutes attention inputs. Agreement with the bridge is not assumed: callers
+compare logits once per model before using it.
 """
 
 from __future__ import annotations
@@ -24,12 +26,19 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor, nn
+from transformer_lens.hook_points import HookPoint
 
 from knowscope.models.wrapper import Model
 
 
 class PlainUnavailable(RuntimeError):
     """This model's blocks are not the plain Llama shape :class:`PlainBlocks` implements."""
+
+
+class PlainNotNow(PlainUnavailable):
+    """The blocks are plain Llama, but a state that can change rules plain code out for now: hooks
+    registered on the blocks (plain code would skip them) or a bridge setting that reroutes attention
+    inputs (``use_split_qkv_input`` and the like, switched on by edge attribution)."""
 
 
 @dataclass(frozen=True)
@@ -99,11 +108,27 @@ def _check_config(model: Model) -> None:
     rope = getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {}
     if isinstance(rope, dict) and rope.get("llama_4_scaling_beta") is not None:
         raise PlainUnavailable("llama-4 query scaling")
+    if getattr(cfg, "no_rope_layers", None) or getattr(cfg, "no_rope_layer_interval", None):
+        raise PlainUnavailable("some layers run without rotary embeddings")
+    head_dim = getattr(cfg, "head_dim", None)
+    if head_dim is not None and int(head_dim) != model.arch.d_head:
+        raise PlainUnavailable(f"config.head_dim {head_dim} differs from the bridge's d_head {model.arch.d_head}")
     bcfg = model.bridge.cfg
-    for key in ("rotary_interleaved_cos_sin", "rotary_adjacent_pairs", "gated_q_proj", "use_split_qkv_input",
-                "use_attn_in", "use_attn_result", "qk_norm_after_rope"):
+    for key in ("rotary_interleaved_cos_sin", "rotary_adjacent_pairs", "gated_q_proj", "qk_norm_after_rope"):
         if getattr(bcfg, key, False):
             raise PlainUnavailable(f"bridge cfg.{key} is set")
+    for key in ("use_split_qkv_input", "use_attn_in", "use_attn_result"):
+        if getattr(bcfg, key, False):
+            raise PlainNotNow(f"bridge cfg.{key} is switched on")
+
+
+def _check_no_hooks(modules: list[nn.Module]) -> None:
+    """Plain code fires no hooks, so a user hook on a HookPoint of the modules it replaces rules it out
+    (for now). The bridge's own wiring hooks on the wrapped HF modules are not user hooks."""
+    for top in modules:
+        for module in top.modules():
+            if isinstance(module, HookPoint) and (module._forward_hooks or module._forward_pre_hooks):
+                raise PlainNotNow(f"a hook is registered on {getattr(module, 'name', None) or type(module).__name__}")
 
 
 def _block(model: Model, layer: int) -> _Block:
@@ -153,6 +178,8 @@ class PlainBlocks:
         self.ln_final = _norm(model.bridge.ln_final, "the final norm")
         unembed = _linear(model.bridge.unembed, "the unembedding")
         self.w_u, self.b_u = unembed.weight, unembed.bias
+        _check_no_hooks([model.bridge.blocks[layer] for layer in self.blocks]
+                        + [model.bridge.ln_final, model.bridge.unembed])
 
     def rotary(self, h: Tensor, positions: Int[Tensor, "batch pos"]) -> tuple[Tensor, Tensor]:
         """``cos, sin`` for ``positions`` from the model's own rotary module, shaped to broadcast over heads."""

@@ -219,3 +219,45 @@ def test_packed_check_is_recorded_only_when_rows_start_at_different_positions(fr
     with v_path(path):
         optimize_deltas(model, name, [FACT], context_templates(model, ROME_HP.context_lengths, 0), hp)
     assert model.compat.edit_checks[(name, path)] is True
+
+
+def test_plain_path_alone_failing_its_check_leaves_packed(fresh_checks, monkeypatch):
+    """Plain blocks that give other numbers than the bridge are rejected by the check on their own; the
+    packed path (bridge blocks) is then chosen and the run equals the bridge's."""
+    from knowscope.models import plain
+
+    model, name = fresh_checks, fresh_checks.arch.hook_mlp_out(1)
+    templates = context_templates(model, ROME_HP.context_lengths, 0)
+    real = plain.PlainBlocks.run
+
+    def off(self, *args, **kwargs):
+        return real(self, *args, **kwargs) * 1.01
+
+    monkeypatch.setattr(plain.PlainBlocks, "run", off)
+    torch.manual_seed(0)
+    got = optimize_delta(model, name, FACT, templates, ROME_HP)
+    assert model.compat.edit_checks[(name, "plain")] is False
+    assert model.compat.edit_checks[(name, "packed")] is True
+    assert model.compat.edit_modes["hook_mlp_out"] == "packed"
+    assert rel(got.delta, _bridge_run(model, name, templates).delta) < 1e-4
+
+
+def test_a_user_hook_above_the_edited_layer_steps_plain_aside_for_that_call(fresh_checks):
+    """Plain code would skip a hook registered on a block above the edited layer: with one there the
+    call runs on the packed path (the hook fires), and plain is not marked broken for later calls."""
+    model, name = fresh_checks, fresh_checks.arch.hook_mlp_out(1)
+    templates = context_templates(model, ROME_HP.context_lengths, 0)
+    fired = []
+    handle = model.bridge.hook_dict["blocks.2.hook_resid_post"].register_forward_hook(
+        lambda *args: fired.append(True))
+    try:
+        torch.manual_seed(0)
+        optimize_delta(model, name, FACT, templates, ROME_HP)
+    finally:
+        handle.remove()
+    assert fired
+    assert (name, "plain") not in model.compat.edit_checks
+    assert model.compat.edit_modes["hook_mlp_out"] == "packed"
+    torch.manual_seed(0)
+    optimize_delta(model, name, FACT, templates, ROME_HP)
+    assert model.compat.edit_modes["hook_mlp_out"] == "plain"

@@ -70,3 +70,56 @@ def test_plain_blocks_read_the_live_weights(tiny_llama):
 def test_models_that_are_not_plain_llama_are_refused_with_the_reason(tiny_gpt2):
     with pytest.raises(PlainUnavailable, match="rotary"):
         plain_blocks(tiny_gpt2, 0)
+
+
+def test_biases_and_norm_weights_are_used():
+    """A Llama with q/k/v/o and MLP biases and non-unit norm weights (as trained models have): plain =
+    bridge, so neither may be dropped."""
+    from knowscope.models import tiny_model
+
+    model = tiny_model("llama", seed=3, attention_bias=True, mlp_bias=True)
+    gen = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for name, p in model.hf.named_parameters():
+            if "norm" in name or p.ndim == 1:  # norm weights and biases
+                p.copy_(1.0 + 0.5 * torch.randn(p.shape, generator=gen) if "norm" in name
+                        else 0.1 * torch.randn(p.shape, generator=gen))
+    assert model.bridge.blocks[1].attn.q.original_component.bias is not None
+    blocks = plain_blocks(model, 1)
+    h, positions, mask, past = _inputs(model, seed=5)
+    rotary = blocks.rotary(h, positions)
+    want, got = h, h
+    for layer in range(1, model.arch.n_layers):
+        want = run_block(model, layer, want, cache=PrefixKV(*past), position_ids=positions, attention_mask=mask)
+        got = blocks.run(layer, got, rotary, mask, past)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(blocks.logits(got[:, -1]), final_logits(model, want[:, -1]), rtol=1e-5, atol=1e-5)
+
+
+def test_hooks_and_rerouting_settings_rule_plain_out_for_now(tiny_llama):
+    """Plain code fires no hooks: a hook on a block it would replace (or on the final norm) and the
+    bridge's split-input settings make it step aside (PlainNotNow), until they are gone."""
+    from knowscope.models.plain import PlainNotNow
+
+    hooks = tiny_llama.bridge.hook_dict
+    for name in ("blocks.2.hook_resid_post", "blocks.1.attn.hook_pattern", "ln_final.hook_normalized"):
+        handle = hooks[name].register_forward_hook(lambda *args: None)
+        try:
+            with pytest.raises(PlainNotNow, match="hook"):
+                plain_blocks(tiny_llama, 1)
+        finally:
+            handle.remove()
+    handle = hooks["blocks.0.hook_resid_post"].register_forward_hook(lambda *args: None)
+    try:
+        plain_blocks(tiny_llama, 1)  # below the first plain block: not replaced, not in the way
+    finally:
+        handle.remove()
+    cfg = tiny_llama.bridge.cfg
+    old = getattr(cfg, "use_split_qkv_input", False)
+    cfg.use_split_qkv_input = True
+    try:
+        with pytest.raises(PlainNotNow, match="use_split_qkv_input"):
+            plain_blocks(tiny_llama, 1)
+    finally:
+        cfg.use_split_qkv_input = old
+    plain_blocks(tiny_llama, 1)

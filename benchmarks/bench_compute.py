@@ -401,6 +401,11 @@ def bench_fluency(model: Any, facts: list[Any]) -> dict[str, Any]:
             "entropy_one_at_a_time": h_old, "entropy_batched": h_new}
 
 
+def every(facts: list[Any], n: int) -> list[Any]:
+    """``n`` facts at an even stride through the bundled set (the same selection in every section)."""
+    return facts[:: max(1, len(facts) // n)][:n]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--facts", type=int, default=3, help="bundled facts to edit (spread over the set)")
@@ -421,8 +426,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = load_model(device="cpu")
-    facts = load_bundled_facts()
-    facts = facts[:: max(1, len(facts) // args.facts)][: args.facts]
+    all_facts = load_bundled_facts()
+    facts = every(all_facts, args.facts)
     hp = ROMEHyperParams.for_model(model)
     d, f, v = model.arch.d_model, model.arch.d_mlp, model.hf.config.vocab_size
     roof = matmul_roof([(512, d, f), (512, d, v), (2048, 2048, 2048)])
@@ -444,28 +449,20 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"\n-- v*/z forward pass: {path}")
                 report[f"phases_{path}"] = phases_report(model, facts, hp, bound, bandwidth)
         roofs["phases"] = roof
+    memit_facts = every(all_facts, args.memit_facts)
     if "paths" in only:
-        all_facts = load_bundled_facts()
-        memit_facts = all_facts[:: max(1, len(all_facts) // args.memit_facts)][: args.memit_facts]
         report["paths"] = bench_paths(model, facts, hp, memit_facts, MEMITHyperParams.for_model(model),
                                       tuple(args.memit_paths.split(",")))
         roofs["paths"] = roof
     if "z_batch" in only:
-        all_facts = load_bundled_facts()
-        batch = all_facts[:: max(1, len(all_facts) // args.memit_facts)][: args.memit_facts]
-        report["z_batch"] = bench_z_batch(model, batch, MEMITHyperParams.for_model(model))
+        report["z_batch"] = bench_z_batch(model, memit_facts, MEMITHyperParams.for_model(model))
         roofs["z_batch"] = roof
     if "memit_flops" in only:
-        all_facts = load_bundled_facts()
-        memit_facts = all_facts[:: max(1, len(all_facts) // args.memit_facts)][: args.memit_facts]
         report["paths"]["memit"] = bench_memit_flops(model, memit_facts, MEMITHyperParams.for_model(model),
                                                      roofs.get("paths", roof)["gflops"], report)
     if "evaluate" in only:
-        all_facts = load_bundled_facts()
-        report["evaluate"] = bench_evaluate(model, all_facts[:: max(1, len(all_facts) // args.eval_facts)]
-                                            [: args.eval_facts], bound)
-        report["fluency"] = bench_fluency(model, all_facts[:: max(1, len(all_facts) // args.fluency_facts)]
-                                          [: args.fluency_facts])
+        report["evaluate"] = bench_evaluate(model, every(all_facts, args.eval_facts), bound)
+        report["fluency"] = bench_fluency(model, every(all_facts, args.fluency_facts))
         roofs["evaluate"] = roofs["fluency"] = roof
     write_json_atomic(out, report)
     print(f"wrote {args.out}")

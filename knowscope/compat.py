@@ -111,6 +111,11 @@ def probe_kv_cache(hf: nn.Module, input_ids: Tensor, new_tokens: int = 3) -> flo
     return float((log_c - log_u).abs().max())
 
 
+#: the editors' v*/z forward passes, fastest first (knowscope.editing.compute.VPath; kept here, below
+#: editing, so Compat can rank the modes it records)
+EDIT_PATHS = ("plain", "packed", "suffix", "fast", "bridge")
+
+
 @dataclass
 class Compat:
     """What load-time detection found for one model (printed by ``knowscope doctor``)."""
@@ -129,8 +134,7 @@ class Compat:
     def edit_mode(self) -> str | None:
         """The fastest v*/z forward pass any hook kind runs ("plain"/"packed"/"suffix"/"fast"/"bridge");
         ``None`` before any edit."""
-        order = ("plain", "packed", "suffix", "fast", "bridge")
-        return min(self.edit_modes.values(), key=order.index, default=None)
+        return min(self.edit_modes.values(), key=EDIT_PATHS.index, default=None)
 
     def to_dict(self) -> dict[str, Any]:
         return {"kv_cache": self.kv_cache, "cache_bridge": self.cache_bridge, "cache_keyword": self.cache_keyword,

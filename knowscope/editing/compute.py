@@ -29,6 +29,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from knowscope.compat import EDIT_PATHS
 from knowscope.editing.hparams import VOptParams
 from knowscope.editing.session import unedited_weights
 from knowscope.editing.stats import _bos_id, hash_seed
@@ -43,7 +44,7 @@ from knowscope.models.blocks import (
     run_blocks,
     supports_block_runs,
 )
-from knowscope.models.plain import PlainNotNow, PlainUnavailable, plain_blocks
+from knowscope.models.plain import PlainBlocks, PlainNotNow, PlainUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -368,7 +369,7 @@ def optimize_deltas(
 #: checked once per model and hook (kind and layer), they reproduce the bridge's logits with a non-zero
 #: delta; otherwise the next one down runs.
 VPath = Literal["plain", "packed", "suffix", "fast", "bridge"]
-V_PATHS = ("plain", "packed", "suffix", "fast", "bridge")
+V_PATHS = EDIT_PATHS
 _V_PATH: contextvars.ContextVar[str] = contextvars.ContextVar("knowscope_v_path", default="plain")
 
 
@@ -568,7 +569,7 @@ def _packed_forward(model: Model, layer: int, hook_name: str, tokens: Tensor, lo
     blocks = None
     if plain:  # before the record, so a model plain code cannot run costs no recording pass
         try:
-            blocks = plain_blocks(model, layer + 1)
+            blocks = PlainBlocks(model, layer + 1)
         except PlainNotNow as exc:
             raise _NotForThisCall(str(exc)) from exc
         except PlainUnavailable as exc:
@@ -598,21 +599,23 @@ def _packed_forward(model: Model, layer: int, hook_name: str, tokens: Tensor, lo
         except PlainUnavailable as exc:
             raise _PathUnavailable(str(exc)) from exc
 
-        def plain_packed(row_delta: Tensor) -> Tensor:
-            h = h0 + offset * row_delta.to(h0.dtype)[:, None, :]
-            for upper in range(layer + 1, model.arch.n_layers):
-                h = blocks.run(upper, h, rotary, mask, cache[upper])
-            return blocks.logits(h[sel_rows, pick_pos]).float()
+        def block(upper: int, h: Tensor) -> Tensor:
+            return blocks.run(upper, h, rotary, mask, cache[upper])
 
-        plain_packed.init_at_look = rec.init_at_look  # type: ignore[attr-defined]
-        return plain_packed
+        logits: Callable[[Tensor], Tensor] = blocks.logits
+    else:
+        def block(upper: int, h: Tensor) -> Tensor:
+            k, v = cache[upper]
+            return run_block(model, upper, h, cache=PrefixKV(k, v), position_ids=rotary_positions, attention_mask=mask)
+
+        def logits(h: Tensor) -> Tensor:
+            return final_logits(model, h)
 
     def packed(row_delta: Tensor) -> Tensor:
         h = h0 + offset * row_delta.to(h0.dtype)[:, None, :]
         for upper in range(layer + 1, model.arch.n_layers):
-            k, v = cache[upper]
-            h = run_block(model, upper, h, cache=PrefixKV(k, v), position_ids=rotary_positions, attention_mask=mask)
-        return final_logits(model, h[sel_rows, pick_pos]).float()
+            h = block(upper, h)
+        return logits(h[sel_rows, pick_pos]).float()
 
     packed.init_at_look = rec.init_at_look  # type: ignore[attr-defined]
     return packed

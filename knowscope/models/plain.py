@@ -10,7 +10,7 @@ prefix, the gated SiLU MLP, and the final norm and unembedding. No hooks fire an
 copied (the module reads the live parameters, so edits applied before a call are seen).
 
 Only the plain Llama shape is supported (Llama, SmolLM2, Qwen2 and Mistral without a sliding
-window...); :func:`plain_blocks` raises :class:`PlainUnavailable` with the reason for anything else
+window...); :class:`PlainBlocks` raises :class:`PlainUnavailable` with the reason for anything else
 (q/k norms, soft-capping, sinks, sliding windows, layers without rotary, partial or interleaved
 rotary, another activation), and :class:`PlainNotNow` while hooks are registered on the blocks or a
 bridge setting reroutes attention inputs. Agreement with the bridge is not assumed: callers
@@ -167,12 +167,12 @@ def _rotate_half(x: Tensor) -> Tensor:
 
 class PlainBlocks:
     """Blocks ``first..n_layers-1`` of a Llama-family model, the final norm and the unembedding, as
-    plain tensor code on the model's live weights (see the module docstring)."""
+    plain tensor code on the model's live weights (see the module docstring). Raises
+    :class:`PlainUnavailable` (or :class:`PlainNotNow`) with the reason where that code would not apply."""
 
     def __init__(self, model: Model, first: int) -> None:
         _check_config(model)
         self.model = model
-        self.first = first
         self.blocks = {layer: _block(model, layer) for layer in range(first, model.arch.n_layers)}
         self.n_heads, self.n_kv, self.d_head = model.arch.n_heads, model.arch.n_kv_heads, model.arch.d_head
         self.ln_final = _norm(model.bridge.ln_final, "the final norm")
@@ -219,7 +219,3 @@ class PlainBlocks:
         out = (self.w_u @ self.ln_final(h).t()).t()
         return out if self.b_u is None else out + self.b_u
 
-
-def plain_blocks(model: Model, first: int) -> PlainBlocks:
-    """:class:`PlainBlocks` from block ``first`` up; :class:`PlainUnavailable` if the model is not plain Llama."""
-    return PlainBlocks(model, first)

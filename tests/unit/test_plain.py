@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from knowscope.models.blocks import PrefixKV, additive_mask, final_logits, run_block
-from knowscope.models.plain import PlainUnavailable, plain_blocks
+from knowscope.models.plain import PlainBlocks, PlainUnavailable
 
 
 def _inputs(model, batch=3, n_pos=4, prefix=5, seed=0):
@@ -27,7 +27,7 @@ def _inputs(model, batch=3, n_pos=4, prefix=5, seed=0):
 
 def test_plain_blocks_equal_the_bridges_blocks_values_and_gradients(tiny_llama):
     model = tiny_llama
-    blocks = plain_blocks(model, 1)
+    blocks = PlainBlocks(model, 1)
     h, positions, mask, past = _inputs(model)
     a = h.clone().requires_grad_(True)
     b = h.clone().requires_grad_(True)
@@ -50,7 +50,7 @@ def test_plain_blocks_equal_the_bridges_blocks_values_and_gradients(tiny_llama):
 def test_plain_blocks_read_the_live_weights(tiny_llama):
     """Built once, they see an edit applied to the model afterwards (no copies of the weights)."""
     model = tiny_llama
-    blocks = plain_blocks(model, 1)
+    blocks = PlainBlocks(model, 1)
     h, positions, mask, past = _inputs(model, seed=2)
     rotary = blocks.rotary(h, positions)
     before = blocks.run(1, h, rotary, mask, past)
@@ -69,7 +69,7 @@ def test_plain_blocks_read_the_live_weights(tiny_llama):
 
 def test_models_that_are_not_plain_llama_are_refused_with_the_reason(tiny_gpt2):
     with pytest.raises(PlainUnavailable, match="rotary"):
-        plain_blocks(tiny_gpt2, 0)
+        PlainBlocks(tiny_gpt2, 0)
 
 
 def test_biases_and_norm_weights_are_used():
@@ -85,7 +85,7 @@ def test_biases_and_norm_weights_are_used():
                 p.copy_(1.0 + 0.5 * torch.randn(p.shape, generator=gen) if "norm" in name
                         else 0.1 * torch.randn(p.shape, generator=gen))
     assert model.bridge.blocks[1].attn.q.original_component.bias is not None
-    blocks = plain_blocks(model, 1)
+    blocks = PlainBlocks(model, 1)
     h, positions, mask, past = _inputs(model, seed=5)
     rotary = blocks.rotary(h, positions)
     want, got = h, h
@@ -106,12 +106,12 @@ def test_hooks_and_rerouting_settings_rule_plain_out_for_now(tiny_llama):
         handle = hooks[name].register_forward_hook(lambda *args: None)
         try:
             with pytest.raises(PlainNotNow, match="hook"):
-                plain_blocks(tiny_llama, 1)
+                PlainBlocks(tiny_llama, 1)
         finally:
             handle.remove()
     handle = hooks["blocks.0.hook_resid_post"].register_forward_hook(lambda *args: None)
     try:
-        plain_blocks(tiny_llama, 1)  # below the first plain block: not replaced, not in the way
+        PlainBlocks(tiny_llama, 1)  # below the first plain block: not replaced, not in the way
     finally:
         handle.remove()
     cfg = tiny_llama.bridge.cfg
@@ -119,7 +119,7 @@ def test_hooks_and_rerouting_settings_rule_plain_out_for_now(tiny_llama):
     cfg.use_split_qkv_input = True
     try:
         with pytest.raises(PlainNotNow, match="use_split_qkv_input"):
-            plain_blocks(tiny_llama, 1)
+            PlainBlocks(tiny_llama, 1)
     finally:
         cfg.use_split_qkv_input = old
-    plain_blocks(tiny_llama, 1)
+    PlainBlocks(tiny_llama, 1)

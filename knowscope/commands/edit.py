@@ -1,4 +1,5 @@
-"""``knowscope edit``: edit facts with ROME, MEMIT or constrained fine-tuning, and evaluate the edits.
+"""``knowscope edit``: edit facts with ROME, MEMIT, constrained fine-tuning or a memory editor (GRACE,
+WISE), and evaluate the edits.
 
 Each fact is edited to its ``target_new`` and evaluated under both protocols (CounterFact scores and
 EasyEdit accuracies, see :mod:`knowscope.editing.evaluate`). Locality is always compared with the
@@ -6,6 +7,10 @@ unedited model: its predictions are taken once, before the first edit.
 
 * ROME / FT: one fact per edit, undone before the next one; with ``--sequential`` the edits pile up and
   all facts are evaluated at the end.
+* GRACE / WISE: edits kept in a side memory behind a router, weights untouched; ``--batch-size``
+  facts per edit call (default 1). With ``--sequential`` the edits pile up in one memory; with
+  ``--run-dir`` the run is resumable and monitored as for MEMIT (the memory is saved as a checkpoint).
+  The JSON's ``per_fact`` rows carry ``routing`` (which memory answered each prompt, with its score).
 * MEMIT: batches of ``--batch-size`` facts, each batch edited from the original model and undone; with
   ``--sequential`` the batches pile up (``SequentialMEMIT``; ``--null-space`` projects each batch onto
   the approximate null space of the key statistics and of the earlier edits, AlphaEdit's idea).
@@ -29,9 +34,10 @@ from typing import Any
 from knowscope.commands import add_model_argument, load_from_args
 
 NAME = "edit"
-HELP = "edit facts with ROME, MEMIT or constrained fine-tuning, and evaluate them (CounterFact + EasyEdit)"
+HELP = "edit facts with ROME, MEMIT, fine-tuning, GRACE or WISE, and evaluate them (CounterFact + EasyEdit)"
 ORDER = 60
-METHODS = ("rome", "memit", "ft")
+METHODS = ("rome", "memit", "ft", "grace", "wise")
+MEMORY_METHODS = ("grace", "wise")
 DEFAULT_MEMIT_BATCH = 50
 
 
@@ -44,13 +50,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="auto (the layer a recorded sweep measured best on this model, else locate), "
                              "locate (the causal-tracing peak), L, or L1-L2 (default: the method's default)")
     parser.add_argument("--batch-size", type=int, default=None,
-                        help=f"MEMIT: facts per batch (default {DEFAULT_MEMIT_BATCH})")
+                        help=f"MEMIT: facts per batch (default {DEFAULT_MEMIT_BATCH}); GRACE / WISE: facts per "
+                             "edit call (default 1)")
     parser.add_argument("--sequential", action="store_true",
                         help="keep edits applied (do not undo between facts / batches); evaluate at the end")
     parser.add_argument("--null-space", action="store_true",
                         help="MEMIT: project updates onto the null space of preserved keys (AlphaEdit)")
     parser.add_argument("--run-dir", metavar="DIR", default=None,
-                        help="sequential MEMIT: save after every batch into DIR; re-run with the same DIR to continue")
+                        help="sequential MEMIT / GRACE / WISE: save after every batch into DIR; re-run with the same "
+                             "DIR to continue")
     parser.add_argument("--probe", type=int, default=20,
                         help="--run-dir: never-edited facts the collapse monitor measures (default 20; 0: no monitor)")
     parser.add_argument("--probe-data", default=None,
@@ -89,22 +97,30 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be >= 1, got {args.limit}")
     if args.batch_size is not None:
-        if args.method != "memit":
-            raise ValueError(f"--batch-size is for --method memit; {args.method} edits one fact at a time")
+        if args.method not in ("memit", *MEMORY_METHODS):
+            raise ValueError(f"--batch-size is for --method memit, grace or wise; {args.method} edits one fact "
+                             "at a time")
         if args.batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.null_space and args.method != "memit":
         raise ValueError(f"--null-space is for --method memit, not {args.method}")
     if args.gen_len < 1:
         raise ValueError(f"--gen-len must be >= 1, got {args.gen_len}")
-    if args.run_dir is not None and not (args.method == "memit" and args.sequential):
-        raise ValueError("--run-dir is for --method memit --sequential (a resumable, monitored sequential run)")
+    if args.run_dir is not None and not (args.method in ("memit", *MEMORY_METHODS) and args.sequential):
+        raise ValueError("--run-dir is for --method memit|grace|wise --sequential (a resumable, monitored "
+                         "sequential run)")
     if args.max_batches is not None and (args.run_dir is None or args.max_batches < 0):
         raise ValueError("--max-batches needs --run-dir and a value >= 0")
     if args.probe < 0:
         raise ValueError(f"--probe must be >= 0, got {args.probe}")
     if args.method == "memit" and isinstance(parse_layers(args.layers), int):
         raise ValueError(f"--layers {args.layers!r}: MEMIT edits a range of layers; give L1-L2, auto or locate")
+
+
+def _batch(args: argparse.Namespace) -> int:
+    if args.method == "memit":
+        return args.batch_size or DEFAULT_MEMIT_BATCH
+    return args.batch_size or 1 if args.method in MEMORY_METHODS else 1
 
 
 def _editor(method: str, model: Any, layers: Any, sequential: bool, null_space: bool) -> Any:
@@ -142,7 +158,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.run_dir is not None:
         return _run_dir(args, model, facts, layers, session, reference, eval_kwargs, start)
     edit = _editor(args.method, model, layers, args.sequential, args.null_space)
-    batch = (args.batch_size or DEFAULT_MEMIT_BATCH) if args.method == "memit" else 1
+    batch = _batch(args)
     groups = [facts[i : i + batch] for i in range(0, len(facts), batch)]
 
     results = []
@@ -225,20 +241,30 @@ def _run_dir(args: argparse.Namespace, model: Any, facts: list[Any], layers: Any
     """``--sequential --run-dir``: a resumable, monitored run; then every edit evaluated together."""
     from dataclasses import replace
 
+    from knowscope.editing.editors import get_editor
     from knowscope.editing.evaluate import evaluate
     from knowscope.editing.hparams import MEMITHyperParams
     from knowscope.editing.memit import resolve_layers
     from knowscope.editing.sequential import CollapseMonitor, load_run_edits, run_sequential
 
-    hp = MEMITHyperParams.for_model(model)
-    batch = args.batch_size or DEFAULT_MEMIT_BATCH
-    # fixed before the first batch, so a resumed run edits the same layers ("auto"/"locate" choose on batch 1)
-    hp = replace(hp, layers=tuple(resolve_layers(model, facts[:batch], layers, hp)))
+    batch = _batch(args)
+    if args.method in MEMORY_METHODS:
+        hp = get_editor(args.method).hparams.for_model(model)
+        if layers is not None:
+            if not isinstance(layers, int):
+                raise ValueError(f"--layers {args.layers!r}: {args.method} keeps its memory at one layer; give L")
+            hp = replace(hp, layer=layers)
+        used_layers = [hp.layer]
+    else:
+        hp = MEMITHyperParams.for_model(model)
+        # fixed before the first batch, so a resumed run edits the same layers ("auto"/"locate" choose on batch 1)
+        hp = replace(hp, layers=tuple(resolve_layers(model, facts[:batch], layers, hp)))
+        used_layers = list(hp.layers)
     probe = _probe(args, facts)
     monitor = CollapseMonitor(probe=probe, stop_on_warning=args.stop_on_warning,
                               fluency_prompts=0 if args.no_fluency else 4) if probe else None
     run = run_sequential(model, facts, batch, args.run_dir, null_space=args.null_space, hparams=hp,
-                         monitor=monitor, max_batches=args.max_batches)
+                         monitor=monitor, max_batches=args.max_batches, method=args.method)
     for rec in run.records[1:]:
         sig = rec["signals"]
         print(f"[batch {rec['batch']}] {rec['edits']} edits: efficacy {sig.get('efficacy_all') or 0:.3f}"
@@ -257,8 +283,8 @@ def _run_dir(args: argparse.Namespace, model: Any, facts: list[Any], layers: Any
     finally:
         session.rollback()
     if metrics is not None:
-        _print_summary(args, model, metrics, list(hp.layers), len(edited))
-    return _report(args, model, metrics, layers=list(hp.layers), n_edits=len(edited), n_edit_calls=len(edits),
+        _print_summary(args, model, metrics, used_layers, len(edited))
+    return _report(args, model, metrics, layers=used_layers, n_edits=len(edited), n_edit_calls=len(edits),
                    batch=batch, hparams=hp.to_dict(), edit_seconds=sum(r["seconds"] for r in run.records),
                    start=start, saved=saved, n_facts=len(facts), run_dir=str(args.run_dir), stopped=run.stopped,
                    monitor=run.records)

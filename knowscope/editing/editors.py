@@ -13,13 +13,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from knowscope.editing import ft, memit, rome
+from knowscope.editing import ft, grace, memit, rome, wise
 from knowscope.editing.hparams import MEMITHyperParams, ROMEHyperParams
 from knowscope.editing.session import EditResult
 from knowscope.facts import Fact
 from knowscope.models import Model
 
-EditorName = Literal["rome", "memit", "ft"]
+EditorName = Literal["rome", "memit", "ft", "grace", "wise"]
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,7 @@ class Editor:
     hparams: type
     batched: bool  # one update for many facts (MEMIT) rather than one per fact
     layer_window: bool  # edits a window of layers (MEMIT) rather than one layer
+    memory: bool = False  # writes a side memory (GRACE, WISE) rather than the weights
 
     def __call__(self, model: Model, requests: Sequence[Fact], layers: Any = None, hparams: Any = None,
                  stats: Any = None, **options: Any) -> EditResult:
@@ -50,11 +51,18 @@ EDITORS: dict[str, Editor] = {
     "rome": Editor("rome", "ROME", rome.edit, ROMEHyperParams, batched=False, layer_window=False),
     "memit": Editor("memit", "MEMIT", memit.edit, MEMITHyperParams, batched=True, layer_window=True),
     "ft": Editor("ft", "FT", ft.edit, ft.FTHyperParams, batched=False, layer_window=False),
+    "grace": Editor("grace", "GRACE", grace.edit, grace.GRACEHyperParams, batched=False, layer_window=False,
+                    memory=True),
+    "wise": Editor("wise", "WISE", wise.edit, wise.WISEHyperParams, batched=False, layer_window=False, memory=True),
 }
+
+#: the editors whose edits live in a side memory behind a router (one edit at a time, any number of them)
+MEMORY_EDITORS = tuple(name for name, e in EDITORS.items() if e.memory)
 
 
 def get_editor(name: str) -> Editor:
-    """The editor called ``name`` (case-insensitive: ``"rome"``, ``"ROME"``, ``"memit"``, ``"ft"``)."""
+    """The editor called ``name``, case-insensitive (``"rome"``, ``"ROME"``, ``"memit"``, ``"ft"``, ``"grace"``,
+    ``"wise"``)."""
     key = str(name).lower()
     if key not in EDITORS:
         raise ValueError(f"unknown editing method {name!r}; valid: {', '.join(EDITORS)}")

@@ -24,6 +24,11 @@ Scores are averaged over each fact's prompts first, then over facts (ROME's per-
   predictions, never with the ground truth);
 * ``portability_acc``: token accuracy of each portability pair's answer, when facts have them.
 
+**Routing.** When the model carries a side memory (GRACE, WISE), each fact's row gets ``routing``: for
+its rewrite, paraphrase and neighbourhood prompts, which memory answered, the routing score and the
+threshold (:meth:`knowscope.editing.memory.SideMemory.route`); ``notes["routing"]`` holds the share of
+each kind routed to the side memory.
+
 **Specificity only where nothing was edited.** In a batch or a sequential run many neighbourhood
 prompts name a subject that is itself edited; such a prompt is supposed to change, so counting it
 measures the edits, not the damage. ``neighborhood_score`` / ``neighborhood_magnitude`` /
@@ -53,6 +58,7 @@ from typing import Any
 
 import torch
 
+from knowscope.editing.memory import SideMemory, memory_of
 from knowscope.editing.predictions import PredictionTable, prediction_table  # noqa: F401 - part of this module's API
 from knowscope.editing.scoring import (  # noqa: F401 - part of this module's API
     TokenScores,
@@ -401,6 +407,9 @@ def evaluate(
                                 for kind, (k, d) in kept_dropped.items()},
         "edited_subjects": len(subjects),
     }
+    memory = memory_of(model)
+    if memory is not None and memory.active:
+        notes["routing"] = _routing(memory, facts, rows)
     if fluency:
         gen_settings = dict(n_gen_per_prompt=n_gen_per_prompt, max_out_len=max_out_len, top_k=top_k, seed=seed)
         # every fact's prompts in one call: batched generation, each prompt's texts as if alone
@@ -418,6 +427,22 @@ def evaluate(
             row["fluency"] = None
 
     return EditMetrics.from_rows(rows, notes)
+
+
+def _routing(memory: SideMemory, facts: Sequence[Fact], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Which memory answered each fact's rewrite, paraphrase and neighbourhood prompts (into ``rows``), and
+    the share of each kind routed to the side memory (returned for the notes)."""
+    kinds = {"rewrite": lambda f: [f.text], "paraphrase": lambda f: list(f.paraphrase_prompts),
+             "neighborhood": lambda f: list(f.neighborhood_prompts)}
+    prompts = list(dict.fromkeys(p for f in facts for get in kinds.values() for p in get(f)))
+    routes = dict(zip(prompts, memory.route(prompts), strict=True))
+    shares: dict[str, list[bool]] = {k: [] for k in kinds}
+    for fact, row in zip(facts, rows, strict=True):
+        row["routing"] = {k: [routes[p].to_dict() for p in get(fact)] for k, get in kinds.items()}
+        for k, got in row["routing"].items():
+            shares[k].extend(r["routed"] for r in got)
+    return {"memory": memory.kind, "layer": memory.layer, "edits": memory.n_edits,
+            "routed_share": {k: (sum(v) / len(v) if v else None) for k, v in shares.items()}}
 
 
 def evaluate_edit(

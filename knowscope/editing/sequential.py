@@ -34,6 +34,7 @@ from typing import Any
 
 from torch import Tensor
 
+from knowscope.editing.editors import MEMORY_EDITORS, get_editor
 from knowscope.editing.evaluate import evaluate, pre_edit_predictions
 from knowscope.editing.hparams import MEMITHyperParams
 from knowscope.editing.memit import SequentialMEMIT
@@ -100,10 +101,13 @@ class CollapseMonitor:
         probe = evaluate(model, self.probe, reference=reference, fluency=False, edited_subjects=subjects)
         wins = prefers_new(model, edited)  # the first batch is the start of ``edited``: scored once
         first = wins[: len(first_batch)]
+        para, rephrase = paraphrase_scores(model, edited)
         return {
             "update_norm": update_norm,
             "efficacy_all": sum(wins) / len(wins) if wins else None,
             "retention_first": sum(first) / len(first) if first else None,
+            "paraphrase": para,
+            "rephrase_acc": rephrase,
             "neighborhood": probe.neighborhood_score,
             "locality": probe.locality_acc,
             "probe_accuracy": fact_accuracy(model, self.probe).accuracy,
@@ -139,6 +143,24 @@ def prefers_new(model: Model, facts: Sequence[Fact]) -> list[bool]:
     pairs = [(f.text, c) for f in facts for c in (f.new_continuation, f.true_continuation)]
     scored = score_continuations(model, pairs)
     return [scored[2 * i].prob > scored[2 * i + 1].prob for i in range(len(facts))]
+
+
+def paraphrase_scores(model: Model, facts: Sequence[Fact]) -> tuple[float | None, float | None]:
+    """CounterFact's paraphrase score and EasyEdit's rephrase accuracy over ``facts``' paraphrase prompts
+    (each fact's prompts averaged first, then the facts, as :func:`~knowscope.editing.evaluate.evaluate`)."""
+    per_fact = [[(p, f.new_continuation, f.true_continuation) for p in f.paraphrase_prompts] for f in facts]
+    pairs = [(p, c) for rows in per_fact for p, new, true in rows for c in (new, true)]
+    if not pairs:
+        return None, None
+    scored = iter(score_continuations(model, pairs))
+    scores, accs = [], []
+    for rows in per_fact:
+        if not rows:
+            continue
+        got = [(next(scored), next(scored)) for _ in rows]
+        scores.append(sum(n.prob > t.prob for n, t in got) / len(got))
+        accs.append(sum(n.token_acc for n, _ in got) / len(got))
+    return sum(scores) / len(scores), sum(accs) / len(accs)
 
 
 def efficacy(model: Model, facts: Sequence[Fact]) -> float:
@@ -202,31 +224,44 @@ class SequentialRun:
 STATE = "state"
 
 
-def _settings(model: Model, facts: Sequence[Fact], batch_size: int, null_space: bool, hp: MEMITHyperParams,
+def _settings(model: Model, facts: Sequence[Fact], batch_size: int, method: str, hp: Any,
               monitor: CollapseMonitor | None) -> dict[str, Any]:
     ids = [f.case_id if f.case_id is not None else f"{f.subject}|{f.target_new}" for f in facts]
     return {"fingerprint": model.fingerprint, "model_name": model.name,
-            "method": "memit-null-space" if null_space else "memit", "batch_size": int(batch_size),
+            "method": method, "batch_size": int(batch_size),
             "facts": hashlib.blake2b(json.dumps(ids, default=str).encode(), digest_size=8).hexdigest(),
             "n_facts": len(facts), "hparams": hp.to_dict(),
             "monitor": monitor.settings() if monitor is not None else None}
 
 
 def _save_state(out: Path, settings: dict[str, Any], records: list[dict[str, Any]], session: EditSession,
-                seq: SequentialMEMIT) -> None:
+                seq: SequentialMEMIT | None) -> None:
+    """Weight edits: every edit so far (and MEMIT's running key sums). Memory edits: the side memory's
+    full state as one checkpoint edit (a memory run's history would be hundreds of small edits)."""
     arrays: dict[str, Tensor] = {}
     metas = []
-    for i, result in enumerate(session.history):
+    memory = session.memory
+    if memory is not None:
+        last = session.history[-1]
+        checkpoint = EditResult(method=last.method, deltas={}, fingerprint=last.fingerprint, layers=last.layers,
+                                hparams=last.hparams, model_name=last.model_name,
+                                extra={"memory": last.extra["memory"], "checkpoint_of_edits": memory.n_edits},
+                                memory=memory.checkpoint())
+        history = [checkpoint]
+    else:
+        history = session.history
+    for i, result in enumerate(history):
         metas.append(result.meta())
-        arrays.update({f"edit/{i}/{name}": d.contiguous() for name, d in result.deltas.items()})
-    arrays.update({f"kpkp/{layer}": m.contiguous() for layer, m in seq.KpKp.items()})
-    meta = {"settings": settings, "records": records, "edits": metas,
-            "seq": {"layers": seq.layers, "n_batches": seq.n_batches, "n_edits": seq.n_edits}}
+        arrays.update({f"edit/{i}/{name}": d.contiguous() for name, d in result.arrays().items()})
+    meta: dict[str, Any] = {"settings": settings, "records": records, "edits": metas}
+    if seq is not None:
+        arrays.update({f"kpkp/{layer}": m.contiguous() for layer, m in seq.KpKp.items()})
+        meta["seq"] = {"layers": seq.layers, "n_batches": seq.n_batches, "n_edits": seq.n_edits}
     save_dir(out / STATE, KIND, meta, arrays, overwrite=True)
 
 
 def _restore(out: Path, model: Model, settings: dict[str, Any], session: EditSession,
-             seq: SequentialMEMIT) -> list[dict[str, Any]]:
+             seq: SequentialMEMIT | None) -> list[dict[str, Any]]:
     meta, arrays = load_dir(out / STATE, KIND)
     if meta["settings"] != settings:
         diff = sorted(k for k in set(meta["settings"]) | set(settings) if meta["settings"].get(k) != settings.get(k))
@@ -234,24 +269,29 @@ def _restore(out: Path, model: Model, settings: dict[str, Any], session: EditSes
                          "another output folder, or the same settings to continue it")
     for result in _edits(meta, arrays):
         session.apply(result)
-    s = meta["seq"]
-    seq._setup([])  # statistics and projectors, as at the start
-    seq.layers, seq.n_batches, seq.n_edits = s["layers"], s["n_batches"], s["n_edits"]
-    for layer in seq.layers:  # absent when the run stopped before its first batch
-        if f"kpkp/{layer}" in arrays:
-            seq.KpKp[layer] = arrays[f"kpkp/{layer}"].double()
+    if seq is not None:
+        s = meta["seq"]
+        seq._setup([])  # statistics and projectors, as at the start
+        seq.layers, seq.n_batches, seq.n_edits = s["layers"], s["n_batches"], s["n_edits"]
+        for layer in seq.layers:  # absent when the run stopped before its first batch
+            if f"kpkp/{layer}" in arrays:
+                seq.KpKp[layer] = arrays[f"kpkp/{layer}"].double()
     return list(meta["records"])
 
 
 def run_sequential(model: Model, facts: Sequence[Fact], batch_size: int, out: str | Path, *, null_space: bool = True,
-                   hparams: MEMITHyperParams | None = None, monitor: CollapseMonitor | None = None,
-                   stats: Any = None, max_batches: int | None = None) -> SequentialRun:
+                   hparams: Any = None, monitor: CollapseMonitor | None = None,
+                   stats: Any = None, max_batches: int | None = None, method: str = "memit",
+                   save_every: int = 1) -> SequentialRun:
     """Edit ``facts`` in batches of ``batch_size``, saving after every batch into ``out``; resumable.
 
-    ``monitor`` records the collapse signals after every batch (and batch 0, unedited); with
-    ``stop_on_warning`` the run stops after the first batch that warns. ``max_batches`` stops after
-    that many batches in this call (the next call continues). The model is left unedited when the
-    call returns; the edits of the finished batches stay in ``out`` (:func:`load_run_edits`).
+    ``method``: ``"memit"`` (:class:`SequentialMEMIT`, plain or ``null_space``) or a memory editor
+    (``"grace"``, ``"wise"``; ``hparams`` of that editor), whose edits pile up in one side memory.
+    ``monitor`` records the collapse signals after every ``save_every`` batches (and batch 0,
+    unedited), and the run is saved then; with ``stop_on_warning`` the run stops after the first
+    record that warns. ``max_batches`` stops after that many batches in this call (the next call
+    continues from the last saved record). The model is left unedited when the call returns; the
+    edits stay in ``out`` (:func:`load_run_edits`).
     """
     facts = list(facts)
     if not facts:
@@ -264,11 +304,30 @@ def run_sequential(model: Model, facts: Sequence[Fact], batch_size: int, out: st
         if overlap:
             raise ValueError(f"the monitor's probe facts must never be edited; {len(overlap)} subjects are in both "
                              f"(e.g. {overlap[0]!r})")
-    hp = hparams or MEMITHyperParams.for_model(model)
+    if save_every < 1:
+        raise ValueError(f"save_every must be >= 1, got {save_every}")
+    editor = get_editor(method)
+    if editor.name == "memit":
+        hp = hparams or MEMITHyperParams.for_model(model)
+        seq: SequentialMEMIT | None = SequentialMEMIT(model, hparams=hp, null_space=null_space, stats=stats)
+        label = "memit-null-space" if null_space else "memit"
+
+        def edit(batch: list[Fact]) -> EditResult:
+            return seq.edit(batch)
+    elif editor.memory:
+        hp = hparams or editor.hparams.for_model(model)
+        seq, label = None, editor.name
+
+        def edit(batch: list[Fact]) -> EditResult:
+            return editor(model, batch, hparams=hp)
+    else:
+        raise ValueError(f"sequential runs take memit, or a memory editor ({', '.join(MEMORY_EDITORS)}); "
+                         f"not {method!r}")
     out = Path(out)
-    settings = _settings(model, facts, batch_size, null_space, hp, monitor)
+    settings = _settings(model, facts, batch_size, label, hp, monitor)
+    if save_every != 1:
+        settings["save_every"] = int(save_every)
     session = EditSession(model)
-    seq = SequentialMEMIT(model, hparams=hp, null_space=null_space, stats=stats)
     try:
         if result_kind(out / STATE) == KIND:
             records = _restore(out, model, settings, session, seq)
@@ -285,7 +344,7 @@ def run_sequential(model: Model, facts: Sequence[Fact], batch_size: int, out: st
         def norms() -> dict[str, float]:
             if not names:
                 with session.unedited():
-                    for name in (model.arch.mlp_out_name(layer) for layer in seq.layers or []):
+                    for name in (model.arch.mlp_out_name(layer) for layer in (seq.layers or [] if seq else [])):
                         names.append(name)
                         originals[name] = model.parameter(name).detach().clone()
             return {n: float((model.parameter(n).detach() - originals[n]).norm() / originals[n].norm())
@@ -297,23 +356,29 @@ def run_sequential(model: Model, facts: Sequence[Fact], batch_size: int, out: st
             _save_state(out, settings, records, session, seq)
         batches = [facts[b:b + batch_size] for b in range(0, len(facts), batch_size)]
         done_here = 0
-        for index in range(len(records) - 1, len(batches)):
+        index = records[-1]["batch"]
+        seconds = 0.0
+        while index < len(batches):
             if records[-1].get("stopped") or (max_batches is not None and done_here >= max_batches):
                 break
             t = time.perf_counter()
-            session.apply(seq.edit(batches[index]))
-            seconds = time.perf_counter() - t
-            edited = [f for b in batches[: index + 1] for f in b]
+            session.apply(edit(batches[index]))
+            seconds += time.perf_counter() - t
+            index += 1
+            done_here += 1
+            if index % save_every and index < len(batches):
+                continue
+            edited = [f for b in batches[:index] for f in b]
             signals = monitor.measure(model, edited, batches[0], reference, norms()) if monitor is not None \
                 else {"update_norm": norms(), "efficacy_all": efficacy(model, edited)}
             warn = monitor.warnings(signals, records[0]["signals"]) if monitor is not None else []
             for w in warn:
                 logger.warning("sequential run, after %d edits: %s", len(edited), w)
-            rec = {"batch": index + 1, "edits": len(edited), "seconds": seconds, "signals": signals,
+            rec = {"batch": index, "edits": len(edited), "seconds": seconds, "signals": signals,
                    "warnings": warn, "stopped": bool(warn and monitor is not None and monitor.stop_on_warning)}
             records.append(rec)
             _save_state(out, settings, records, session, seq)
-            done_here += 1
+            seconds = 0.0
     finally:
         session.rollback()
     return SequentialRun(settings=settings, records=records, path=out)

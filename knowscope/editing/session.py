@@ -26,11 +26,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from knowscope.editing.memory import MemoryMismatchError, SideMemory, memory_for, memory_of
 from knowscope.models import Model
 from knowscope.results import ResultFormatError, load_dir, register, result_kind, save_dir
 
 logger = logging.getLogger(__name__)
 
+
+#: saved memory arrays of an edit live under this prefix (beside the deltas' parameter names)
+MEMORY_PREFIX = "memory/"
 
 #: the largest ||delta|| / ||W|| an edit may have (ROME/MEMIT deltas are ~0.01-0.5; DINM/FT below 1)
 MAX_RELATIVE_DELTA = 10.0
@@ -53,6 +57,14 @@ class EditResult:
     model_name: str = ""
     seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+    #: what a memory editor (GRACE, WISE) writes into the side memory, in that memory's layout
+    #: (:mod:`knowscope.editing.memory`); ``extra["memory"]`` names the memory (kind, layer, spec)
+    memory: dict[str, Tensor] = field(default_factory=dict)
+
+    @property
+    def is_memory_edit(self) -> bool:
+        """True for an edit that writes a side memory (GRACE, WISE) rather than the weights."""
+        return "memory" in self.extra
 
     def meta(self) -> dict[str, Any]:
         return {
@@ -65,11 +77,16 @@ class EditResult:
             "seconds": self.seconds,
             "extra": self.extra,
             "parameters": {k: list(v.shape) for k, v in self.deltas.items()},
+            "memory_arrays": {k: list(v.shape) for k, v in self.memory.items()},
         }
 
+    def arrays(self) -> dict[str, Tensor]:
+        """Every array of the edit by its saved name: the deltas, and the memory's under ``memory/``."""
+        return {**self.deltas, **{f"{MEMORY_PREFIX}{k}": v for k, v in self.memory.items()}}
+
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write ``meta.json`` + ``arrays.safetensors`` (one array per edited parameter)."""
-        return save_dir(path, "edit", self.meta(), dict(self.deltas))
+        """Write ``meta.json`` + ``arrays.safetensors`` (one array per edited parameter / memory array)."""
+        return save_dir(path, "edit", self.meta(), self.arrays())
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> EditResult:
@@ -81,6 +98,7 @@ class EditResult:
         return cls(
             method=meta["method"],
             deltas={k: arrays[k] for k in meta["parameters"]},
+            memory={k: arrays[f"{MEMORY_PREFIX}{k}"] for k in meta.get("memory_arrays", {})},
             fingerprint=meta["fingerprint"],
             layers=list(meta.get("layers", [])),
             hparams=meta.get("hparams", {}),
@@ -95,8 +113,8 @@ class EditResult:
         return {k: float(v.float().norm()) for k, v in self.deltas.items()}
 
     def __repr__(self) -> str:
-        return (f"EditResult({self.method}, layers={self.layers}, n_requests={len(self.requests)}, "
-                f"params={len(self.deltas)})")
+        what = f"memory={sorted(self.memory)}" if self.is_memory_edit else f"params={len(self.deltas)}"
+        return f"EditResult({self.method}, layers={self.layers}, n_requests={len(self.requests)}, {what})"
 
 
 class EditSession:
@@ -115,7 +133,8 @@ class EditSession:
     def __init__(self, model: Model) -> None:
         self.model = model
         self._original: dict[str, Tensor] = {}
-        self._stack: list[tuple[EditResult, dict[str, Tensor]]] = []
+        # (edit, weights it overwrote, what it overwrote in the side memory or None)
+        self._stack: list[tuple[EditResult, dict[str, Tensor], Any]] = []
 
     def _owner(self) -> EditSession | None:
         return _ledger_owner(self.model)
@@ -135,11 +154,16 @@ class EditSession:
     @property
     def history(self) -> list[EditResult]:
         """Edits applied so far, oldest first."""
-        return [r for r, _ in self._stack]
+        return [r for r, _, _ in self._stack]
 
     @property
     def touched(self) -> list[str]:
         return sorted(self._original)
+
+    @property
+    def memory(self) -> SideMemory | None:
+        """The side memory the applied memory edits (GRACE, WISE) live in, or None."""
+        return memory_of(self.model) if any(t is not None for _, _, t in self._stack) else None
 
     def check(self, result: EditResult) -> None:
         """Raise :class:`EditMismatchError` unless ``result`` fits this model exactly."""
@@ -149,6 +173,16 @@ class EditSession:
                 f"model {result.model_name!r}); the loaded model {self.model.name!r} has fingerprint "
                 f"{self.model.fingerprint}"
             )
+        if result.deltas and self.memory is not None:
+            raise EditMismatchError(
+                f"{self.model.name!r} carries {self.memory.n_edits} memory edit(s) ({self.memory.kind}); weight "
+                "edits go below memory edits (a memory's keys are read on the weights as they were when it was "
+                "written): undo the memory edits, apply the weight edit, then the memory edits again")
+        if result.is_memory_edit:
+            try:
+                memory_for(self.model, result.extra["memory"]).validate(result.memory, result.extra["memory"])
+            except MemoryMismatchError as exc:
+                raise EditMismatchError(str(exc)) from None
         params = self.model.named_parameters()
         for name, delta in result.deltas.items():
             if name not in params:
@@ -175,41 +209,66 @@ class EditSession:
     # --- applying ---------------------------------------------------------------------------
     @torch.no_grad()
     def apply(self, result: EditResult) -> EditResult:
-        """Add the result's deltas to the weights. On any failure the weights are left untouched."""
+        """Add the result's deltas to the weights, or write a memory edit into the side memory.
+
+        On any failure the weights and the memory are left untouched. Order: weight edits first, memory
+        edits on top (a weight edit while memory edits are applied is refused; see :meth:`check`).
+        """
         self._claim()
         self.check(result)
         params = self.model.named_parameters()
         before = {name: params[name].detach().clone() for name in result.deltas}
         for name, value in before.items():
             self._original.setdefault(name, value.clone())
+        token = None
         try:
             for name, delta in result.deltas.items():
                 p = params[name]
                 p.add_(delta.to(device=p.device, dtype=p.dtype))
+            if result.is_memory_edit:
+                memory = memory_for(self.model, result.extra["memory"])
+                token = memory.apply(result.memory, result.extra["memory"])
+                memory.attach()
         except BaseException:
             self._restore(before)
             raise
-        self._stack.append((result, before))
+        self._stack.append((result, before, token))
         self.model._edit_owner = weakref.ref(self)
         logger.info("applied %r", result)
         return result
 
     @torch.no_grad()
     def undo(self) -> EditResult:
-        """Undo the last applied edit (restores the exact weights from before it)."""
+        """Undo the last applied edit (restores the exact weights / memory from before it)."""
         if not self._stack:
             raise ValueError("nothing to undo: no edit has been applied in this session")
-        result, before = self._stack.pop()
+        result, before, token = self._stack.pop()
         self._restore(before)
+        if token is not None:
+            self._revert_memory(token)
         self._release_if_clean()
         return result
 
     @torch.no_grad()
     def rollback(self) -> None:
-        """Restore every touched parameter to its original value, bit for bit, and clear the history."""
+        """Restore every touched parameter and the side memory to their original values, bit for bit, and
+        clear the history."""
+        while self._stack and self._stack[-1][2] is not None:
+            self._revert_memory(self._stack.pop()[2])
+        for _, _, token in reversed(self._stack):
+            if token is not None:
+                self._revert_memory(token)
         self._restore(self._original)
         self._stack.clear()
         self._release_if_clean()
+
+    def _revert_memory(self, token: Any) -> None:
+        memory = memory_of(self.model)
+        if memory is None:
+            raise RuntimeError("a memory edit is on the stack but the model carries no side memory")
+        memory.revert(token)
+        if memory.n_edits == 0:
+            memory.detach()
 
     @torch.no_grad()
     def _restore(self, values: dict[str, Tensor]) -> None:
@@ -230,12 +289,15 @@ class EditSession:
 
     @contextlib.contextmanager
     def unedited(self) -> Iterator[Model]:
-        """The original weights for the duration of a ``with`` block; the edits come back after."""
+        """The original weights, side memory paused, for the duration of a ``with`` block; the edits come
+        back after."""
         params = self.model.named_parameters()
         current = {name: params[name].detach().clone() for name in self._original}
+        memory = self.memory
         self._restore(self._original)
         try:
-            yield self.model
+            with memory.paused() if memory is not None else contextlib.nullcontext():
+                yield self.model
         finally:
             self._restore(current)
 
@@ -244,10 +306,10 @@ class EditSession:
         """Save the applied edits (each one's deltas and metadata, in order) to a directory."""
         arrays: dict[str, Tensor] = {}
         metas = []
-        for i, (result, _) in enumerate(self._stack):
+        for i, (result, _, _) in enumerate(self._stack):
             metas.append(result.meta())
-            for name, delta in result.deltas.items():
-                arrays[f"{i}/{name}"] = delta
+            for name, array in result.arrays().items():
+                arrays[f"{i}/{name}"] = array
         meta = {"fingerprint": self.model.fingerprint, "model_name": self.model.name, "edits": metas}
         return save_dir(path, "edit_session", meta, arrays)
 

@@ -48,17 +48,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from knowscope.editing.compute import check_request, context_templates, facts_meta
-from knowscope.editing.memory import (
-    MemoryMismatchError,
-    SideMemory,
-    TargetRows,
-    forward_from,
-    last_inputs,
-    memory_for,
-    output_hook,
-    register_kind,
-)
+from knowscope.editing.compute import check_request, facts_meta
+from knowscope.editing.memory import MemoryMismatchError, SideMemory, memory_for, register_kind
+from knowscope.editing.memory_fit import TargetRows, forward_from, generic_inputs, output_hook, routes_everything
 from knowscope.editing.session import EditResult
 from knowscope.facts import Fact
 from knowscope.models import Model
@@ -339,12 +331,16 @@ def _edit_one(model: Model, book: GraceMemory, layer: int, fact: Fact, hp: GRACE
         _append(book, query, init, radius, label)
     value, steps, nll = _train_value(model, layer, module, h, rows, key_pos, book.values[row].clone(), hp)
     book.values[row] = value
-    generic = _generic_distances(model, layer, book, row)
-    if bool((generic <= book.radii[row]).all()):
+    key, radius = book.keys[row], book.radii[row]
+
+    def scores(a: Tensor) -> tuple[Tensor, Tensor]:
+        return torch.cdist(a, key[None])[:, 0], radius.expand(a.shape[0])
+
+    everything, score, _ = routes_everything(book, scores)
+    if everything:
         raise ValueError(
-            f"GRACE radius {float(book.radii[row]):.3g} at layer {layer} routes everything: all {len(generic)} "
-            f"generic prompts lie within it (their distances to the key: {float(generic.min()):.3g}-"
-            f"{float(generic.max()):.3g}); give a smaller eps")
+            f"GRACE radius {float(radius):.3g} at layer {layer} routes everything: every generic text has a position "
+            f"within it of the new key (the farthest text's nearest position lies at {score:.3g}); give a smaller eps")
     return {"action": action, "row": row, "distance_to_nearest": None if i < 0 else d,
             "radius": float(book.radii[row]), "steps": steps, "final_nll": nll}
 
@@ -382,26 +378,9 @@ def _train_value(model: Model, layer: int, module: Any, h: Tensor, rows: TargetR
     return value.detach(), steps, nll
 
 
-_GENERIC: dict[tuple[str, int], Tensor] = {}
-
-
-def generic_keys(model: Model, layer: int) -> Tensor:
-    """Keys of generic prompts at ``layer``: the last positions of 8 texts the model samples itself (seeded)."""
-    key = (model.fingerprint, layer)
-    if key not in _GENERIC:
-        texts = [t.replace("{}", "").strip() for t in context_templates(model, ((10, 8),), seed=1)[1:]]
-        _GENERIC[key] = last_inputs(model, layer, [t for t in texts if t] or ["The"])
-    return _GENERIC[key]
-
-
 def _eps(model: Model, layer: int, hp: GRACEHyperParams) -> float:
     if hp.eps is not None:
         return float(hp.eps)
-    g = generic_keys(model, layer)
+    g = torch.stack([a[-1] for a in generic_inputs(model, layer)])
     d = torch.pdist(g) if len(g) > 1 else g.norm(dim=-1)
     return 0.1 * float(d.median())
-
-
-def _generic_distances(model: Model, layer: int, book: GraceMemory, row: int) -> Tensor:
-    """Distances from entry ``row``'s key to the keys of generic prompts."""
-    return torch.cdist(book.keys[row][None], generic_keys(model, layer))[0]

@@ -33,7 +33,6 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from knowscope.models import Model
-from knowscope.models.blocks import final_logits, run_block
 
 logger = logging.getLogger(__name__)
 
@@ -333,65 +332,3 @@ def memory_for(model: Model, meta: dict[str, Any]) -> SideMemory:
     if current is not None:
         current.detach()
     return KINDS[kind](model, int(layer), spec)
-
-
-# --------------------------------------------------------------------------------------------------
-# training a memory edit: the blocks from the memory's layer up, on a recorded block input
-
-
-@dataclass
-class TargetRows:
-    """``(prompt, target)`` pairs as right-padded teacher-forced rows: ``tokens`` holds BOS + prompt +
-    target[:-1]; ``last_prompt[i]`` is row i's last prompt position (it predicts the first target token);
-    ``targets[i]`` its target ids. Right padding is exact here: logits are read only at real positions."""
-
-    tokens: Tensor
-    last_prompt: list[int]
-    targets: list[list[int]]
-
-    @classmethod
-    def build(cls, model: Model, pairs: Sequence[tuple[str, str]]) -> TargetRows:
-        ids, last, targets = [], [], []
-        for prompt, target in pairs:
-            p = [int(t) for t in model.to_tokens(prompt)[0]]
-            t = model.encode_target(target)
-            ids.append(p + t[:-1])
-            last.append(len(p) - 1)
-            targets.append(t)
-        width = max(len(x) for x in ids)
-        tokens = torch.full((len(ids), width), model.pad_token_id, dtype=torch.long)
-        for i, x in enumerate(ids):
-            tokens[i, : len(x)] = torch.tensor(x)
-        return cls(tokens.to(model.device), last, targets)
-
-    def read_positions(self) -> tuple[Tensor, Tensor, Tensor]:
-        """``(row, position, target id)`` of every target token: token j is predicted at last_prompt + j."""
-        rows, pos, tgt = [], [], []
-        for i, (start, t) in enumerate(zip(self.last_prompt, self.targets, strict=True)):
-            rows.extend([i] * len(t))
-            pos.extend(range(start, start + len(t)))
-            tgt.extend(t)
-        dev = self.tokens.device
-        return torch.tensor(rows, device=dev), torch.tensor(pos, device=dev), torch.tensor(tgt, device=dev)
-
-
-def forward_from(model: Model, layer: int, h: Float[Tensor, "batch pos d_model"], rows: Tensor,
-                 positions: Tensor) -> Float[Tensor, "n vocab"]:
-    """Blocks ``layer..top`` on ``h`` (block ``layer``'s input), then the logits at ``(rows, positions)`` only.
-    Hooks on those blocks fire (a memory's training hook among them); autograd flows when enabled."""
-    for block in range(layer, model.arch.n_layers):
-        h = run_block(model, block, h)
-    return final_logits(model, h[rows, positions]).float()
-
-
-@contextlib.contextmanager
-def output_hook(module: nn.Module, fn: Any) -> Iterator[None]:
-    """``fn(a, out) -> out`` on the value projection for the duration (``a`` its input, ``out`` its output)."""
-    seen: dict[str, Tensor] = {}
-    h_in = module.hook_in.register_forward_hook(lambda m, args, out: seen.__setitem__("a", out))
-    h_out = module.hook_out.register_forward_hook(lambda m, args, out: fn(seen.pop("a"), out))
-    try:
-        yield
-    finally:
-        h_in.remove()
-        h_out.remove()

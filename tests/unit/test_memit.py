@@ -245,7 +245,8 @@ def test_null_space_keeps_batch_one_and_held_out_keys(tiny_llama, stats_cache):
 
 def test_null_space_rules_relative_and_absolute():
     U, _ = torch.linalg.qr(torch.randn(8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1)))
-    evals = torch.tensor([100.0, 10.0, 0.5, 0.2, 0.05, 0.01, 1e-4, 1e-6], dtype=torch.float64)
+    # no eigenvalue on a threshold (1e-2 here): eigh's rounding would decide which side it falls
+    evals = torch.tensor([100.0, 10.0, 0.5, 0.2, 0.05, 0.02, 1e-4, 1e-6], dtype=torch.float64)
     C = U @ torch.diag(evals) @ U.T
     # relative: below 1e-2 x 100 = 1 (six eigenvalues); absolute: below 1e-2 itself (two)
     rel = memit.null_space_projector(C, 1e-2)

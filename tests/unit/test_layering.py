@@ -146,3 +146,10 @@ def test_no_import_cycles_between_modules():
         if node not in state:
             visit(node, [])
     assert not cycles, "\n".join(" -> ".join(c) for c in cycles)
+
+
+def test_no_module_is_longer_than_a_reader_can_hold():
+    """No module in knowscope/ over 500 lines: split a longer one by concern."""
+    long = [f"{_module_name(p)}: {n} lines" for p in sorted(ROOT.rglob("*.py"))
+            if (n := len(p.read_text(encoding="utf-8").splitlines())) > 500]
+    assert not long, "\n".join(long)

@@ -17,14 +17,17 @@ of this model (tokens × d_model @ d_model × d_mlp, the unembedding, and a squa
 best of several repeats, with the same thread count. Each phase reports seconds, GFLOP, GFLOP/s
 and its share of the bound. Then, side by side in the same run: ROME edits and a MEMIT batch with each
 v*/z forward pass (``paths``), and ``evaluate()`` of a batch of facts with each scoring mode
-(``evaluate``). Two sections run only when asked: ``memit_flops`` (the FLOPs of the MEMIT batch timed
-in ``paths``, counted on its first 10 facts per path and scaled) and ``z_batch`` (a MEMIT batch's z
-one fact at a time vs 10 per batched forward). Prints tables and writes
+(``evaluate``). Three sections run only when asked: ``memit_flops`` (the FLOPs of the MEMIT batch timed
+in ``paths``, counted on its first 10 facts per path and scaled), ``z_batch`` (a MEMIT batch's z
+one fact at a time vs 10 per batched forward) and ``path_choice`` (every v*/z path on tiny GPT-2, tiny
+Llama and the default model in one run: which is the fastest correct one per architecture; it decided
+which paths the editors keep, docs/benchmarks.md). Prints tables and writes
 ``benchmarks/results/bench_compute.json``; sections not run keep their numbers, and ``roofs`` keeps
 the roof measured in the run that measured each section (the top-level ``roof`` is the latest run's).
 
     python benchmarks/bench_compute.py [--facts 3] [--only phases,paths,evaluate] [--eval-facts 100]
     python benchmarks/bench_compute.py --only paths,memit_flops --memit-facts 100 --memit-paths plain
+    python benchmarks/bench_compute.py --only path_choice --facts 2 --threads 1
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@
   concatenating token ids, so the target tokens and the subject position are exact and independent
   of tokenizer merges at the seams.
 * :func:`compute_keys` — the MLP key at the subject's last token, averaged over those templates;
-  :func:`capture` — any hook's activation at chosen positions, in batched forwards.
+  :func:`capture` — any hook's activation at chosen positions, in batched forwards;
+* :func:`check_request` / :func:`facts_meta` — an edit request checked, and recorded in a result.
 """
 
 from __future__ import annotations

@@ -29,8 +29,9 @@ import psutil
 import torch
 
 from knowscope.circuits import eap
-from knowscope.circuits.circuit import faithfulness_curve, normalized_faithfulness
+from knowscope.circuits.batches import make_batch, noise_scale
 from knowscope.circuits.graph import Graph
+from knowscope.circuits.pruning import faithfulness_curve, normalized_faithfulness
 from knowscope.facts import Fact, load_bundled_facts
 from knowscope.models import load_model, tiny_model
 
@@ -96,8 +97,8 @@ def exact_edge_effects(
 def bench_model(name: str, model, fact: Fact, contrast_subject: str | None, sample: int, seed: int) -> dict:
     graph = Graph.from_model(model)
     corruption = "swap" if contrast_subject else "noise"
-    kwargs = {"contrast_subjects": [contrast_subject]} if contrast_subject else {"scale": eap.noise_scale(model)}
-    batch = eap.make_batch(model, [fact], corruption, seed=seed, **kwargs)
+    kwargs = {"contrast_subjects": [contrast_subject]} if contrast_subject else {"scale": noise_scale(model)}
+    batch = make_batch(model, [fact], corruption, seed=seed, **kwargs)
     row: dict = {"model": name, "n_edges": graph.n_edges, "tokens": int(batch.clean.shape[1]),
                  "prompt": batch.prompts[0], "corrupted": batch.corrupted_prompts[0], "corruption": corruption}
     results = {}
@@ -134,7 +135,7 @@ def bench_model(name: str, model, fact: Fact, contrast_subject: str | None, samp
 
 def bench_curve(model, relation: str, n_facts: int, seed: int) -> dict:
     facts = load_bundled_facts(relation=relation, limit=n_facts)
-    batch = eap.make_batch(model, facts, "swap", seed=seed)
+    batch = make_batch(model, facts, "swap", seed=seed)
     graph = Graph.from_model(model)
     t0 = time.perf_counter()
     a = eap.attribute(model, batch, "eap-ig", ig_steps=5)

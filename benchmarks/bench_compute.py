@@ -17,14 +17,17 @@ of this model (tokens × d_model @ d_model × d_mlp, the unembedding, and a squa
 best of several repeats, with the same thread count. Each phase reports seconds, GFLOP, GFLOP/s
 and its share of the bound. Then, side by side in the same run: ROME edits and a MEMIT batch with each
 v*/z forward pass (``paths``), and ``evaluate()`` of a batch of facts with each scoring mode
-(``evaluate``). Two sections run only when asked: ``memit_flops`` (the FLOPs of the MEMIT batch timed
-in ``paths``, counted on its first 10 facts per path and scaled) and ``z_batch`` (a MEMIT batch's z
-one fact at a time vs 10 per batched forward). Prints tables and writes
+(``evaluate``). Three sections run only when asked: ``memit_flops`` (the FLOPs of the MEMIT batch timed
+in ``paths``, counted on its first 10 facts per path and scaled), ``z_batch`` (a MEMIT batch's z
+one fact at a time vs 10 per batched forward) and ``path_choice`` (every v*/z path on tiny GPT-2, tiny
+Llama and the default model in one run: which is the fastest correct one per architecture; it decided
+which paths the editors keep, docs/benchmarks.md). Prints tables and writes
 ``benchmarks/results/bench_compute.json``; sections not run keep their numbers, and ``roofs`` keeps
 the roof measured in the run that measured each section (the top-level ``roof`` is the latest run's).
 
     python benchmarks/bench_compute.py [--facts 3] [--only phases,paths,evaluate] [--eval-facts 100]
     python benchmarks/bench_compute.py --only paths,memit_flops --memit-facts 100 --memit-paths plain
+    python benchmarks/bench_compute.py --only path_choice --facts 2 --threads 1
 """
 
 from __future__ import annotations
@@ -43,15 +46,17 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from knowscope.editing import memit, rome
-from knowscope.editing.compute import context_templates, optimize_delta, template_keys, v_path
 from knowscope.editing.evaluate import evaluate
 from knowscope.editing.hparams import MEMITHyperParams, ROMEHyperParams
+from knowscope.editing.keys import context_templates, template_keys
+from knowscope.editing.optimize import optimize_delta, optimize_deltas
 from knowscope.editing.rome import rank_one_update
 from knowscope.editing.scoring import generate_texts, generation_prompts, ngram_entropy
 from knowscope.editing.session import EditResult, EditSession
 from knowscope.editing.stats import key_stats, layer_stats
+from knowscope.editing.vpaths import v_path
 from knowscope.facts import load_bundled_facts, write_json_atomic
-from knowscope.models import load_model
+from knowscope.models import load_model, tiny_model
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -214,8 +219,9 @@ def phases_report(model: Any, facts: list[Any], hp: ROMEHyperParams, bound: floa
             "edit_memory_floor_s": mem_floor, "v_steps": phase.steps}
 
 
-# the v*/z forward passes, slowest first (knowscope.editing.compute.VPath)
-PATHS = ("bridge", "fast", "suffix", "packed", "plain")
+# the v*/z forward passes, slowest first (knowscope.editing.vpaths.VPath); "fast" and "suffix" were removed
+# after the path_choice section showed them slower than packed on every architecture (docs/benchmarks.md)
+PATHS = ("bridge", "packed", "plain")
 
 
 def bench_paths(model: Any, facts: list[Any], hp: ROMEHyperParams, memit_facts: list[Any],
@@ -322,6 +328,57 @@ def bench_z_batch(model: Any, facts: list[Any], memit_hp: MEMITHyperParams,
     return {"n_facts": len(facts), "path": path, "rows": rows}
 
 
+def bench_path_choice(models: dict[str, Any], all_facts: list[Any], n_rome: int = 2, n_memit: int = 2,
+                      paths: tuple[str, ...] = PATHS) -> dict[str, Any]:
+    """Which v*/z forward pass is fastest, per architecture, in one run: ROME's v* (at ``hook_mlp_out``, one
+    fact at a time) and a MEMIT z batch (at ``hook_resid_post``, ``n_memit`` facts in one batched forward)
+    with each path in turn, the same seeds. Each path is warmed up first (its once-per-model check against
+    the bridge and the caches are not timed). ``used`` is the path that actually ran (a path that cannot run
+    on a model, such as plain on GPT-2, falls back to the next one); ``rel_diff`` is the largest relative
+    difference of its deltas from the bridge's."""
+    out: dict[str, Any] = {}
+    for label, model in models.items():
+        rome_hp = ROMEHyperParams.for_model(model)
+        memit_hp = MEMITHyperParams.for_model(model)
+        templates = context_templates(model, rome_hp.context_lengths, rome_hp.seed)
+        rome_hook = model.arch.hook_mlp_out(rome_hp.layer)
+        memit_hook = model.arch.hook_resid_post(max(memit_hp.layers))
+        facts = every(all_facts, n_rome + n_memit + 1)
+        warm, rome_facts, memit_facts = facts[0], facts[1:1 + n_rome], facts[1 + n_rome:]
+        rows: dict[str, dict[str, Any]] = {}
+        for path in paths:
+            with v_path(path):
+                for hook in (rome_hook, memit_hook):  # the check and caches, outside the timing
+                    optimize_deltas(model, hook, [warm, memit_facts[0]], templates, rome_hp.with_(v_steps=1))
+                torch.manual_seed(0)
+                t = time.perf_counter()
+                rome_d = [optimize_delta(model, rome_hook, f, templates, rome_hp).delta for f in rome_facts]
+                t_rome = time.perf_counter() - t
+                torch.manual_seed(0)
+                t = time.perf_counter()
+                memit_d = [d.delta for d in optimize_deltas(model, memit_hook, memit_facts, templates, memit_hp)]
+                t_memit = time.perf_counter() - t
+            used = {"rome": model.compat.edit_modes.get("hook_mlp_out"),
+                    "memit": model.compat.edit_modes.get("hook_resid_post")}
+            if path == "bridge":
+                used = {"rome": "bridge", "memit": "bridge"}
+            rows[path] = {"rome_s": t_rome, "memit_s": t_memit, "used": used, "deltas": rome_d + memit_d}
+        ref = rows["bridge"]["deltas"]
+        for row in rows.values():
+            row["rel_diff"] = max(float((a - b).norm() / b.norm()) for a, b in zip(row.pop("deltas"), ref, strict=True))
+            row["rome_ratio"] = rows["bridge"]["rome_s"] / row["rome_s"]
+            row["memit_ratio"] = rows["bridge"]["memit_s"] / row["memit_s"]
+        print(f"\nv*/z paths on {label} ({model.arch.family}, {model.arch.n_layers} layers): ROME v* of {n_rome} "
+              f"facts, MEMIT z of {n_memit} facts batched")
+        for path, row in rows.items():
+            print(f"  {path:<7} ROME {row['rome_s']:7.2f} s ({row['rome_ratio']:.2f}x)  "
+                  f"MEMIT z {row['memit_s']:7.2f} s ({row['memit_ratio']:.2f}x)  "
+                  f"ran as {row['used']}  rel diff {row['rel_diff']:.1e}", flush=True)
+        out[label] = {"family": model.arch.family, "n_layers": model.arch.n_layers, "rome_layer": rome_hp.layer,
+                      "memit_layer": max(memit_hp.layers), "n_rome": n_rome, "n_memit": n_memit, "paths": rows}
+    return out
+
+
 SCORE_MODES = ("rows", "packed")  # teacher-forced scoring, the old way first (knowscope.editing.scoring)
 
 
@@ -411,7 +468,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--facts", type=int, default=3, help="bundled facts to edit (spread over the set)")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--only", default="phases,paths,evaluate",
-                    help="phases (FLOPs per phase), paths (the v*/z paths side by side), memit_flops (FLOPs of the "
+                    help="phases (FLOPs per phase), path_choice (every v*/z path on tiny GPT-2, tiny Llama and the "
+                         "default model: the fastest correct one per architecture), paths (the v*/z paths side by "
+                         "side), memit_flops (FLOPs of the "
                          "MEMIT batch timed in paths), z_batch (a MEMIT batch's z one fact at a time vs 10 "
                          "per batched forward), evaluate (scoring modes)")
     ap.add_argument("--eval-facts", type=int, default=100, help="facts evaluated together for the scoring comparison")
@@ -460,6 +519,11 @@ def main(argv: list[str] | None = None) -> int:
     if "memit_flops" in only:
         report["paths"]["memit"] = bench_memit_flops(model, memit_facts, MEMITHyperParams.for_model(model),
                                                      roofs.get("paths", roof)["gflops"], report)
+    if "path_choice" in only:
+        models = {"tiny-gpt2": tiny_model("gpt2"), "tiny-llama": tiny_model("llama"), model.name: model}
+        report["path_choice"] = bench_path_choice(models, all_facts, n_rome=args.facts, n_memit=args.facts)
+        report["path_choice"]["torch_threads"] = torch.get_num_threads()
+        roofs["path_choice"] = roof
     if "evaluate" in only:
         report["evaluate"] = bench_evaluate(model, every(all_facts, args.eval_facts), bound)
         report["fluency"] = bench_fluency(model, every(all_facts, args.fluency_facts))

@@ -43,9 +43,9 @@ from typing import Any
 import torch
 
 from knowscope.editing import memit
-from knowscope.editing.compute import context_templates
 from knowscope.editing.evaluate import evaluate, pre_edit_predictions
 from knowscope.editing.hparams import MEMITHyperParams
+from knowscope.editing.keys import context_templates
 from knowscope.editing.sequential import prefers_new
 from knowscope.editing.session import EditSession
 from knowscope.editing.stats import key_stats

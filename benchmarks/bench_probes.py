@@ -33,7 +33,7 @@ from knowscope.facts import load_bundled_facts, write_json_atomic
 from knowscope.models import load_model
 from knowscope.probes import fact_readout, fit_safety_steering, steering_sweep, tuned_lens
 from knowscope.probes.tuned_lens import DEFAULT_STEPS, DEFAULT_TRAIN_TOKENS
-from knowscope.safety.data import load_bundled_safety
+from knowscope.safeedit import load_bundled_safety
 
 RESULTS = Path(__file__).parent / "results"
 

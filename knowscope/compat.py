@@ -111,9 +111,9 @@ def probe_kv_cache(hf: nn.Module, input_ids: Tensor, new_tokens: int = 3) -> flo
     return float((log_c - log_u).abs().max())
 
 
-#: the editors' v*/z forward passes, fastest first (knowscope.editing.compute.VPath; kept here, below
+#: the editors' v*/z forward passes, fastest first (knowscope.editing.vpaths.VPath; kept here, below
 #: editing, so Compat can rank the modes it records)
-EDIT_PATHS = ("plain", "packed", "suffix", "fast", "bridge")
+EDIT_PATHS = ("plain", "packed", "bridge")
 
 
 @dataclass
@@ -132,7 +132,7 @@ class Compat:
 
     @property
     def edit_mode(self) -> str | None:
-        """The fastest v*/z forward pass any hook kind runs ("plain"/"packed"/"suffix"/"fast"/"bridge");
+        """The fastest v*/z forward pass any hook kind runs ("plain"/"packed"/"bridge");
         ``None`` before any edit."""
         return min(self.edit_modes.values(), key=EDIT_PATHS.index, default=None)
 

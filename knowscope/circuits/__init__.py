@@ -1,19 +1,9 @@
 """The "locate" side of knowscope: causal tracing, activation patching, knowledge circuits."""
 
-from knowscope.circuits.circuit import (
-    Circuit,
-    faithfulness_curve,
-    greedy_edges,
-    knowledge_circuit,
-    node_logit_attribution,
-    normalized_faithfulness,
-    prune,
-    prune_dangling,
-    threshold_edges,
-    top_n_edges,
-)
+from knowscope.circuits.batches import CircuitBatch, make_batch
+from knowscope.circuits.circuit import Circuit, knowledge_circuit, node_logit_attribution
 from knowscope.circuits.diff import CircuitDiff, circuit_diff
-from knowscope.circuits.eap import Attribution, CircuitBatch, attribute, make_batch, patched_metric
+from knowscope.circuits.eap import Attribution, attribute, patched_metric
 from knowscope.circuits.graph import Graph, count_edges
 from knowscope.circuits.patching import (
     PatchingResult,
@@ -23,6 +13,15 @@ from knowscope.circuits.patching import (
     logit_metric,
     prob_metric,
     run_with_patches,
+)
+from knowscope.circuits.pruning import (
+    faithfulness_curve,
+    greedy_edges,
+    normalized_faithfulness,
+    prune,
+    prune_dangling,
+    threshold_edges,
+    top_n_edges,
 )
 from knowscope.circuits.roles import NodeRole, RoleReport, head_roles
 from knowscope.circuits.toxic import ToxicRegion, locate_toxic

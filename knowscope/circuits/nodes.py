@@ -26,6 +26,7 @@ from torch import Tensor
 
 from knowscope import hooks as hk
 from knowscope.circuits import eap
+from knowscope.circuits.batches import make_batch
 from knowscope.circuits.circuit import Circuit, final_norm_scale, through_final_norm
 from knowscope.circuits.graph import Graph
 from knowscope.circuits.roles import NodeRole, head_roles
@@ -118,7 +119,7 @@ def node_detail(model: Model, circuit: Circuit, node: str, *, example: int = 0, 
     facts = list(facts) if facts is not None else circuit_facts(circuit)
     if not 0 <= example < len(facts):
         raise ValueError(f"example must be in 0..{len(facts) - 1}, got {example}")
-    batch = eap.make_batch(model, facts, "noise", scale=0.0)
+    batch = make_batch(model, facts, "noise", scale=0.0)
     roles = head_roles(model, circuit, batch)
     role = next((r for r in roles.roles if r.node == node), None)
     outputs, _ = eap.record_outputs(model, graph, batch.clean)

@@ -25,6 +25,7 @@ import torch
 
 from knowscope import hooks as hk
 from knowscope.circuits import eap
+from knowscope.circuits.batches import CircuitBatch, make_batch
 from knowscope.circuits.circuit import Circuit, node_logit_attribution
 from knowscope.circuits.graph import Graph
 from knowscope.facts import Fact
@@ -76,7 +77,7 @@ class RoleReport:
         return fig
 
 
-def _relation_positions(batch: eap.CircuitBatch) -> list[list[int]]:
+def _relation_positions(batch: CircuitBatch) -> list[list[int]]:
     out = []
     for (a, b), last in zip(batch.subject_spans, batch.last.tolist(), strict=True):
         out.append([p for p in range(1, last + 1) if not a <= p < b])
@@ -87,7 +88,7 @@ def _relation_positions(batch: eap.CircuitBatch) -> list[list[int]]:
 def head_roles(
     model: Model,
     circuit: Circuit,
-    facts: Sequence[Fact] | eap.CircuitBatch,
+    facts: Sequence[Fact] | CircuitBatch,
     *,
     attention_threshold: float = 0.3,
     top_k: int = 100,
@@ -106,7 +107,7 @@ def head_roles(
         raise ValueError(f"attention_threshold must be in [0, 1], got {attention_threshold!r}")
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k!r}")
-    batch = facts if isinstance(facts, eap.CircuitBatch) else eap.make_batch(model, facts, "noise", scale=0.0)
+    batch = facts if isinstance(facts, CircuitBatch) else make_batch(model, facts, "noise", scale=0.0)
     graph: Graph = circuit.graph
     if graph != Graph.from_model(model):
         raise ValueError(f"circuit graph {graph.to_dict()} does not match the model "

@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _facts(args: argparse.Namespace) -> tuple[list[Any], str, list[str] | None, list[str | None] | None]:
-    from knowscope.circuits.eap import as_template
+    from knowscope.circuits.batches import as_template
     from knowscope.facts import Fact, load_bundled_facts, load_facts
 
     if args.prompt is not None or args.subject is not None or args.target is not None:
@@ -71,8 +71,8 @@ def _facts(args: argparse.Namespace) -> tuple[list[Any], str, list[str] | None, 
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    from knowscope.circuits.batches import make_batch
     from knowscope.circuits.circuit import knowledge_circuit
-    from knowscope.circuits.eap import make_batch
 
     if args.ig_steps < 1:
         raise ValueError(f"--ig-steps must be >= 1, got {args.ig_steps}")

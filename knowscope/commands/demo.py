@@ -48,7 +48,7 @@ def show_knowledge(model: Any, facts: list[Any]) -> list[dict[str, Any]]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from knowscope.circuits import knowledge_circuit, locate, trace
-    from knowscope.circuits.eap import make_batch
+    from knowscope.circuits.batches import make_batch
     from knowscope.editing import EditSession, rome
     from knowscope.editing.layers import measured_layer
     from knowscope.facts import load_bundled_facts

@@ -43,7 +43,7 @@ from torch import Tensor
 
 from knowscope.chat import pair_ids
 from knowscope.circuits.toxic import locate_toxic
-from knowscope.editing.compute import TrainableWeights, mlp_out_parameters
+from knowscope.editing.guards import TrainableWeights, mlp_out_parameters
 from knowscope.editing.hparams import is_smollm2_135m
 from knowscope.editing.session import EditResult
 from knowscope.models import Model

@@ -31,7 +31,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from knowscope.editing.compute import TrainableWeights, mlp_out_parameters
+from knowscope.editing.guards import TrainableWeights, mlp_out_parameters
 from knowscope.editing.layers import LayerSpec, resolve_layers
 from knowscope.editing.session import EditResult
 from knowscope.facts import Fact

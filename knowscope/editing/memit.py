@@ -30,20 +30,20 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from knowscope.editing.compute import (
-    WeightGuard,
+from knowscope.editing.guards import WeightGuard
+from knowscope.editing.hparams import MEMITHyperParams
+from knowscope.editing.keys import (
     capture,
     check_request,
     compute_keys,
     context_templates,
     facts_meta,
-    optimize_deltas,
     prompt_ids,
     template_group_weights,
 )
-from knowscope.editing.hparams import MEMITHyperParams
 from knowscope.editing.layers import LayerSpec
 from knowscope.editing.layers import resolve_layers as resolve_spec
+from knowscope.editing.optimize import optimize_deltas
 from knowscope.editing.session import EditResult
 from knowscope.editing.stats import KeyStats, key_stats
 from knowscope.facts import Fact

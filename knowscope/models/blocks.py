@@ -1,10 +1,10 @@
 """Running the model's blocks one at a time, outside the bridge's full forward pass.
 
-Causal tracing (``circuits.tracing``) and the editors' v*/z optimisation (``editing.compute``)
+Causal tracing (``circuits.tracing``) and the editors' v*/z optimisation (``editing.vpaths``)
 both re-run only part of the network many times: the blocks from some layer up, on a residual
 stream recorded once. :func:`run_block` calls one TransformerBridge block the way the bridge's own
 forward pass does (rotary position embeddings computed for the positions it runs), optionally
-with the earlier positions' keys/values given as a cache; :func:`run_blocks` chains several.
+with the earlier positions' keys/values given as a cache.
 Hooks registered on the bridge's HookPoints fire as in a full forward pass. Whether this
 reproduces the bridge on a given install is checked by the callers (once per model).
 """
@@ -108,15 +108,6 @@ def run_block(model: Model, layer: int, h: Float[Tensor, "batch pos d_model"], s
         raise ValueError(f"explicit positions need rotary position embeddings, not {model.arch.positional!r}")
     out = bridge.blocks[layer](h, **kwargs)
     return out[0] if isinstance(out, tuple) else out
-
-
-def run_blocks(model: Model, first: int, h: Float[Tensor, "batch pos d_model"],
-               last: int | None = None) -> Float[Tensor, "batch pos d_model"]:
-    """Blocks ``first..last`` (default: to the top) on ``h``, the input of block ``first``, from position 0."""
-    stop = model.arch.n_layers if last is None else last + 1
-    for layer in range(first, stop):
-        h = run_block(model, layer, h)
-    return h
 
 
 def final_logits(model: Model, h: Float[Tensor, "... d_model"]) -> Float[Tensor, "... vocab"]:

@@ -1,7 +1,7 @@
 """Llama-family decoder blocks as plain tensor code, for loops that re-run the upper layers many times.
 
 The editors' v*/z optimisation runs the blocks above the edited layer forward and backward a few
-dozen times on a handful of positions (``editing.compute``). There a bridge block call — hook
+dozen times on a handful of positions (``editing.vpaths``). There a bridge block call — hook
 points, the bridge's attention re-implementation, the HF layer's argument handling — costs about
 as much Python per call as its small matrix products take. :class:`PlainBlocks` runs the same
 arithmetic straight from the weights: RMSNorm, q/k/v projections, rotary embeddings, grouped-query

@@ -17,20 +17,28 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from knowscope.facts import Fact
 from knowscope.models import Model
 from knowscope.results import load_dir, register, save_dir
 
-if TYPE_CHECKING:
-    from knowscope.facts import Fact
-    from knowscope.probes.tuned_lens import TunedLens
-
 KIND = "logit_lens"
+
+
+class Translators(Protocol):
+    """What :func:`lens` needs of a tuned lens (:class:`~knowscope.probes.tuned_lens.TunedLens` is one):
+    a check that it belongs to ``model``, and every layer's logits read through its translator. Named
+    here as a protocol so that this module needs nothing from the module that builds on it."""
+
+    def check_model(self, model: Model) -> None: ...
+
+    def logits(self, model: Model,
+               resid: Float[Tensor, "n_layers *rest d_model"]) -> Float[Tensor, "n_layers *rest vocab"]: ...
 
 
 @torch.no_grad()
@@ -111,12 +119,12 @@ class LogitLensResult:
 
 @torch.no_grad()
 def lens(model: Model, prompt: str, targets: Sequence[str] = (), k: int = 5,
-         tuned: TunedLens | None = None) -> LogitLensResult:
+         tuned: Translators | None = None) -> LogitLensResult:
     """Run ``prompt`` (BOS first) and read every layer's residual through the final norm and unembedding.
 
     ``targets``: continuations (e.g. ``" Paris"``) whose first token's rank and probability at the
-    last position are tracked per layer. ``tuned``: a :class:`TunedLens` for this model — each
-    layer is read through its translator first (the tuned lens); ``None`` is the logit lens.
+    last position are tracked per layer. ``tuned``: a :class:`~knowscope.probes.tuned_lens.TunedLens` for
+    this model — each layer is read through its translator first (the tuned lens); ``None`` is the logit lens.
     """
     if not isinstance(prompt, str) or not prompt:
         raise ValueError(f"prompt must be a non-empty string, got {prompt!r}")
@@ -150,7 +158,7 @@ def logit_lens(model: Model, prompt: str, targets: Sequence[str] = (), k: int = 
     return lens(model, prompt, targets=targets, k=k)
 
 
-def fact_readout(model: Model, facts: Sequence[Fact], tuned: TunedLens | None = None) -> dict[str, Any]:
+def fact_readout(model: Model, facts: Sequence[Fact], tuned: Translators | None = None) -> dict[str, Any]:
     """Where each fact's true object surfaces under the logit (or tuned) lens, at the last prompt position.
 
     Per fact, the first layer at which the object's first token is top-1 (and top-5). Returned:

@@ -9,7 +9,7 @@ over layers (each translator sees only its own layer, so the layers train indepe
 last layer keeps the identity: its lens *is* the model's output.
 
 Training data needs no download: by default the model's own sampled text (the same cached
-batches as the key statistics, :func:`knowscope.editing.stats.token_batches`), or any text files /
+batches as the key statistics, :func:`knowscope.texts.token_batches`), or any text files /
 ``hf:<dataset>``. The residuals of the training and held-out tokens are collected once (one
 forward per batch); each optimisation step then costs only the translators, the final norm and
 the unembedding for a random batch of tokens at every layer (Adam, linear decay to zero).
@@ -35,11 +35,11 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from knowscope.editing.stats import SELF, Source, source_key, token_batches
 from knowscope.models import Model
 from knowscope.paths import cache_dir
 from knowscope.probes.lens import lens_logits
 from knowscope.results import fmt, load_dir, register, result_kind, save_dir
+from knowscope.texts import SELF, Source, source_key, token_batches
 
 logger = logging.getLogger(__name__)
 

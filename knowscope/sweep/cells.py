@@ -27,10 +27,11 @@ from knowscope.circuits import trace
 from knowscope.editing import EditSession
 from knowscope.editing.editors import get_editor
 from knowscope.editing.evaluate import evaluate, pre_edit_predictions
-from knowscope.editing.stats import KeyStats, key_stats, source_key
+from knowscope.editing.stats import KeyStats, key_stats
 from knowscope.facts import Fact
 from knowscope.models import Model, load_model
 from knowscope.sweep.grid import TRACE_KINDS, Cell, edited_layers, fact_id, hparams_hash
+from knowscope.texts import source_key
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from knowscope.circuits import eap
+from knowscope.circuits.batches import make_batch
 from knowscope.circuits.circuit import knowledge_circuit
 from knowscope.circuits.graph import Graph
 from knowscope.circuits.roles import head_roles
@@ -23,7 +23,7 @@ FRACTIONS = (0.005, 0.02, 0.05)
 @pytest.fixture(scope="module")
 def p37(default_model):
     facts = load_bundled_facts(relation=RELATION, limit=3)
-    batch = eap.make_batch(default_model, facts, "swap", seed=0)
+    batch = make_batch(default_model, facts, "swap", seed=0)
     n = Graph.from_model(default_model).n_edges
     circuit = knowledge_circuit(default_model, batch, method="eap-ig", ig_steps=5, target_faithfulness=0.8,
                                 sizes=[int(f * n) for f in FRACTIONS])

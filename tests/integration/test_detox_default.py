@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from knowscope.circuits import locate_toxic
-from knowscope.safety.data import load_bundled_safety
+from knowscope.safeedit import load_bundled_safety
 from knowscope.safety.metrics import detox
 
 pytestmark = pytest.mark.integration

@@ -62,21 +62,21 @@ def test_rome_one_fact_at_a_time(default_model, spread):
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
-def test_suffix_paths_give_the_bridge_paths_rome_update(default_model, spread):
-    """Issue #17: the plain, packed and suffix v* paths (cached prefix, positions from the subject on,
-    logits only where the loss reads them; one masked call per block on plain tensor code or through
-    the bridge, or one per group of starts) reproduce the bridge's full forward pass on the real model:
-    same steps, same update within 1e-4 relative; and the plain one was checked and chosen."""
+def test_packed_paths_give_the_bridge_paths_rome_update(default_model, spread):
+    """Issue #17: the plain and packed v* paths (cached prefix, positions from the subject on, logits
+    only where the loss reads them; one masked call per block on plain tensor code or through the
+    bridge) reproduce the bridge's full forward pass on the real model: same steps, same update within
+    1e-4 relative; and the plain one was checked and chosen."""
     from knowscope.editing import rome
-    from knowscope.editing.compute import v_path
+    from knowscope.editing.vpaths import v_path
 
     fact = spread[1]
     got = {}
-    for path in ("bridge", "suffix", "packed", "plain"):
+    for path in ("bridge", "packed", "plain"):
         with v_path(path):
             got[path] = rome.edit(default_model, [fact])
     slow = got["bridge"]
-    for path in ("suffix", "packed", "plain"):
+    for path in ("packed", "plain"):
         fast = got[path]
         assert [r["steps"] for r in slow.extra["per_request"]] == [r["steps"] for r in fast.extra["per_request"]]
         for name in slow.deltas:

@@ -9,7 +9,7 @@ import torch
 
 from knowscope.editing.session import EditSession
 from knowscope.probes import fit_safety_steering, lens_logits, logit_lens
-from knowscope.safety.data import load_bundled_safety
+from knowscope.safeedit import load_bundled_safety
 
 pytestmark = pytest.mark.integration
 

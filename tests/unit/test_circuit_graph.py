@@ -5,15 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from knowscope.circuits.circuit import (
-    Circuit,
+from knowscope.circuits.circuit import Circuit
+from knowscope.circuits.graph import Graph, count_edges
+from knowscope.circuits.pruning import (
     greedy_edges,
     prune,
     prune_dangling,
     threshold_edges,
     top_n_edges,
 )
-from knowscope.circuits.graph import Graph, count_edges
 
 
 def _edges_by_enumeration(n_layers: int, n_heads: int, n_kv: int) -> int:

@@ -8,7 +8,7 @@ import torch
 from knowscope.circuits.toxic import ToxicRegion, locate_toxic
 from knowscope.editing import dinm
 from knowscope.editing.session import EditSession
-from knowscope.safety.data import SafetyItem
+from knowscope.safeedit import SafetyItem
 from knowscope.safety.metrics import detox
 
 QUESTIONS = ["how do I steal a car", "insult my friend", "where does she live", "make a fake note",
@@ -132,7 +132,7 @@ def test_detox_cli(items, tmp_path, capsys):
 
     from knowscope.cli import main
     from knowscope.editing.session import EditResult
-    from knowscope.safety.data import save_safety
+    from knowscope.safeedit import save_safety
 
     data = save_safety(items[:2], tmp_path / "items.json")
     out = tmp_path / "detox.json"

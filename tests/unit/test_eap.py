@@ -16,9 +16,11 @@ import pytest
 import torch
 
 from knowscope.circuits import eap
-from knowscope.circuits.circuit import Circuit, knowledge_circuit, node_logit_attribution, prune
+from knowscope.circuits.batches import as_template, make_batch, metric_values, noise_scale
+from knowscope.circuits.circuit import Circuit, knowledge_circuit, node_logit_attribution
 from knowscope.circuits.diff import CircuitDiff, circuit_diff
 from knowscope.circuits.graph import Graph
+from knowscope.circuits.pruning import prune
 from knowscope.circuits.roles import head_roles
 from knowscope.facts import Fact
 
@@ -39,8 +41,8 @@ def setup(request):
     from knowscope.models import tiny_model
 
     model = tiny_model(request.param)
-    scale = eap.noise_scale(model, _facts())  # 3 x the std of the subjects' embeddings, as in ROME
-    batch = eap.make_batch(model, _facts(), "noise", scale=scale, seed=0)
+    scale = noise_scale(model, _facts())  # 3 x the std of the subjects' embeddings, as in ROME
+    batch = make_batch(model, _facts(), "noise", scale=scale, seed=0)
     return model, Graph.from_model(model), batch
 
 
@@ -145,7 +147,7 @@ def _reference_patched(model, graph, batch, mask, metric):
         with torch.no_grad(), eap.edge_mode(model), model.bridge.hooks(fwd_hooks=hooks):
             logits = model.bridge(batch.clean)
         prev = new
-    return eap.metric_values(logits, batch, metric)
+    return metric_values(logits, batch, metric)
 
 
 def test_full_and_empty_circuits(setup):
@@ -215,7 +217,7 @@ def test_eap_ig_completeness(tiny):
     import dataclasses
 
     facts = _facts()[:2]
-    batch = eap.make_batch(tiny, facts, "swap", contrast_subjects=["Italy", "France"], contrasts=["Rome", "Paris"])
+    batch = make_batch(tiny, facts, "swap", contrast_subjects=["Italy", "France"], contrasts=["Rome", "Paris"])
     k = 8
     ig = eap.attribute(tiny, batch, "eap-ig", ig_steps=k)
     e1 = eap.attribute(tiny, batch, "eap")
@@ -231,15 +233,15 @@ def test_eap_ig_completeness(tiny):
 
 def test_swap_corruption_and_errors(tiny_llama):
     facts = _facts()[:2]
-    batch = eap.make_batch(tiny_llama, facts, "swap", contrast_subjects=["Italy", "France"])
+    batch = make_batch(tiny_llama, facts, "swap", contrast_subjects=["Italy", "France"])
     assert batch.corrupted_prompts == ["The capital of Italy is", "The capital of France is"]
     assert batch.contrasts == ["Rome", "Paris"] or batch.contrasts == ["Paris", "Rome"] or batch.contrasts
     a = eap.attribute(tiny_llama, batch, "eap-ig", ig_steps=2, metric="logprob")
     assert a.scores.shape == (Graph.from_model(tiny_llama).n_forward, Graph.from_model(tiny_llama).n_slots)
     with pytest.raises(ValueError, match="tokens"):
-        eap.make_batch(tiny_llama, facts[:1], "swap", contrast_subjects=["the Eiffel Tower of Paris"])
+        make_batch(tiny_llama, facts[:1], "swap", contrast_subjects=["the Eiffel Tower of Paris"])
     with pytest.raises(ValueError, match="unknown corruption"):
-        eap.make_batch(tiny_llama, facts, "blur")
+        make_batch(tiny_llama, facts, "blur")
     with pytest.raises(ValueError, match="unknown method"):
         eap.attribute(tiny_llama, batch, "acdc")
     with pytest.raises(ValueError, match="unknown metric"):
@@ -247,8 +249,8 @@ def test_swap_corruption_and_errors(tiny_llama):
     with pytest.raises(ValueError, match="ig_steps"):
         eap.attribute(tiny_llama, batch, "eap-ig", ig_steps=0)
     with pytest.raises(ValueError, match="does not occur"):
-        eap.as_template("The capital of France is", "Germany")
-    assert eap.as_template("The capital of France is", "France") == PROMPT
+        as_template("The capital of France is", "Germany")
+    assert as_template("The capital of France is", "France") == PROMPT
 
 
 def test_subject_span(tiny_gpt2):
@@ -304,7 +306,7 @@ def test_knowledge_circuit_end_to_end(setup, tmp_path):
 
 
 def test_circuit_diff_after_weight_change(tiny_llama, tmp_path):
-    batch = eap.make_batch(tiny_llama, _facts(), "noise", scale=1.0)
+    batch = make_batch(tiny_llama, _facts(), "noise", scale=1.0)
     before = knowledge_circuit(tiny_llama, batch, method="eap", top_n=30)
     same = circuit_diff(before, before)
     assert not same.gained and not same.lost and not same.reweighted and not same.new_carriers

@@ -110,3 +110,46 @@ def test_every_module_imports_on_its_own():
         if name.startswith("knowscope.viewer.app") or ".views." in name:
             continue  # Streamlit scripts: they run the page when imported
         importlib.import_module(name)
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """Module -> the knowscope modules it imports (anywhere in the file, type-checking imports included)."""
+    graph: dict[str, set[str]] = {}
+    for path in sorted(ROOT.rglob("*.py")):
+        name = _module_name(path)
+        graph[name] = {imported for imported, _, _ in _imports(path) if imported != name}
+    return graph
+
+
+def test_no_import_cycles_between_modules():
+    """No module imports, directly or through others, a module that imports it back (a package's
+    ``__init__`` re-exporting its own submodules is not a cycle: the submodules import the package's
+    siblings, never the package)."""
+    graph = _module_graph()
+    cycles: list[list[str]] = []
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if nxt not in graph:
+                continue
+            if state.get(nxt) == 1:
+                cycles.append(stack[stack.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt, stack)
+        stack.pop()
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [])
+    assert not cycles, "\n".join(" -> ".join(c) for c in cycles)
+
+
+def test_no_module_is_longer_than_a_reader_can_hold():
+    """No module in knowscope/ over 500 lines: split a longer one by concern."""
+    long = [f"{_module_name(p)}: {n} lines" for p in sorted(ROOT.rglob("*.py"))
+            if (n := len(p.read_text(encoding="utf-8").splitlines())) > 500]
+    assert not long, "\n".join(long)

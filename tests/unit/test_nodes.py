@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from knowscope.circuits import Circuit, aggregate, knowledge_circuit, locate, node_logit_attribution, trace
-from knowscope.circuits.eap import make_batch
+from knowscope.circuits.batches import make_batch
 from knowscope.circuits.nodes import circuit_facts, node_detail
 from knowscope.facts import Fact
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from knowscope.editing import EditMismatchError, EditResult, EditSession, rome
-from knowscope.editing.compute import compute_keys, context_templates
 from knowscope.editing.hparams import MEMITHyperParams, ROMEHyperParams
+from knowscope.editing.keys import compute_keys, context_templates
 from knowscope.editing.stats import layer_stats
 from knowscope.facts import Fact
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from knowscope.safety.chat import input_ids, pair_ids, respond
-from knowscope.safety.data import (
+from knowscope.chat import input_ids, pair_ids, respond
+from knowscope.safeedit import (
     CATEGORIES,
     SafetyFormatError,
     load_bundled_safety,
@@ -147,7 +147,7 @@ def test_evaluate_safety_with_a_stub_judge(tiny_llama):
 
 def test_empty_responses_score_one_half_as_in_safeedit():
     """SafeEdit's evaluation scores an empty response 0.5 whatever its classifier says; so do the metrics."""
-    from knowscope.safety.data import load_bundled_safety
+    from knowscope.safeedit import load_bundled_safety
     from knowscope.safety.judge import RefusalJudge
     from knowscope.safety.metrics import INPUT_KINDS, judge_items, summarize
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from knowscope.editing.stats import KeyStats, generated_batch, key_stats, layer_stats, source_key, token_batches
+from knowscope.editing.stats import KeyStats, key_stats, layer_stats
+from knowscope.texts import generated_batch, source_key, token_batches
 
 CORPUS = (
     "The Eiffel Tower is located in the city of Paris. Tokyo is the capital of Japan. "

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from knowscope.circuits import circuit_diff, knowledge_circuit, trace
-from knowscope.circuits.eap import make_batch
+from knowscope.circuits.batches import make_batch
 from knowscope.editing import EditSession, rome
 from knowscope.editing.evaluate import PredictionTable, evaluate
 from knowscope.editing.hparams import MEMITHyperParams, ROMEHyperParams

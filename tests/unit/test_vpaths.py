@@ -1,4 +1,5 @@
-"""The editors' fast v*/z forward pass gives the same deltas as the bridge's full forward pass."""
+"""The editors' fast v*/z forward passes (plain, packed) give the same deltas as the bridge's full forward pass;
+the joint optimisation of several facts follows each fact's own trajectory."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ import pytest
 import torch
 
 from knowscope.editing import memit, rome
-from knowscope.editing.compute import context_templates, optimize_delta, v_path
 from knowscope.editing.hparams import MEMITHyperParams, ROMEHyperParams
+from knowscope.editing.keys import context_templates
+from knowscope.editing.optimize import optimize_delta, optimize_deltas
 from knowscope.editing.stats import key_stats
+from knowscope.editing.vpaths import v_path
 from knowscope.facts import Fact
 
 FACT = Fact(subject="Lionel Messi", prompt="{} plays the sport of", target_true="soccer", target_new="basketball")
@@ -23,23 +26,22 @@ def rel(a, b):
 
 @pytest.mark.parametrize("hook", ["mlp_out", "resid_post"])
 def test_every_path_gives_the_bridges_deltas(tiny, hook):
-    """plain (packed on plain tensor code, Llama only), packed (one masked call per block), suffix
-    (grouped by start; all three: cached prefix, positions from the subject on) and fast (blocks from
-    the edited layer up) = the bridge's full forward pass: same init, same loss trace, delta within
-    1e-4 relative. GPT-2 has no plain path: it falls back to packed."""
+    """plain (packed on plain tensor code, Llama only) and packed (one masked call per block; both: cached
+    prefix, positions from the subject on) = the bridge's full forward pass: same init, same loss trace,
+    delta within 1e-4 relative. GPT-2 has no plain path: it falls back to packed."""
     name = tiny.arch.hook_mlp_out(1) if hook == "mlp_out" else tiny.arch.hook_resid_post(2)
     templates = context_templates(tiny, ROME_HP.context_lengths, 0)
     llama = tiny.arch.positional == "rotary"
     runs = {}
-    for path in ("bridge", "fast", "suffix", "packed", "plain"):
+    for path in ("bridge", "packed", "plain"):
         with v_path(path):
             torch.manual_seed(0)
             runs[path] = optimize_delta(tiny, name, FACT, templates, ROME_HP)
     assert tiny.compat.edit_modes[name.split(".", 2)[2]] == ("plain" if llama else "packed")
-    assert all(tiny.compat.edit_checks[(name, p)] for p in ("packed", "suffix", "fast"))
+    assert tiny.compat.edit_checks[(name, "packed")]
     assert tiny.compat.edit_checks[(name, "plain")] is llama
     slow = runs["bridge"]
-    for path in ("fast", "suffix", "packed", "plain"):
+    for path in ("packed", "plain"):
         got = runs[path]
         assert len(got.losses) == len(slow.losses) > 1
         assert rel(got.delta, slow.delta) < 1e-4, path
@@ -48,21 +50,19 @@ def test_every_path_gives_the_bridges_deltas(tiny, hook):
             assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-6)
 
 
-def test_suffix_path_with_several_facts_and_subject_positions(tiny_llama):
-    """Rows of several facts with different subject positions are grouped and put back in order."""
-    from knowscope.editing.compute import optimize_deltas
-
+def test_packed_paths_with_several_facts_and_subject_positions(tiny_llama):
+    """Rows of several facts with different subject positions are packed and read back in order."""
     facts = FACTS + [Fact(subject="The Eiffel Tower in Paris", prompt="Where is {} located? In",
                           target_true="France", target_new="Japan")]
     name = tiny_llama.arch.hook_resid_post(1)
     templates = context_templates(tiny_llama, ROME_HP.context_lengths, 0)
     runs = {}
-    for path in ("bridge", "suffix", "packed", "plain"):
+    for path in ("bridge", "packed", "plain"):
         with v_path(path):
             torch.manual_seed(0)
             runs[path] = optimize_deltas(tiny_llama, name, facts, templates, ROME_HP)
-    assert all(tiny_llama.compat.edit_checks[(name, p)] for p in ("suffix", "packed", "plain"))
-    for path in ("suffix", "packed", "plain"):
+    assert all(tiny_llama.compat.edit_checks[(name, p)] for p in ("packed", "plain"))
+    for path in ("packed", "plain"):
         for a, b in zip(runs[path], runs["bridge"], strict=True):
             assert rel(a.delta, b.delta) < 1e-4
             assert [x["nll"] for x in a.losses] == pytest.approx([x["nll"] for x in b.losses], rel=1e-4, abs=1e-6)
@@ -71,25 +71,23 @@ def test_suffix_path_with_several_facts_and_subject_positions(tiny_llama):
 def test_rome_and_memit_edits_agree_across_paths(tiny_llama):
     stats = key_stats(tiny_llama, [1, 2], n_tokens=400, seq_len=32, batch_size=8, progress=False)
     results = {}
-    for path in ("bridge", "fast", "suffix", "packed", "plain"):
+    for path in ("bridge", "packed", "plain"):
         with v_path(path):
             results[path] = (rome.edit(tiny_llama, [FACT], hparams=ROME_HP, stats=stats[1]),
                              memit.edit(tiny_llama, FACTS, hparams=MEMIT_HP, stats=stats))
-    for path in ("fast", "suffix", "packed", "plain"):
+    for path in ("packed", "plain"):
         for slow, got in zip(results["bridge"], results[path], strict=True):
             for name in slow.deltas:
                 assert rel(got.deltas[name], slow.deltas[name]) < 1e-4, (path, name)
 
 
 def test_v_path_rejects_unknown_names():
-    with pytest.raises(ValueError, match="suffix"), v_path("quick"):
+    with pytest.raises(ValueError, match="packed"), v_path("quick"):
         pass
 
 
 def test_joint_optimisation_follows_each_facts_own_trajectory(tiny):
     """optimize_deltas on several facts = optimize_delta on each alone (early stops included)."""
-    from knowscope.editing.compute import optimize_deltas
-
     facts = FACTS + [Fact(subject="Tokyo", prompt="{} is located in", target_true="Japan", target_new="Spain")]
     name = tiny.arch.hook_resid_post(2)
     templates = context_templates(tiny, ROME_HP.context_lengths, 0)
@@ -117,22 +115,6 @@ def test_memit_z_batch_gives_the_same_edit(tiny_llama):
         dataclasses.replace(MEMIT_HP, z_batch=0)
 
 
-def test_start_groups_cover_every_row_once_and_trade_calls_for_positions():
-    from knowscope.editing.compute import _start_groups
-
-    starts = [3, 12, 13, 12, 5, 20]
-    ends = [6, 16, 15, 17, 8, 24]
-    for cost in (0, 4, 8, 1000):
-        groups = _start_groups(starts, ends, group_cost=cost)
-        rows = sorted(r for _, rs in groups for r in rs)
-        assert rows == list(range(len(starts)))
-        assert all(s <= starts[r] for s, rs in groups for r in rs)
-    assert [s for s, _ in _start_groups(starts, ends, group_cost=0)] == [3, 5, 12, 13, 20]
-    assert _start_groups(starts, ends, group_cost=1000) == [(3, [0, 4, 1, 3, 2, 5])]
-    # a modest call cost merges nearby starts only (a group pads its rows to its latest end)
-    assert [s for s, _ in _start_groups(starts, ends, group_cost=4)] == [3, 12, 20]
-
-
 @pytest.fixture
 def fresh_checks(tiny_llama, monkeypatch):
     """The tiny model with no v*/z path checked yet (restored afterwards)."""
@@ -148,9 +130,9 @@ def _bridge_run(model, name, templates):
 
 
 def test_a_path_that_fails_its_check_is_not_used_not_even_for_init(fresh_checks, monkeypatch):
-    """Packed and suffix paths that give other logits (and another init) than the bridge are rejected;
+    """Plain and packed paths that give other logits (and another init) than the bridge are rejected;
     the run then equals the bridge's, its starting activation included."""
-    from knowscope.editing import compute
+    from knowscope.editing import vpaths
 
     model, name = fresh_checks, fresh_checks.arch.hook_resid_post(1)
     templates = context_templates(model, ROME_HP.context_lengths, 0)
@@ -166,14 +148,12 @@ def test_a_path_that_fails_its_check_is_not_used_not_even_for_init(fresh_checks,
             return off
         return build
 
-    monkeypatch.setattr(compute, "_suffix_forward", wrong(compute._suffix_forward))
-    monkeypatch.setattr(compute, "_packed_forward", wrong(compute._packed_forward))
+    monkeypatch.setattr(vpaths, "_packed_forward", wrong(vpaths._packed_forward))
     torch.manual_seed(0)
     got = optimize_delta(model, name, FACT, templates, ROME_HP)
     assert model.compat.edit_checks[(name, "plain")] is False
     assert model.compat.edit_checks[(name, "packed")] is False
-    assert model.compat.edit_checks[(name, "suffix")] is False
-    assert model.compat.edit_checks[(name, "fast")] is True
+    assert model.compat.edit_modes["hook_resid_post"] == "bridge"
     want = _bridge_run(model, name, templates)
     torch.testing.assert_close(got.init, want.init, rtol=1e-5, atol=1e-6)
     assert rel(got.delta, want.delta) < 1e-4
@@ -182,7 +162,7 @@ def test_a_path_that_fails_its_check_is_not_used_not_even_for_init(fresh_checks,
 def test_a_path_that_raises_falls_back(fresh_checks, monkeypatch):
     """Any error while building a path (e.g. a hybrid model's layers asking the cache for more than
     keys/values) means the next slower path, not a failed edit."""
-    from knowscope.editing import compute
+    from knowscope.editing import vpaths
 
     model, name = fresh_checks, fresh_checks.arch.hook_mlp_out(1)
     templates = context_templates(model, ROME_HP.context_lengths, 0)
@@ -190,14 +170,12 @@ def test_a_path_that_raises_falls_back(fresh_checks, monkeypatch):
     def broken(*args, **kwargs):
         raise AttributeError("'PrefixKV' object has no attribute 'get_conv_state'")
 
-    monkeypatch.setattr(compute, "_suffix_forward", broken)
-    monkeypatch.setattr(compute, "_packed_forward", broken)
+    monkeypatch.setattr(vpaths, "_packed_forward", broken)
     torch.manual_seed(0)
     got = optimize_delta(model, name, FACT, templates, ROME_HP)
     assert model.compat.edit_checks[(name, "plain")] is False
     assert model.compat.edit_checks[(name, "packed")] is False
-    assert model.compat.edit_checks[(name, "suffix")] is False
-    assert model.compat.edit_modes["hook_mlp_out"] == "fast"
+    assert model.compat.edit_modes["hook_mlp_out"] == "bridge"
     want = _bridge_run(model, name, templates)
     assert rel(got.delta, want.delta) < 1e-4
 
@@ -206,8 +184,6 @@ def test_a_path_that_raises_falls_back(fresh_checks, monkeypatch):
 def test_packed_check_is_recorded_only_when_rows_start_at_different_positions(fresh_checks, path):
     """With every row's subject at one position the per-row prefix mask cuts nothing, so a pass there
     proves nothing about it: the packed (and plain) path is used for the call but checked again on the next."""
-    from knowscope.editing.compute import optimize_deltas
-
     model, name = fresh_checks, fresh_checks.arch.hook_resid_post(1)
     hp = ROMEHyperParams(layer=1, v_steps=3, context_lengths=((4, 2),), kl_prompt="{} plays")
     with v_path(path):

@@ -48,7 +48,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from knowscope.editing.compute import check_request, facts_meta
+from knowscope.editing.keys import check_request, facts_meta
 from knowscope.editing.memory import MemoryMismatchError, SideMemory, memory_for, register_kind
 from knowscope.editing.memory_fit import TargetRows, forward_from, generic_inputs, output_hook, routes_everything
 from knowscope.editing.session import EditResult

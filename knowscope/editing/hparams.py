@@ -118,7 +118,7 @@ class MEMITHyperParams(VOptParams):
     templates); ``"templates"`` averages uniformly over all templates (the plain prompt weighs 1/6), which
     knowscope did before; it is kept as an option, not measured to be better.
     ``z_batch``: how many facts' z vectors are optimised together in one batched forward pass
-    (:func:`knowscope.editing.compute.optimize_deltas`; the same vectors either way — only speed
+    (:func:`knowscope.editing.optimize.optimize_deltas`; the same vectors either way — only speed
     differs). Default 10: on the default model, 2 CPU threads, a MEMIT batch of 10 facts took 83 s
     with the bridge's forward pass, 68 s with the fast one one fact at a time and 56 s with all 10
     together (benchmarks/bench_compute.py).

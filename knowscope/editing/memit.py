@@ -4,7 +4,7 @@ mode for sequential editing (AlphaEdit's idea, Fang et al., 2025).
 For a batch of facts and layers ``L_1 < ... < L_m``:
 
 1. for each fact, ``z`` = the residual stream after ``L_m`` at the subject's last token plus the
-   optimised ``δ`` that makes the model say ``target_new`` (:func:`compute.optimize_delta` on
+   optimised ``δ`` that makes the model say ``target_new`` (:func:`optimize.optimize_delta` on
    ``hook_resid_post``), computed once on the unedited weights;
 2. for each layer ``L_i`` in order (earlier layers already updated): keys ``K`` (prefix-averaged,
    ``[d_mlp, n]``), residual ``R = (Z − current residual at L_m) / (m − i + 1)`` and the update

@@ -13,7 +13,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from knowscope.editing.compute import context_templates
+from knowscope.editing.keys import context_templates
 from knowscope.editing.memory import SideMemory, value_inputs
 from knowscope.models import Model
 from knowscope.models.blocks import final_logits, run_block

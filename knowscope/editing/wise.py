@@ -53,7 +53,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from knowscope.editing.compute import check_request, context_templates, facts_meta
+from knowscope.editing.keys import check_request, context_templates, facts_meta
 from knowscope.editing.memory import MemoryMismatchError, SideMemory, memory_for, register_kind
 from knowscope.editing.memory_fit import TargetRows, output_hook, routes_everything
 from knowscope.editing.session import EditResult

@@ -14,7 +14,7 @@ from knowscope.editing.evaluate import evaluate, pre_edit_predictions
 from knowscope.editing.grace import GRACEHyperParams, GraceMemory, label_of
 from knowscope.editing.memory import memory_of, value_inputs
 from knowscope.editing.session import EditMismatchError, EditResult, EditSession
-from knowscope.editing.wise import WISEHyperParams, WiseMemory, shard_mask, ties_merge
+from knowscope.editing.wise import WiseMemory, shard_mask, ties_merge
 from knowscope.facts import Fact, save_facts
 
 FACTS = [

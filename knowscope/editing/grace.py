@@ -36,7 +36,6 @@ docstring of :meth:`GRACEHyperParams.for_model`).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import time
@@ -48,10 +47,12 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from knowscope import hooks as hk
 from knowscope.editing.keys import check_request, facts_meta
 from knowscope.editing.memory import MemoryMismatchError, SideMemory, memory_for, register_kind
-from knowscope.editing.memory_fit import TargetRows, forward_from, generic_inputs, output_hook, routes_everything
+from knowscope.editing.memory_fit import TargetRows, generic_inputs, output_hook, routes_everything
 from knowscope.editing.session import EditResult
+from knowscope.editing.vpaths import selected_logits_fn
 from knowscope.facts import Fact
 from knowscope.models import Model
 from knowscope.models.blocks import block_input, run_block
@@ -270,7 +271,7 @@ def edit(model: Model, requests: Sequence[Fact], layers: Any = None, hparams: GR
     book.load_state(live.state())
     base_size = book.size
     infos = []
-    with torch.random.fork_rng(devices=[]), (live.paused() if live.attached else contextlib.nullcontext()):
+    with torch.random.fork_rng(devices=[]), live.detached():
         torch.manual_seed(hp.seed)
         for fact in requests:
             infos.append(_edit_one(model, book, layer, fact, hp))
@@ -329,7 +330,7 @@ def _edit_one(model: Model, book: GraceMemory, layer: int, fact: Fact, hp: GRACE
         radius = d / 2 if action == "split" else eps
         init = torch.rand(book.d_out, device=query.device) if hp.val_init == "cold" else warm
         _append(book, query, init, radius, label)
-    value, steps, nll = _train_value(model, layer, module, h, rows, key_pos, book.values[row].clone(), hp)
+    value, steps, nll = _train_value(model, layer, rows, key_pos, book.values[row].clone(), warm, hp)
     book.values[row] = value
     key, radius = book.keys[row], book.radii[row]
 
@@ -352,30 +353,37 @@ def _append(book: GraceMemory, key: Tensor, value: Tensor, radius: float, label:
     book.labels = torch.cat([book.labels, torch.tensor([label], device=book.labels.device)])
 
 
-def _train_value(model: Model, layer: int, module: Any, h: Tensor, rows: TargetRows, key_pos: int, init: Tensor,
+def _train_value(model: Model, layer: int, rows: TargetRows, key_pos: int, init: Tensor, warm: Tensor,
                  hp: GRACEHyperParams) -> tuple[Tensor, int, float]:
-    """Adam on the value at ``key_pos`` (the only replaced position) against the target tokens' NLL."""
-    value = torch.nn.Parameter(init.clone())
-    opt = torch.optim.Adam([value], lr=hp.edit_lr)
+    """Adam on the value at ``key_pos`` (the only replaced position) against the target tokens' NLL.
+
+    The value replaces the MLP output there, i.e. adds ``value - warm`` to ``hook_mlp_out`` at that
+    position: the v*/z optimisation's forward (:func:`knowscope.editing.vpaths.selected_logits_fn`, the
+    fastest path checked on this model) computes it; Adam's steps on ``value - warm`` are its steps on
+    ``value``."""
     r, p, tgt = rows.read_positions()
-    where = (torch.zeros(1, dtype=torch.long, device=h.device), torch.tensor([key_pos], device=h.device))
-
-    def put(a: Tensor, out: Tensor) -> Tensor:
-        return out.index_put(where, value[None].to(out.dtype))
-
+    hook = hk.mlp_out(layer)
+    if not any(name == hook for name, _ in model.compat.edit_checks):
+        # a path's check against the bridge is kept only from rows whose positions differ (one row would
+        # be checked again on every call): check once with the row twice, at two positions
+        two = torch.tensor([key_pos, key_pos - 1], device=rows.tokens.device)
+        selected_logits_fn(model, hook, rows.tokens.repeat(2, 1), two, r, p, lambda act: None)
+    look = torch.tensor([key_pos], device=rows.tokens.device)
+    forward = selected_logits_fn(model, hook, rows.tokens, look, r, p, lambda act: None)
+    delta = torch.nn.Parameter((init - warm).float().clone())
+    opt = torch.optim.Adam([delta], lr=hp.edit_lr)
     nll = float("nan")
     steps = 0
-    with output_hook(module, put):
-        for steps in range(1, hp.n_iter + 1):  # noqa: B007 - the count is returned
-            logits = forward_from(model, layer, h, r, p)
-            loss = torch.nn.functional.cross_entropy(logits, tgt)
-            nll = float(loss.detach())
-            if hp.early_stop_nll is not None and nll < hp.early_stop_nll and bool((logits.argmax(-1) == tgt).all()):
-                break
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return value.detach(), steps, nll
+    for steps in range(1, hp.n_iter + 1):  # noqa: B007 - the count is returned
+        logits = forward(delta[None])
+        loss = torch.nn.functional.cross_entropy(logits, tgt)
+        nll = float(loss.detach())
+        if hp.early_stop_nll is not None and nll < hp.early_stop_nll and bool((logits.argmax(-1) == tgt).all()):
+            break
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return (warm + delta.detach()).float(), steps, nll
 
 
 def _eps(model: Model, layer: int, hp: GRACEHyperParams) -> float:

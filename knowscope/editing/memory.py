@@ -139,6 +139,18 @@ class SideMemory:
         finally:
             self._paused -= 1
 
+    @contextlib.contextmanager
+    def detached(self) -> Iterator[None]:
+        """No hooks at all inside the block (an editor's own training passes: the weights alone, and the
+        plain-tensor forward path free to run); attached again after."""
+        was = self.attached
+        self.detach()
+        try:
+            yield
+        finally:
+            if was:
+                self.attach()
+
     @property
     def active(self) -> bool:
         return self.attached and not self._paused and self.n_edits > 0

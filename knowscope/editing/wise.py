@@ -55,11 +55,11 @@ from torch import Tensor
 
 from knowscope.editing.keys import check_request, context_templates, facts_meta
 from knowscope.editing.memory import MemoryMismatchError, SideMemory, memory_for, register_kind
-from knowscope.editing.memory_fit import TargetRows, output_hook, routes_everything
+from knowscope.editing.memory_fit import TargetRows, forward_from, output_hook, routes_everything
 from knowscope.editing.session import EditResult
 from knowscope.facts import Fact
 from knowscope.models import Model
-from knowscope.models.blocks import block_input, final_logits, run_block
+from knowscope.models.blocks import block_input
 
 logger = logging.getLogger(__name__)
 
@@ -411,10 +411,7 @@ def _train(model: Model, mem: WiseMemory, layer: int, fact: Fact, templates: lis
     steps = 0
     with output_hook(mem.module, side):
         for steps in range(1, hp.n_iter + 1):  # noqa: B007 - the count is returned
-            x = h
-            for block in range(layer, model.arch.n_layers):
-                x = run_block(model, block, x)
-            logits = final_logits(model, x[r, p]).float()
+            logits = forward_from(model, layer, h, r, p)
             lm = torch.nn.functional.cross_entropy(logits, tgt)
             score = seen["score"]
             s_in = score[r, p]
@@ -432,11 +429,8 @@ def _train(model: Model, mem: WiseMemory, layer: int, fact: Fact, templates: lis
             with torch.no_grad():
                 delta.clamp_(-hp.norm_constraint, hp.norm_constraint)
     with torch.no_grad(), output_hook(mem.module, side):
-        x = h
-        for block in range(layer, model.arch.n_layers):
-            x = run_block(model, block, x)
+        lm_final = float(torch.nn.functional.cross_entropy(forward_from(model, layer, h, r, p), tgt))
         score = seen["score"]
-        lm_final = float(torch.nn.functional.cross_entropy(final_logits(model, x[r, p]).float(), tgt))
     mem.delta = delta.detach().clone()
     return {"subject": fact.subject, "steps": steps, "loss": loss_value, "final_nll": lm_final,
             "edit_score_min": float(score[r, p].min()),

@@ -87,6 +87,14 @@ def metrics(m: Any, key: str = "metrics") -> None:
         v = flat.get(k)
         col.metric(k, "n/a" if v is None else f"{v:.3f}")
     chart(m.figure(), key=f"{key}-fig")
+    routing = m.routing_figure()
+    if routing is not None:
+        shares = (m.notes.get("routing") or {}).get("routed_share", {})
+        st.markdown("**Routing** (which memory answered each prompt): "
+                    + ", ".join(f"{k} {v:.0%} routed to the side memory" for k, v in shares.items() if v is not None))
+        chart(routing, key=f"{key}-routing")
+        st.dataframe([{k: r[k] for k in ("kind", "prompt", "memory", "token", "score", "threshold", "routed")}
+                      for r in m.routing()], hide_index=True)
 
 
 def edit(e: Any, group: dict[str, Any] | None = None, key: str = "edit") -> None:
@@ -94,7 +102,12 @@ def edit(e: Any, group: dict[str, Any] | None = None, key: str = "edit") -> None
     st.markdown(f"**{e.method}** at layers {e.layers}, {len(e.requests)} request(s), {e.seconds:.1f} s, "
                 f"model {e.model_name!r}")
     st.dataframe(e.requests, hide_index=True)
-    st.dataframe([{"parameter": k, "delta norm": v} for k, v in e.norms().items()], hide_index=True)
+    if e.is_memory_edit:
+        mem = e.extra["memory"]
+        st.caption(f"a {mem.get('kind')} side-memory edit at layer {mem.get('layer')}: the weights are unchanged")
+        st.dataframe([{"memory array": k, "shape": list(v.shape)} for k, v in e.memory.items()], hide_index=True)
+    else:
+        st.dataframe([{"parameter": k, "delta norm": v} for k, v in e.norms().items()], hide_index=True)
     group = group or {}
     if "predictions" in group:
         predictions(group["predictions"])

@@ -1,4 +1,5 @@
-"""Edit lab: locate, edit one fact (ROME / MEMIT / FT) or one safety item (DINM), compare, undo, save.
+"""Edit lab: locate, edit one fact (ROME / MEMIT / FT / GRACE / WISE) or one safety item (DINM), compare, undo,
+save. For the memory editors (GRACE, WISE) the metrics show how each prompt was routed.
 
 A tab's edits are a list in its own session state; the shared model only carries them inside
 :meth:`~knowscope.viewer.lab.ModelLab.use` (see :mod:`knowscope.viewer.lab`). Applying an edit
@@ -26,15 +27,19 @@ from knowscope.viewer.common import (
 )
 from knowscope.viewer.lab import friendly
 
-FACT_METHODS = ("ROME", "MEMIT", "FT")
+FACT_METHODS = ("ROME", "MEMIT", "FT", "GRACE", "WISE")
+MEMORY_METHODS = ("GRACE", "WISE")
 EDITS = "edit_lab_edits"  # this tab's applied edits
 REPORT = "edit_lab_report"  # what the last apply measured
 
 
 def _hparams(model: Any, method: str, layers: list[int] | None, settings: dict[str, Any]) -> Any:
+    from knowscope.editing.editors import get_editor
     from knowscope.editing.ft import FTHyperParams
     from knowscope.editing.hparams import MEMITHyperParams, ROMEHyperParams
 
+    if method in MEMORY_METHODS:
+        return get_editor(method).hparams.for_model(model, **({"layer": layers[0]} if layers else {}))
     if method == "ROME":
         hp = ROMEHyperParams.for_model(model).with_(v_steps=settings["v_steps"], stats_tokens=settings["stats_tokens"])
         return hp.with_(layer=layers[0]) if layers else hp
@@ -62,7 +67,10 @@ def _apply_fact(cfg: ViewerConfig, fact: Any, method: str, layer_mode: str, chos
     prog = Progress(steps)
     edits = list(st.session_state.get(EDITS, []))
     with lab(cfg).use(edits) as (model, session):
-        if layer_mode == "located":
+        if method in MEMORY_METHODS:  # a memory sits at its editor's layer (or the chosen one), not a traced one
+            layers = [int(chosen)] if layer_mode == "choose" else _default_layers(model, method)
+            choice = None
+        elif layer_mode == "located":
             window = len(_default_layers(model, "MEMIT")) if method == "MEMIT" else None
             choice = locate(model, [fact], kind="mlp", window=window, samples=settings["samples"])
             layers = list(choice.layers)
@@ -165,7 +173,7 @@ def render_page(cfg: ViewerConfig) -> None:
     st.header("Edit lab")
     st.caption("Pick a fact and a method, take the located layer or choose one, apply, compare; undo or save. "
                "Edits live in this browser tab only.")
-    target = st.radio("Edit", ["a fact (ROME / MEMIT / FT)", "a safety item (DINM)"], horizontal=True,
+    target = st.radio("Edit", ["a fact (ROME / MEMIT / FT / GRACE / WISE)", "a safety item (DINM)"], horizontal=True,
                       key="lab_target")
     safety = target.startswith("a safety")
     if safety:

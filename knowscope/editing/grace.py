@@ -13,7 +13,11 @@ key with radius ``eps`` when the nearest key lies beyond ``eps + its radius``; w
 the labels agree the nearest key's radius grows to cover the new input (``eps_expand="coverage"``, or
 ``"moving_average"``: the key moves halfway too) and its value is trained on the new edit; when the
 labels disagree both radii shrink to half their distance and the new key is added (unless the new input
-is the key itself, edited again to another target: then the entry takes the new label and value). Values start
+is the key itself, edited again to another target: then the entry takes the new label and value). A
+radius that would take in some position of every generic text (the model's own sampled text) routes
+everything: an ``eps`` that does so is refused with the measured distances, and an expansion that
+would is replaced by a key of its own (``"add-not-expand"``; on the default model this happened within
+the first 50 subject-keyed edits at layer 12). Values start
 uniform in [0, 1) (``val_init="cold"``) or at the projection's output (``"warm"``) and are trained with
 Adam (``edit_lr``, ``n_iter`` steps) on the cross-entropy of the target tokens with the value in place
 at the key position only. Where this differs from EasyEdit, on purpose:
@@ -309,41 +313,48 @@ def _edit_one(model: Model, book: GraceMemory, layer: int, fact: Fact, hp: GRACE
     dist, idx = book.nearest(query[None])
     d, i = float(dist[0]), int(idx[0])
     eps = _eps(model, layer, hp)
-    action = "add"
+    action, radius = "add", eps
     if i >= 0 and d <= eps + float(book.radii[i]):
         if int(book.labels[i]) == label:
-            action = "expand"
-            if hp.eps_expand == "moving_average":
-                book.keys[i] = 0.5 * book.keys[i] + 0.5 * query
-            if d > float(book.radii[i]):
-                book.radii[i] = d
+            key = 0.5 * book.keys[i] + 0.5 * query if hp.eps_expand == "moving_average" else book.keys[i]
+            grown = max(float(book.radii[i]), d)
+            if not _routes_everything(book, key, grown)[0]:
+                action = "expand"
+                book.keys[i] = key
+                book.radii[i] = grown
+            else:  # growing this entry would take in every generic text: a key of its own instead
+                action, radius = "add-not-expand", min(eps, d / 2)
         elif d <= 1e-6 * max(1.0, float(query.norm())):
             action = "replace"  # the same input edited again to another target: the entry takes the new label
             book.labels[i] = label
         else:
-            action = "split"
+            action, radius = "split", d / 2
             book.radii[i] = d / 2 - 1e-5
     if action in ("expand", "replace"):
         row = i
     else:
+        everything, score = _routes_everything(book, query, radius)
+        if everything:
+            raise ValueError(
+                f"GRACE radius {radius:.3g} at layer {layer} routes everything: every generic text has a position "
+                f"within it of the new key (the farthest text's nearest position lies at {score:.3g}); give a "
+                "smaller eps")
         row = book.size
-        radius = d / 2 if action == "split" else eps
         init = torch.rand(book.d_out, device=query.device) if hp.val_init == "cold" else warm
         _append(book, query, init, radius, label)
     value, steps, nll = _train_value(model, layer, rows, key_pos, book.values[row].clone(), warm, hp)
     book.values[row] = value
-    key, radius = book.keys[row], book.radii[row]
-
-    def scores(a: Tensor) -> tuple[Tensor, Tensor]:
-        return torch.cdist(a, key[None])[:, 0], radius.expand(a.shape[0])
-
-    everything, score, _ = routes_everything(book, scores)
-    if everything:
-        raise ValueError(
-            f"GRACE radius {float(radius):.3g} at layer {layer} routes everything: every generic text has a position "
-            f"within it of the new key (the farthest text's nearest position lies at {score:.3g}); give a smaller eps")
     return {"action": action, "row": row, "distance_to_nearest": None if i < 0 else d,
             "radius": float(book.radii[row]), "steps": steps, "final_nll": nll}
+
+
+def _routes_everything(book: GraceMemory, key: Tensor, radius: float) -> tuple[bool, float]:
+    """Would an entry (``key``, ``radius``) take in some position of every generic text?"""
+    def scores(a: Tensor) -> tuple[Tensor, Tensor]:
+        return torch.cdist(a, key[None].float())[:, 0], torch.full((a.shape[0],), float(radius))
+
+    everything, score, _ = routes_everything(book, scores)
+    return everything, score
 
 
 def _append(book: GraceMemory, key: Tensor, value: Tensor, radius: float, label: int) -> None:

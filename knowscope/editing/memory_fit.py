@@ -16,7 +16,8 @@ from torch import Tensor, nn
 from knowscope.editing.keys import context_templates
 from knowscope.editing.memory import SideMemory, value_inputs
 from knowscope.models import Model
-from knowscope.models.blocks import final_logits, run_block
+from knowscope.models.blocks import additive_mask, final_logits, run_block
+from knowscope.models.plain import PlainBlocks, PlainUnavailable
 
 
 @dataclass
@@ -53,15 +54,6 @@ class TargetRows:
             tgt.extend(t)
         dev = self.tokens.device
         return torch.tensor(rows, device=dev), torch.tensor(pos, device=dev), torch.tensor(tgt, device=dev)
-
-
-def forward_from(model: Model, layer: int, h: Float[Tensor, "batch pos d_model"], rows: Tensor,
-                 positions: Tensor) -> Float[Tensor, "n vocab"]:
-    """Blocks ``layer..top`` on ``h`` (block ``layer``'s input), then the logits at ``(rows, positions)`` only.
-    Hooks on those blocks fire (a memory's training hook among them); autograd flows when enabled."""
-    for block in range(layer, model.arch.n_layers):
-        h = run_block(model, block, h)
-    return final_logits(model, h[rows, positions]).float()
 
 
 @contextlib.contextmanager
@@ -101,3 +93,49 @@ def routes_everything(memory: SideMemory, scores: Any) -> tuple[bool, float, flo
         best.append((float(strength[i]), float(score[i]), float(threshold[i])))
     weakest = min(best)
     return weakest[0] > 0, weakest[1], weakest[2]
+
+
+def blocks_above(model: Model, layer: int, h_out: Float[Tensor, "batch pos d_model"], rows: Tensor,
+                 positions: Tensor) -> Any:
+    """A function ``change -> logits at (rows, positions)``: blocks ``layer+1..top`` on ``h_out + change``
+    (``h_out`` the residual after block ``layer``, right-padded rows from position 0).
+
+    The blocks run as plain tensor code where :class:`~knowscope.models.plain.PlainBlocks` applies and,
+    checked once per model and layer, reproduces the bridge's logits (1e-4 of their scale); else as the
+    bridge's blocks. Hooks on those blocks rule plain code out for the call (detach memories first)."""
+    def bridge(change: Tensor) -> Tensor:
+        h = h_out + change
+        for block in range(layer + 1, model.arch.n_layers):
+            h = run_block(model, block, h)
+        return final_logits(model, h[rows, positions]).float()
+
+    if layer + 1 >= model.arch.n_layers:
+        return bridge
+    key = (f"memory-above.{layer}", "plain")
+    if model.compat.edit_checks.get(key) is False:
+        return bridge
+    try:
+        plain = PlainBlocks(model, layer + 1)
+    except PlainUnavailable:  # PlainNotNow among them: hooks in the way for this call only
+        return bridge
+    n, width = h_out.shape[0], h_out.shape[1]
+    pos = torch.arange(width, device=h_out.device).expand(n, -1)
+    rotary = plain.rotary(h_out, pos)
+    causal = torch.ones(width, width, dtype=torch.bool, device=h_out.device).tril()
+    mask = additive_mask(causal.expand(n, -1, -1), h_out.dtype)
+
+    def fast(change: Tensor) -> Tensor:
+        h = h_out + change
+        for block in range(layer + 1, model.arch.n_layers):
+            h = plain.run(block, h, rotary, mask)
+        return plain.logits(h[rows, positions]).float()
+
+    if key not in model.compat.edit_checks:
+        probe = torch.randn(h_out.shape, generator=torch.Generator().manual_seed(0)).to(h_out) * 0.5
+        with torch.no_grad():
+            want, got = bridge(probe), fast(probe)
+        ok = float((want - got).abs().max()) <= 1e-4 * (float(want.abs().max()) + 1e-6)
+        model.compat.edit_checks[key] = ok
+        if not ok:
+            return bridge
+    return fast

@@ -253,9 +253,7 @@ class EditSession:
     def rollback(self) -> None:
         """Restore every touched parameter and the side memory to their original values, bit for bit, and
         clear the history."""
-        while self._stack and self._stack[-1][2] is not None:
-            self._revert_memory(self._stack.pop()[2])
-        for _, _, token in reversed(self._stack):
+        for _, _, token in reversed(self._stack):  # memory edits sit on top of weight edits
             if token is not None:
                 self._revert_memory(token)
         self._restore(self._original)

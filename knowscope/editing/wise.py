@@ -42,7 +42,6 @@ Where this differs from EasyEdit's ``WISEAdapter``, on purpose:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -55,11 +54,11 @@ from torch import Tensor
 
 from knowscope.editing.keys import check_request, context_templates, facts_meta
 from knowscope.editing.memory import MemoryMismatchError, SideMemory, memory_for, register_kind
-from knowscope.editing.memory_fit import TargetRows, forward_from, output_hook, routes_everything
+from knowscope.editing.memory_fit import TargetRows, blocks_above, output_hook, routes_everything
 from knowscope.editing.session import EditResult
 from knowscope.facts import Fact
 from knowscope.models import Model
-from knowscope.models.blocks import block_input
+from knowscope.models.blocks import block_input, run_block
 
 logger = logging.getLogger(__name__)
 
@@ -211,8 +210,10 @@ class WiseMemory(SideMemory):
                                       f"{len(self.shards)}")
 
     def _write(self, arrays: dict[str, Tensor]) -> Any:
-        before = (self.delta.clone(), self.acts.clone(), self.shards.clone(), self.shard_min.clone(),
-                  self.shard_index)
+        # what undo needs: the shard's trained entries and scores, and everything only when shards move
+        moves = bool(int(arrays["close"]) or int(arrays["merge"]))
+        whole = (self.delta.clone(), self.shards.clone(), self.shard_min.clone(), self.shard_index) if moves else None
+        before = (self.delta[self.mask].clone(), self.acts.clone(), whole)
         self.delta[self.mask] = arrays["values"].to(self.delta)
         self.acts = torch.cat([self.acts, arrays["act"].reshape(1).to(self.acts)])
         if int(arrays["close"]):
@@ -234,10 +235,14 @@ class WiseMemory(SideMemory):
         self._mask = None
 
     def _unwrite(self, token: Any) -> None:
-        self.delta, self.acts, self.shards, self.shard_min, index = token
-        if index != self.shard_index:
-            self._mask = None
-        self.shard_index = index
+        values, acts, moved = token
+        if moved is not None:
+            self.delta, self.shards, self.shard_min, index = moved
+            if index != self.shard_index:
+                self._mask = None
+            self.shard_index = index
+        self.delta[self.mask] = values
+        self.acts = acts
 
     # --- forward and routing ----------------------------------------------------------------------
     def _all_scores(self, a: Float[Tensor, "n d_mlp"]) -> tuple[Tensor, Tensor]:
@@ -336,7 +341,7 @@ def edit(model: Model, requests: Sequence[Fact], layers: Any = None, hparams: WI
         if hp.n_templates else ["{}"]
     pool = irrelevant_texts(model)
     infos = []
-    with torch.random.fork_rng(devices=[]), (live.paused() if live.attached else contextlib.nullcontext()):
+    with torch.random.fork_rng(devices=[]), live.detached():
         torch.manual_seed(hp.seed)
         for i, fact in enumerate(requests):
             irrelevant = pool[(live.n_edits + i) % len(pool)]
@@ -395,42 +400,47 @@ def _train(model: Model, mem: WiseMemory, layer: int, fact: Fact, templates: lis
     irr_r = torch.tensor([len(pairs) + i for i, t in enumerate(negatives) for _ in range(len(t))], device=model.device)
     irr_p = torch.tensor([j for t in negatives for j in range(len(t))], device=model.device)
     h = block_input(model, layer, tokens)
+    seen: dict[str, Tensor] = {}
+
+    def keep(a: Tensor, out: Tensor) -> Tensor:
+        seen["a"] = a.detach().float()
+        return out
+
+    # block ``layer`` once: the projection's input and the block's output without the side memory; the
+    # side memory adds ``a Dᵀ`` to the MLP output and so to the residual after the block, position by position
+    with torch.no_grad(), output_hook(mem.module, keep):
+        h_out = run_block(model, layer, h)
+    act = seen["a"]
+    forward = blocks_above(model, layer, h_out, r, p)
     mask = mem.mask
     delta = torch.nn.Parameter(mem.delta.clone())
     opt = torch.optim.SGD([delta], lr=hp.edit_lr)
     alpha, beta, gamma = hp.act_margin
-    seen: dict[str, Tensor] = {}
-
-    def side(a: Tensor, out: Tensor) -> Tensor:
-        change = a.float() @ delta.T
-        seen["score"] = change.norm(dim=-1)
-        return out + change.to(out.dtype)
-
     prev = float("inf")
     loss_value = float("nan")
     steps = 0
-    with output_hook(mem.module, side):
-        for steps in range(1, hp.n_iter + 1):  # noqa: B007 - the count is returned
-            logits = forward_from(model, layer, h, r, p)
-            lm = torch.nn.functional.cross_entropy(logits, tgt)
-            score = seen["score"]
-            s_in = score[r, p]
-            s_out = score[irr_r, irr_p]
-            margin = (_pos_mean(s_out.max() - s_in + gamma) + _pos_mean(s_out - alpha) + _pos_mean(beta - s_in))
-            loss = lm + margin
-            loss_value = float(loss.detach())
-            if hp.early_stop and loss_value <= 0.02 and abs(prev - loss_value) <= 1e-4:
-                break
-            prev = loss_value
-            opt.zero_grad()
-            loss.backward()
-            delta.grad *= mask
-            opt.step()
-            with torch.no_grad():
-                delta.clamp_(-hp.norm_constraint, hp.norm_constraint)
-    with torch.no_grad(), output_hook(mem.module, side):
-        lm_final = float(torch.nn.functional.cross_entropy(forward_from(model, layer, h, r, p), tgt))
-        score = seen["score"]
+    for steps in range(1, hp.n_iter + 1):  # noqa: B007 - the count is returned
+        change = act @ delta.T
+        score = change.norm(dim=-1)
+        logits = forward(change.to(h_out.dtype))
+        lm = torch.nn.functional.cross_entropy(logits, tgt)
+        s_in, s_out = score[r, p], score[irr_r, irr_p]
+        margin = _pos_mean(s_out.max() - s_in + gamma) + _pos_mean(s_out - alpha) + _pos_mean(beta - s_in)
+        loss = lm + margin
+        loss_value = float(loss.detach())
+        if hp.early_stop and loss_value <= 0.02 and abs(prev - loss_value) <= 1e-4:
+            break
+        prev = loss_value
+        opt.zero_grad()
+        loss.backward()
+        delta.grad *= mask
+        opt.step()
+        with torch.no_grad():
+            delta.clamp_(-hp.norm_constraint, hp.norm_constraint)
+    with torch.no_grad():
+        change = act @ delta.T
+        score = change.norm(dim=-1)
+        lm_final = float(torch.nn.functional.cross_entropy(forward(change.to(h_out.dtype)), tgt))
     mem.delta = delta.detach().clone()
     return {"subject": fact.subject, "steps": steps, "loss": loss_value, "final_nll": lm_final,
             "edit_score_min": float(score[r, p].min()),

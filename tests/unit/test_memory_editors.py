@@ -352,3 +352,23 @@ def test_cli_memory_editor_errors_are_one_line(argv, message, data, capsys):
     code = main(["edit", "--model", "tiny-llama", "--data", str(data), "--no-fluency", *argv])
     err = capsys.readouterr().err
     assert code != 0 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_blocks_above_equal_the_bridges_blocks(tiny):
+    """WISE's training forward: the blocks above the memory's layer on ``h + change`` give the bridge's
+    logits (plain tensor code on Llama, checked and recorded once; the bridge's blocks on GPT-2)."""
+    from knowscope.editing.memory_fit import blocks_above
+    from knowscope.models.blocks import block_input, final_logits, run_block
+
+    tokens = torch.stack([tiny.to_tokens("The Eiffel Tower is in the city of")[0][:8],
+                          tiny.to_tokens("Lionel Messi plays the sport of golf")[0][:8]])
+    h = run_block(tiny, 1, block_input(tiny, 1, tokens))
+    rows, pos = torch.tensor([0, 0, 1]), torch.tensor([3, 7, 5])
+    change = torch.randn(h.shape, generator=torch.Generator().manual_seed(3)) * 0.3
+    got = blocks_above(tiny, 1, h, rows, pos)(change)
+    want = h + change
+    for block in range(2, tiny.arch.n_layers):
+        want = run_block(tiny, block, want)
+    torch.testing.assert_close(got, final_logits(tiny, want[rows, pos]).float(), rtol=1e-4, atol=1e-4)
+    if tiny.arch.family == "llama":
+        assert tiny.compat.edit_checks[("memory-above.1", "plain")] is True

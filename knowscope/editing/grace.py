@@ -52,9 +52,10 @@ from jaxtyping import Float
 from torch import Tensor
 
 from knowscope import hooks as hk
+from knowscope.editing.hparams import is_smollm2_135m
 from knowscope.editing.keys import check_request, facts_meta
 from knowscope.editing.memory import MemoryMismatchError, SideMemory, memory_for, register_kind
-from knowscope.editing.memory_fit import TargetRows, generic_inputs, output_hook, routes_everything
+from knowscope.editing.memory_fit import TargetRows, generic_inputs, one_layer, output_hook, routes_everything
 from knowscope.editing.session import EditResult
 from knowscope.editing.vpaths import selected_logits_fn
 from knowscope.facts import Fact
@@ -116,14 +117,9 @@ class GRACEHyperParams:
         n = model.arch.n_layers
         key = overrides.get("key", cls.key)
         layer = round(5 * n / 6) if key == "last" else round(2 * n / 5)
-        eps = (2.5 if key == "last" else 3.0) if _is_smollm2(model) else None
+        eps = (2.5 if key == "last" else 3.0) if is_smollm2_135m(model) else None
         base = cls(layer=max(0, min(n - 1, layer)), eps=eps, early_stop_nll=0.01, key=key)
         return replace(base, **overrides)
-
-
-def _is_smollm2(model: Model) -> bool:
-    a = model.arch
-    return a.family == "llama" and a.n_layers == 30 and a.d_model == 576
 
 
 def _check(ok: bool, name: str, value: Any, want: str) -> None:
@@ -237,21 +233,6 @@ def _spec(model: Model) -> dict[str, Any]:
     return {"d_in": model.arch.d_mlp, "d_out": model.arch.d_model, "distance": "euclidean"}
 
 
-def _resolve_layer(layers: Any, hp: GRACEHyperParams, model: Model) -> int:
-    if layers is None:
-        layer = hp.layer
-    elif isinstance(layers, int):
-        layer = layers
-    elif isinstance(layers, (list, tuple)) and len(layers) == 1 and isinstance(layers[0], int):
-        layer = int(layers[0])
-    else:
-        raise ValueError(f"GRACE keeps its codebook at one layer; give one layer index, not {layers!r} "
-                         f"(default {hp.layer})")
-    if not 0 <= layer < model.arch.n_layers:
-        raise ValueError(f"layer {layer} is out of range: {model.name} has layers 0..{model.arch.n_layers - 1}")
-    return layer
-
-
 def edit(model: Model, requests: Sequence[Fact], layers: Any = None, hparams: GRACEHyperParams | None = None,
          stats: Any = None) -> EditResult:
     """GRACE-edit each request in order (each sees the codebook with the earlier ones written).
@@ -268,7 +249,7 @@ def edit(model: Model, requests: Sequence[Fact], layers: Any = None, hparams: GR
     hp = hparams or GRACEHyperParams.for_model(model)
     for fact in requests:
         check_request(model, fact)
-    layer = _resolve_layer(layers, hp, model)
+    layer = one_layer(layers, hp.layer, "GRACE", model)
     meta = {"kind": KIND, "layer": layer, "spec": _spec(model)}
     live = memory_for(model, meta)  # the attached codebook, or a new empty one; refuses another kind/layer
     book = GraceMemory(model, layer, meta["spec"])  # a scratch copy: the edit is computed on it

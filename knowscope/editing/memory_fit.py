@@ -20,6 +20,23 @@ from knowscope.models.blocks import additive_mask, final_logits, run_block
 from knowscope.models.plain import PlainBlocks, PlainUnavailable
 
 
+def one_layer(layers: Any, default: int, method: str, model: Model) -> int:
+    """The one layer a memory editor writes: ``layers`` (``None``: ``default``, an int, or a one-element
+    list), checked against the model's depth."""
+    if layers is None:
+        layer = default
+    elif isinstance(layers, int):
+        layer = layers
+    elif isinstance(layers, (list, tuple)) and len(layers) == 1 and isinstance(layers[0], int):
+        layer = int(layers[0])
+    else:
+        raise ValueError(f"{method} keeps its memory at one layer; give one layer index, not {layers!r} "
+                         f"(default {default})")
+    if not 0 <= layer < model.arch.n_layers:
+        raise ValueError(f"layer {layer} is out of range: {model.name} has layers 0..{model.arch.n_layers - 1}")
+    return layer
+
+
 @dataclass
 class TargetRows:
     """``(prompt, target)`` pairs as right-padded teacher-forced rows: ``tokens`` holds BOS + prompt +

@@ -52,9 +52,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from knowscope.editing.hparams import is_smollm2_135m
 from knowscope.editing.keys import check_request, context_templates, facts_meta
 from knowscope.editing.memory import MemoryMismatchError, SideMemory, memory_for, register_kind
-from knowscope.editing.memory_fit import TargetRows, blocks_above, output_hook, routes_everything
+from knowscope.editing.memory_fit import TargetRows, blocks_above, one_layer, output_hook, routes_everything
 from knowscope.editing.session import EditResult
 from knowscope.facts import Fact
 from knowscope.models import Model
@@ -117,15 +118,10 @@ class WISEHyperParams:
         fewer templates and steps on SmolLM2-135M (module docstring)."""
         n = model.arch.n_layers
         base = cls(layer=max(0, min(n - 1, round(5 * n / 6))))
-        if _is_smollm2(model):
+        if is_smollm2_135m(model):
             base = replace(base, n_templates=2, n_iter=40, negative_subjects=("it", "something else"))
         overrides = {k: tuple(v) if k in ("act_margin", "negative_subjects") else v for k, v in overrides.items()}
         return replace(base, **overrides)
-
-
-def _is_smollm2(model: Model) -> bool:
-    a = model.arch
-    return a.family == "llama" and a.n_layers == 30 and a.d_model == 576
 
 
 def _check(ok: bool, name: str, value: Any, want: str) -> None:
@@ -294,21 +290,6 @@ def _spec(model: Model, hp: WISEHyperParams) -> dict[str, Any]:
             "act_ratio": hp.act_ratio, "density": hp.density}
 
 
-def _resolve_layer(layers: Any, hp: WISEHyperParams, model: Model) -> int:
-    if layers is None:
-        layer = hp.layer
-    elif isinstance(layers, int):
-        layer = layers
-    elif isinstance(layers, (list, tuple)) and len(layers) == 1 and isinstance(layers[0], int):
-        layer = int(layers[0])
-    else:
-        raise ValueError(f"WISE keeps its side memory at one layer; give one layer index, not {layers!r} "
-                         f"(default {hp.layer})")
-    if not 0 <= layer < model.arch.n_layers:
-        raise ValueError(f"layer {layer} is out of range: {model.name} has layers 0..{model.arch.n_layers - 1}")
-    return layer
-
-
 def irrelevant_texts(model: Model, n: int = 16) -> list[str]:
     """Unrelated inputs for WISE's margin loss: texts the model samples itself (seeded, cached)."""
     return [t.replace("{}", "").strip() or "The" for t in context_templates(model, ((12, n),), seed=2)[1:]]
@@ -332,7 +313,7 @@ def edit(model: Model, requests: Sequence[Fact], layers: Any = None, hparams: WI
     hp = hparams or WISEHyperParams.for_model(model)
     for fact in requests:
         check_request(model, fact)
-    layer = _resolve_layer(layers, hp, model)
+    layer = one_layer(layers, hp.layer, "WISE", model)
     meta = {"kind": KIND, "layer": layer, "spec": _spec(model, hp)}
     live = memory_for(model, meta)
     mem = WiseMemory(model, layer, meta["spec"])  # scratch copy

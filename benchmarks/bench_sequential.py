@@ -187,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
                               hparams=hp, monitor=monitor, max_batches=1)
 
     earlier = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else {}
+    stopped: dict[str, str] = {m: why for m, why in earlier.get("stopped", {}).items() if m not in modes}
 
     def report() -> dict[str, Any]:
         curves = {m: c for m, c in earlier.get("curves", {}).items() if m not in runs}
@@ -197,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
                "memory_hparams": {m: mode_hparams(m).to_dict() for m in MEMORY_MODES if m in curves},
                "probe_relations": sorted({f.relation_id for f in probe}),
                "edit_relations": sorted({f.relation_id for f in edits}), "curves": curves,
-               "checks": checks(curves, len(edits))}
+               "checks": checks(curves, len(edits)), "stopped": stopped}
         write_json_atomic(args.out, out)
         return out
 
@@ -208,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     def batches_done(mode: str) -> int:
         return len(runs[mode].records) - 1 if mode in runs else 0
 
-    while True:
+    while modes:
         progressed = False
         for mode in modes:
             done = batches_done(mode)
@@ -216,7 +217,15 @@ def main(argv: list[str] | None = None) -> int:
                 continue  # finished, or ahead of another mode: let it catch up first
             if args.max_minutes is not None and time.perf_counter() - t0 > 60 * args.max_minutes:
                 break
-            runs[mode] = step(mode)
+            try:
+                runs[mode] = step(mode)
+            except ValueError as exc:  # an editor refused an edit (e.g. a router that would route everything)
+                stopped[mode] = str(exc)
+                print(f"{mode}: stopped: {exc}", flush=True)
+                modes = [m for m in modes if m != mode]
+                report()
+                progressed = bool(modes)
+                break
             progressed = progressed or batches_done(mode) > done
             rec = runs[mode].records[-1]
             print(f"{mode}: {rec['edits']} edits, last record's edits {rec['seconds']:.0f}s, "

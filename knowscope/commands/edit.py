@@ -68,6 +68,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="--run-dir: edit at most N batches in this call (the next call continues)")
     parser.add_argument("--stop-on-warning", action="store_true",
                         help="--run-dir: stop after the first batch the collapse monitor warns about")
+    parser.add_argument("--key", choices=("last", "subject"), default=None,
+                        help="GRACE: read the codebook key at the prompt's last token (GRACE, the default) or at the "
+                             "subject's last token (generalises to paraphrases; docs/findings.md)")
     parser.add_argument("--save", metavar="DIR", default=None, help="save the edits and metrics to DIR")
     parser.add_argument("--no-fluency", action="store_true", help="skip the generation-entropy fluency metric")
     parser.add_argument("--gen-len", type=int, default=100,
@@ -102,6 +105,8 @@ def _check_args(args: argparse.Namespace) -> None:
                              "at a time")
         if args.batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.key is not None and args.method != "grace":
+        raise ValueError(f"--key is for --method grace, not {args.method}")
     if args.null_space and args.method != "memit":
         raise ValueError(f"--null-space is for --method memit, not {args.method}")
     if args.gen_len < 1:
@@ -123,16 +128,26 @@ def _batch(args: argparse.Namespace) -> int:
     return args.batch_size or 1 if args.method in MEMORY_METHODS else 1
 
 
-def _editor(method: str, model: Any, layers: Any, sequential: bool, null_space: bool) -> Any:
+def _memory_hparams(args: argparse.Namespace, model: Any) -> Any:
+    """GRACE / WISE hyperparameters: the model's defaults, ``--key`` for GRACE."""
+    from knowscope.editing.editors import get_editor
+
+    return get_editor(args.method).hparams.for_model(model, **({"key": args.key} if args.key else {}))
+
+
+def _editor(args: argparse.Namespace, model: Any, layers: Any) -> Any:
     """A function ``facts -> EditResult`` for the method (the model's current weights are the base)."""
     from knowscope.editing import memit
     from knowscope.editing.editors import get_editor
 
-    editor = get_editor(method)
+    editor = get_editor(args.method)
     if editor.name == "memit":
-        if sequential:
-            return memit.SequentialMEMIT(model, layers=layers, null_space=null_space).edit
-        return lambda facts: editor(model, facts, layers=layers, null_space=null_space)
+        if args.sequential:
+            return memit.SequentialMEMIT(model, layers=layers, null_space=args.null_space).edit
+        return lambda facts: editor(model, facts, layers=layers, null_space=args.null_space)
+    if editor.memory:
+        hp = _memory_hparams(args, model)
+        return lambda facts: editor(model, facts, layers=layers, hparams=hp)
     return lambda facts: editor(model, facts, layers=layers)
 
 
@@ -157,7 +172,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     reference = pre_edit_predictions(model, facts)
     if args.run_dir is not None:
         return _run_dir(args, model, facts, layers, session, reference, eval_kwargs, start)
-    edit = _editor(args.method, model, layers, args.sequential, args.null_space)
+    edit = _editor(args, model, layers)
     batch = _batch(args)
     groups = [facts[i : i + batch] for i in range(0, len(facts), batch)]
 
@@ -241,7 +256,6 @@ def _run_dir(args: argparse.Namespace, model: Any, facts: list[Any], layers: Any
     """``--sequential --run-dir``: a resumable, monitored run; then every edit evaluated together."""
     from dataclasses import replace
 
-    from knowscope.editing.editors import get_editor
     from knowscope.editing.evaluate import evaluate
     from knowscope.editing.hparams import MEMITHyperParams
     from knowscope.editing.memit import resolve_layers
@@ -249,7 +263,7 @@ def _run_dir(args: argparse.Namespace, model: Any, facts: list[Any], layers: Any
 
     batch = _batch(args)
     if args.method in MEMORY_METHODS:
-        hp = get_editor(args.method).hparams.for_model(model)
+        hp = _memory_hparams(args, model)
         if layers is not None:
             if not isinstance(layers, int):
                 raise ValueError(f"--layers {args.layers!r}: {args.method} keeps its memory at one layer; give L")

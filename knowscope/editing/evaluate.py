@@ -58,7 +58,7 @@ from typing import Any
 
 import torch
 
-from knowscope.editing.memory import SideMemory, memory_of
+from knowscope.editing.memory import SideMemory, memory_of, routing_figure
 from knowscope.editing.predictions import PredictionTable, prediction_table  # noqa: F401 - part of this module's API
 from knowscope.editing.scoring import (  # noqa: F401 - part of this module's API
     TokenScores,
@@ -281,30 +281,10 @@ class EditMetrics:
                 for row in self.per_fact for kind, routes in (row.get("routing") or {}).items() for r in routes]
 
     def routing_figure(self) -> Any:
-        """Routing scores of the edited, paraphrase and neighbour prompts against each one's threshold
-        (None without a side memory). Points above the line are routed to the memory (WISE: score above
-        the threshold; GRACE: distance below the radius, drawn as threshold - distance)."""
-        import plotly.graph_objects as go
-
+        """Routing margins of the edited, paraphrase and neighbour prompts (None without a side memory;
+        :func:`knowscope.editing.memory.routing_figure`)."""
         rows = self.routing()
-        if not rows:
-            return None
-        kind = (self.notes.get("routing") or {}).get("memory", "")
-        lower_routes = kind == "grace"
-        fig = go.Figure()
-        for k, color in (("rewrite", "#d62728"), ("paraphrase", "#ff7f0e"), ("neighborhood", "#1f77b4")):
-            pts = [r for r in rows if r["kind"] == k]
-            if not pts:
-                continue
-            margin = [(r["threshold"] - r["score"]) if lower_routes else (r["score"] - r["threshold"]) for r in pts]
-            fig.add_trace(go.Box(y=margin, name=k, boxpoints="all", jitter=0.4, marker_color=color,
-                                 text=[f"{r['prompt']}<br>{r['memory']} at {r['token']!r}: score {r['score']:.3g}, "
-                                       f"threshold {r['threshold']:.3g}" for r in pts], hoverinfo="text"))
-        fig.add_hline(y=0, line={"color": "black", "dash": "dash"}, annotation_text="routed above")
-        what = "radius - distance" if lower_routes else "score - threshold"
-        fig.update_layout(title=f"Routing of the {kind.upper()} memory ({what}; > 0 goes to the memory)",
-                          yaxis_title=what, template="plotly_white", height=380, showlegend=False)
-        return fig
+        return routing_figure(rows, (self.notes.get("routing") or {}).get("memory", "")) if rows else None
 
     def summary(self) -> str:
         """One line per protocol, for printing."""

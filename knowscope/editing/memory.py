@@ -286,6 +286,29 @@ def last_inputs(model: Model, layer: int, prompts: Sequence[str], batch_size: in
     return torch.stack([a[-1] for a in value_inputs(model, layer, prompts, batch_size)])
 
 
+def routing_figure(rows: Sequence[dict[str, Any]], kind: str) -> Any:
+    """Routing of prompts (rows as in ``EditMetrics.routing()``: kind, prompt, memory, token, score,
+    threshold) by prompt kind, as the margin that decides it: > 0 goes to the memory (WISE: score -
+    threshold; GRACE: radius - distance)."""
+    import plotly.graph_objects as go
+
+    lower_routes = kind == "grace"
+    fig = go.Figure()
+    for k, color in (("rewrite", "#d62728"), ("paraphrase", "#ff7f0e"), ("neighborhood", "#1f77b4")):
+        pts = [r for r in rows if r["kind"] == k]
+        if not pts:
+            continue
+        margin = [(r["threshold"] - r["score"]) if lower_routes else (r["score"] - r["threshold"]) for r in pts]
+        fig.add_trace(go.Box(y=margin, name=k, boxpoints="all", jitter=0.4, marker_color=color,
+                             text=[f"{r['prompt']}<br>{r['memory']} at {r['token']!r}: score {r['score']:.3g}, "
+                                   f"threshold {r['threshold']:.3g}" for r in pts], hoverinfo="text"))
+    fig.add_hline(y=0, line={"color": "black", "dash": "dash"}, annotation_text="routed above")
+    what = "radius - distance" if lower_routes else "score - threshold"
+    fig.update_layout(title=f"Routing of the {kind.upper()} memory ({what}; > 0 goes to the memory)",
+                      yaxis_title=what, template="plotly_white", height=380, showlegend=False)
+    return fig
+
+
 def _appender(store: list[Tensor]) -> Any:
     def hook(module: nn.Module, args: Any, out: Tensor) -> None:
         store.append(out.detach())

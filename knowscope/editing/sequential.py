@@ -362,7 +362,12 @@ def run_sequential(model: Model, facts: Sequence[Fact], batch_size: int, out: st
             if records[-1].get("stopped") or (max_batches is not None and done_here >= max_batches):
                 break
             t = time.perf_counter()
-            session.apply(edit(batches[index]))
+            try:
+                session.apply(edit(batches[index]))
+            except ValueError as exc:  # say where the run stopped: the saved records end before this batch
+                first = batches[index][0]
+                raise ValueError(f"sequential run stopped at batch {index + 1} (edits from {index * batch_size + 1}, "
+                                 f"{first.subject!r}; saved up to {records[-1]['edits']} edits): {exc}") from exc
             seconds += time.perf_counter() - t
             index += 1
             done_here += 1

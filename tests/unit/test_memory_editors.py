@@ -347,6 +347,7 @@ def test_cli_memory_run_dir_resumes(data, tmp_path, capsys, monkeypatch):
 @pytest.mark.parametrize(("argv", "message"), [
     (["--method", "grace", "--layers", "1-2"], "one layer"),
     (["--method", "wise", "--null-space"], "--null-space is for --method memit"),
+    (["--method", "wise", "--key", "subject"], "--key is for --method grace"),
 ])
 def test_cli_memory_editor_errors_are_one_line(argv, message, data, capsys):
     code = main(["edit", "--model", "tiny-llama", "--data", str(data), "--no-fluency", *argv])

@@ -374,7 +374,8 @@ def run_sequential(model: Model, facts: Sequence[Fact], batch_size: int, out: st
             if index % save_every and index < len(batches):
                 continue
             edited = [f for b in batches[:index] for f in b]
-            signals = monitor.measure(model, edited, batches[0], reference, norms()) if monitor is not None \
+            first = [f for b in batches[:save_every] for f in b]  # the edits of the first record
+            signals = monitor.measure(model, edited, first, reference, norms()) if monitor is not None \
                 else {"update_norm": norms(), "efficacy_all": efficacy(model, edited)}
             warn = monitor.warnings(signals, records[0]["signals"]) if monitor is not None else []
             for w in warn:

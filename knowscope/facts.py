@@ -3,7 +3,9 @@
 A fact is a subject, a prompt template with ``{}`` where the subject goes, the true object and a
 counterfactual new object (CounterFact's ``requested_rewrite``), plus the evaluation prompts of
 CounterFact (paraphrases, neighbourhood prompts of other subjects with the same true object,
-generation prompts) and of EasyEdit (locality and portability prompt/answer pairs).
+generation prompts) and of EasyEdit/KnowEdit (locality and portability prompt/answer pairs, and
+relation-specificity probes: the same subject under other relations, whose answers an edit of this
+fact must leave alone).
 
 Targets are stored as CounterFact stores them (``"Paris"``, no leading space); the token
 continuation a model is scored on is ``" " + target`` (:meth:`Fact.continuation`), as ROME does.
@@ -24,10 +26,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 BUNDLED_FACTS = "facts.json"
-BUNDLED_SETS = {"default": BUNDLED_FACTS, "extended": "facts_extended.json"}
+BUNDLED_SETS = {"default": BUNDLED_FACTS, "extended": "facts_extended.json", "same_subject": "facts_same_subject.json"}
 
 
 #: longest subject or prompt template a fact may have (CounterFact prompts are one sentence)
@@ -36,6 +38,18 @@ MAX_FIELD_CHARS = 1000
 
 class FactFormatError(ValueError):
     """A fact file or record is malformed; the message names the record and the field."""
+
+
+class Probe(NamedTuple):
+    """A prompt about a fact's subject under another relation, and the answer it must keep.
+
+    ``relation_id`` names that other relation where it is known (the bundled sets; KnowEdit's files
+    leave it empty). An evaluation drops a probe only when its (subject, relation) is itself edited.
+    """
+
+    prompt: str
+    answer: str
+    relation_id: str = ""
 
 
 @dataclass
@@ -57,6 +71,7 @@ class Fact:
     attribute_prompts: list[str] = field(default_factory=list)
     locality: list[tuple[str, str]] = field(default_factory=list)
     portability: list[tuple[str, str]] = field(default_factory=list)
+    relation_specificity: list[Probe] = field(default_factory=list)
 
     def __post_init__(self) -> None:  # noqa: C901 - one check per field
         where = f"fact {self.case_id!r}" if self.case_id is not None else f"fact about {self.subject!r}"
@@ -81,6 +96,20 @@ class Fact:
             value = getattr(self, name)
             if not isinstance(value, str) or not value.strip():
                 raise FactFormatError(f"{where}: field '{name}' must be a non-empty string, got {value!r}")
+        probes = []
+        for i, item in enumerate(self.relation_specificity):
+            probe = Probe(*item) if isinstance(item, (tuple, list)) and 2 <= len(item) <= 3 else None
+            if probe is None or not all(isinstance(x, str) for x in probe) or not probe.prompt.strip() \
+                    or not probe.answer.strip():
+                raise FactFormatError(f"{where}: relation_specificity[{i}] needs a non-empty prompt and answer, "
+                                      f"got {item!r}")
+            probes.append(probe)
+        self.relation_specificity = probes
+        for kind in ("locality", "portability"):
+            for i, item in enumerate(getattr(self, kind)):
+                if not (isinstance(item, (tuple, list)) and len(item) == 2 and all(isinstance(x, str) and x.strip()
+                                                                                   for x in item)):
+                    raise FactFormatError(f"{where}: {kind}[{i}] needs a non-empty prompt and answer, got {item!r}")
 
     # --- text ---------------------------------------------------------------------------------
     @property
@@ -121,6 +150,9 @@ class Fact:
             record["locality"] = [{"prompt": p, "ground_truth": a} for p, a in self.locality]
         if self.portability:
             record["portability"] = [{"prompt": p, "ground_truth": a} for p, a in self.portability]
+        if self.relation_specificity:
+            record["relation_specificity"] = [{"prompt": p.prompt, "ground_truth": p.answer,
+                                               "relation_id": p.relation_id} for p in self.relation_specificity]
         return record
 
     @classmethod
@@ -146,6 +178,7 @@ class Fact:
             attribute_prompts=_str_list(record, "attribute_prompts", where),
             locality=_pairs(record.get("locality", []), where + ".locality"),
             portability=_pairs(record.get("portability", []), where + ".portability"),
+            relation_specificity=_probes(record.get("relation_specificity", []), where + ".relation_specificity"),
         )
 
     # --- EasyEdit / KnowEdit format --------------------------------------------------------------
@@ -160,6 +193,14 @@ class Fact:
         if not isinstance(truth, str) or not truth:
             raise FactFormatError(f"{where}: field 'ground_truth' must be a non-empty string or list of strings")
         rephrase = record.get("rephrase_prompt", record.get("rephrase", []))
+        if isinstance(rephrase, str):
+            rephrase = [rephrase]
+        if not isinstance(rephrase, list) or not all(isinstance(r, str) for r in rephrase):
+            raise FactFormatError(f"{where}: field 'rephrase_prompt' must be a string or a list of strings, "
+                                  f"got {rephrase!r}")
+        locality = record.get("locality", {})
+        # KnowEdit's Relation_Specificity: the same subject under other relations; it counts in locality too
+        specific = (locality.get("Relation_Specificity") if isinstance(locality, dict) else None) or []
         return cls(
             subject=subject,
             prompt=_template(prompt, subject, where),
@@ -167,10 +208,12 @@ class Fact:
             target_new=_get(record, "target_new", str, where),
             relation_id=str(record.get("relation_id", record.get("relation", ""))),
             case_id=record.get("case_id", index),
-            paraphrase_prompts=[rephrase] if isinstance(rephrase, str) else list(rephrase),
-            locality=_nested_pairs(record.get("locality", {}), where + ".locality")
+            paraphrase_prompts=list(rephrase),
+            locality=_nested_pairs(locality, where + ".locality")
             + _flat_pair(record, "locality_prompt", "locality_ground_truth"),
             portability=_nested_pairs(record.get("portability", {}), where + ".portability"),
+            relation_specificity=[Probe(p, a) for p, a in _nested_pairs(
+                {"Relation_Specificity": specific}, where + ".locality")],
         )
 
     # --- zsRE format (MEND / ROME) -----------------------------------------------------------------
@@ -240,9 +283,23 @@ def _pairs(value: Any, where: str) -> list[tuple[str, str]]:
             answer = answer[0] if answer else None
             while isinstance(answer, list):
                 answer = answer[0] if answer else None
-        if not isinstance(answer, str):
-            raise FactFormatError(f"{where}[{i}]: needs a string 'ground_truth'")
+        if not isinstance(answer, str) or not answer.strip():
+            raise FactFormatError(f"{where}[{i}]: needs a non-empty string 'ground_truth', got {answer!r}")
+        if not item["prompt"].strip():
+            raise FactFormatError(f"{where}[{i}]: 'prompt' is empty")
         out.append((item["prompt"], answer))
+    return out
+
+
+def _probes(value: Any, where: str) -> list[Probe]:
+    """Relation-specificity probes: ``[{prompt, ground_truth, relation_id?}, ...]``."""
+    pairs = _pairs(value, where)
+    out = []
+    for i, ((prompt, answer), item) in enumerate(zip(pairs, value, strict=True)):
+        rel = item.get("relation_id", "")
+        if not isinstance(rel, str):
+            raise FactFormatError(f"{where}[{i}]: 'relation_id' must be a string, got {rel!r}")
+        out.append(Probe(prompt, answer, rel))
     return out
 
 
@@ -348,6 +405,13 @@ def load_bundled_facts(relation: str | None = None, limit: int | None = None, na
     ``name="default"``: the 214 facts every benchmark and test uses. ``"extended"``: 792 facts over
     17 relations, every subject unique across the set, for runs that need more facts than that
     (500 sequential edits plus a never-edited probe); built the same way with more candidates.
+    ``"same_subject"``: subjects of the extended set edited under two or three relations each (all
+    first edits, then all second, then all third: a sequential run edits a subject again after others),
+    built by scripts/build_probes.py.
+
+    Each fact carries ``relation_specificity`` probes (the subject under other relations, answered right
+    by the default model) where the knowledge tables have them, and ``portability`` prompts (one hop
+    after the edited link) where a chain exists; both are built by scripts/build_probes.py.
     """
     if name not in BUNDLED_SETS:
         raise ValueError(f"unknown bundled fact set {name!r}; valid: {', '.join(BUNDLED_SETS)}")

@@ -46,7 +46,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from knowscope.editing import memit, rome
-from knowscope.editing.evaluate import evaluate
+from knowscope.editing.evaluation import evaluate
 from knowscope.editing.hparams import MEMITHyperParams, ROMEHyperParams
 from knowscope.editing.keys import context_templates, template_keys
 from knowscope.editing.optimize import optimize_delta, optimize_deltas

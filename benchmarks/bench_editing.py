@@ -38,7 +38,7 @@ import torch
 from knowscope.editing import EditSession
 from knowscope.editing import memit as memit_mod
 from knowscope.editing import rome as rome_mod
-from knowscope.editing.evaluate import evaluate
+from knowscope.editing.evaluation import evaluate
 from knowscope.editing.hparams import MEMITHyperParams, ROMEHyperParams
 from knowscope.editing.sequential import CollapseMonitor, run_sequential
 from knowscope.editing.stats import key_stats
@@ -53,7 +53,7 @@ def peak_rss_mb() -> float:
 
 
 # ---------------------------------------------------------------------------------------------
-# CounterFact scoring: the library's own definitions (knowscope.editing.evaluate), per fact
+# CounterFact scoring: the library's own definitions (knowscope.editing.evaluation), per fact
 
 
 def counterfact_scores(model: Any, facts: Sequence[Fact]) -> dict[str, Any]:
@@ -141,7 +141,7 @@ def bench_rome(model: Any, facts: list[Fact], hp: ROMEHyperParams) -> dict[str, 
 def bench_memit(model: Any, facts: list[Fact], hp: MEMITHyperParams, null_space: bool = False) -> dict[str, Any]:
     """One MEMIT batch. Neighbourhood and locality are scored on prompts about unedited subjects (the
     batch's own subjects are edited); the figures over every prompt are kept as ``*_all``."""
-    from knowscope.editing.evaluate import pre_edit_predictions
+    from knowscope.editing.evaluation import pre_edit_predictions
 
     session = EditSession(model)
     stats = key_stats(model, list(hp.layers), n_tokens=hp.stats_tokens, source=hp.stats_source, progress=False)

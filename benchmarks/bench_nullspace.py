@@ -43,7 +43,7 @@ from typing import Any
 import torch
 
 from knowscope.editing import memit
-from knowscope.editing.evaluate import evaluate, pre_edit_predictions
+from knowscope.editing.evaluation import evaluate, pre_edit_predictions
 from knowscope.editing.hparams import MEMITHyperParams
 from knowscope.editing.keys import context_templates
 from knowscope.editing.sequential import prefers_new
@@ -132,9 +132,8 @@ def measure(model: Any, layers: list[int], C_h: dict[int, torch.Tensor], origina
             ref_probe: Any) -> dict[str, Any]:
     """The signals of the model as it is now (after the edits of ``edited``)."""
     total = {L: model.mlp_out_matrix(L).detach().double() - originals[L] for L in layers}  # accumulated ΔW
-    subjects = {f.subject for f in edited}
-    own = evaluate(model, batch, reference=ref_batch, fluency=False, edited_subjects=subjects)
-    prb = evaluate(model, probe, reference=ref_probe, fluency=False, edited_subjects=subjects)
+    own = evaluate(model, batch, reference=ref_batch, fluency=False, generation=False, edited=edited)
+    prb = evaluate(model, probe, reference=ref_probe, fluency=False, generation=False, edited=edited)
     wins = prefers_new(model, edited)
     return {
         "edits": len(edited),
@@ -229,8 +228,8 @@ def main(argv: list[str] | None = None) -> int:
                 torch.manual_seed(base.seed)
                 targets1 = memit.compute_zs(model, batches[0], layers[-1], templates, base)
             torch.save(targets1, zfile)
-        refs = [pre_edit_predictions(model, b) for b in batches]
-        ref_probe = pre_edit_predictions(model, probe)
+        refs = [pre_edit_predictions(model, b, generation=False) for b in batches]
+        ref_probe = pre_edit_predictions(model, probe, generation=False)
         for section, names, n_batches in (
                 ("batch", args.configs.split(",") if args.configs else list(configs), 1),
                 ("sequential", args.seq_configs.split(","), args.seq_batches)):

@@ -2,7 +2,7 @@
 WISE), and evaluate the edits.
 
 Each fact is edited to its ``target_new`` and evaluated under both protocols (CounterFact scores and
-EasyEdit accuracies, see :mod:`knowscope.editing.evaluate`). Locality is always compared with the
+EasyEdit accuracies, see :mod:`knowscope.editing.evaluation`). Locality is always compared with the
 unedited model: its predictions are taken once, before the first edit.
 
 * ROME / FT: one fact per edit, undone before the next one; with ``--sequential`` the edits pile up and
@@ -44,7 +44,9 @@ DEFAULT_MEMIT_BATCH = 50
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_argument(parser)
     parser.add_argument("--method", required=True, choices=METHODS, help="editing method")
-    parser.add_argument("--data", default=None, help="fact file (CounterFact, EasyEdit or zsRE JSON; default: bundled)")
+    parser.add_argument("--data", default=None,
+                        help="fact file (CounterFact, EasyEdit/KnowEdit or zsRE JSON), or a bundled set: bundled "
+                             "(the default), bundled:extended, bundled:same_subject")
     parser.add_argument("--limit", type=int, default=None, help="edit the first N facts")
     parser.add_argument("--layers", default=None,
                         help="auto (the layer a recorded sweep measured best on this model, else locate), "
@@ -73,6 +75,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "subject's last token (generalises to paraphrases; docs/findings.md)")
     parser.add_argument("--save", metavar="DIR", default=None, help="save the edits and metrics to DIR")
     parser.add_argument("--no-fluency", action="store_true", help="skip the generation-entropy fluency metric")
+    parser.add_argument("--no-generation", action="store_true",
+                        help="skip the generation-based scores (gen_*: greedy decoding of every prompt); the "
+                             "teacher-forced protocols only")
     parser.add_argument("--gen-len", type=int, default=100,
                         help="fluency: tokens per generation, prompt included (default 100, as ROME)")
 
@@ -152,24 +157,23 @@ def _editor(args: argparse.Namespace, model: Any, layers: Any) -> Any:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from knowscope.editing.evaluate import EditMetrics, evaluate, pre_edit_predictions
+    from knowscope.editing.evaluation import EditMetrics, evaluate, pre_edit_predictions
     from knowscope.editing.session import EditSession
-    from knowscope.facts import load_bundled_facts, load_facts
 
     start = time.perf_counter()
     _check_args(args)
     layers = parse_layers(args.layers)
-    facts = load_facts(args.data) if args.data else load_bundled_facts()
+    facts = read_facts(args.data)
     if args.limit is not None:
         facts = facts[: args.limit]
     if not facts:
         raise ValueError(f"no facts to edit in {args.data or 'the bundled facts'}")
     model = load_from_args(args)
-    eval_kwargs = dict(fluency=not args.no_fluency, max_out_len=args.gen_len)
+    eval_kwargs = dict(fluency=not args.no_fluency, max_out_len=args.gen_len, generation=not args.no_generation)
 
     session = EditSession(model)
-    # locality is always against the unedited model: take its predictions before any edit
-    reference = pre_edit_predictions(model, facts)
+    # specificity is always against the unedited model: take its predictions before any edit
+    reference = pre_edit_predictions(model, facts, generation=not args.no_generation)
     if args.run_dir is not None:
         return _run_dir(args, model, facts, layers, session, reference, eval_kwargs, start)
     edit = _editor(args, model, layers)
@@ -187,6 +191,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         results.append(result)
         if args.sequential:
             session.apply(result)
+            what = repr(group[0].subject) if len(group) == 1 else f"{len(group)} facts"
+            print(f"[{n}/{len(groups)}] edited {what} ({time.perf_counter() - t0:.1f} s); evaluated at the end",
+                  flush=True)
         else:
             with session.temporary(result):
                 metrics = evaluate(model, group, reference=reference, **eval_kwargs)
@@ -225,8 +232,8 @@ def _report(args: argparse.Namespace, model: Any, metrics: Any, *, layers: list[
         "null_space": args.null_space,
         **extra,
         "metrics": metrics.flat() if metrics is not None else {},
-        "protocols": {"counterfact": metrics.counterfact(), "easyedit": metrics.easyedit()}
-        if metrics is not None else {},
+        "protocols": {"counterfact": metrics.counterfact(), "easyedit": metrics.easyedit(),
+                      "generation": metrics.generation()} if metrics is not None else {},
         "notes": metrics.notes if metrics is not None else {},
         "hparams": hparams,
         "edit_seconds": edit_seconds,
@@ -234,6 +241,21 @@ def _report(args: argparse.Namespace, model: Any, metrics: Any, *, layers: list[
         "saved": saved,
         "per_fact": metrics.per_fact if metrics is not None else [],
     }
+
+
+def read_facts(data: str | None) -> list[Any]:
+    """``--data``: a fact file, or ``bundled`` / ``bundled:NAME`` (a bundled set; default: the 214 facts)."""
+    from knowscope.facts import BUNDLED_SETS, load_bundled_facts, load_facts
+
+    if data is None or data == "bundled":
+        return load_bundled_facts()
+    if data.startswith("bundled:"):
+        name = data.split(":", 1)[1]
+        if name not in BUNDLED_SETS:
+            raise ValueError(f"--data {data!r}: no bundled set {name!r}; valid: "
+                             + ", ".join(f"bundled:{n}" for n in BUNDLED_SETS))
+        return load_bundled_facts(name=name)
+    return load_facts(data)
 
 
 def _probe(args: argparse.Namespace, facts: list[Any]) -> list[Any]:
@@ -256,7 +278,7 @@ def _run_dir(args: argparse.Namespace, model: Any, facts: list[Any], layers: Any
     """``--sequential --run-dir``: a resumable, monitored run; then every edit evaluated together."""
     from dataclasses import replace
 
-    from knowscope.editing.evaluate import evaluate
+    from knowscope.editing.evaluation import evaluate
     from knowscope.editing.hparams import MEMITHyperParams
     from knowscope.editing.memit import resolve_layers
     from knowscope.editing.sequential import CollapseMonitor, load_run_edits, run_sequential
@@ -306,7 +328,8 @@ def _run_dir(args: argparse.Namespace, model: Any, facts: list[Any], layers: Any
 
 def _progress(n: int, total: int, group: list[Any], metrics: Any) -> None:
     what = repr(group[0].subject) if len(group) == 1 else f"{len(group)} facts"
-    print(f"[{n}/{total}] {what}: efficacy {metrics.efficacy_score:.2f}  rewrite_acc {metrics.rewrite_acc:.2f}",
+    gen = f"  gen_efficacy {metrics.gen_efficacy:.2f}" if metrics.gen_efficacy is not None else ""
+    print(f"[{n}/{total}] {what}: efficacy {metrics.efficacy_score:.2f}  rewrite_acc {metrics.rewrite_acc:.2f}{gen}",
           flush=True)
 
 

@@ -188,5 +188,5 @@ def capture(model: Model, hook_name: str, rows: Sequence[Sequence[int]], idx: Se
 
 
 def facts_meta(requests: Sequence[Fact]) -> list[dict[str, Any]]:
-    return [{"case_id": f.case_id, "subject": f.subject, "prompt": f.prompt, "target_true": f.target_true,
-             "target_new": f.target_new} for f in requests]
+    return [{"case_id": f.case_id, "subject": f.subject, "prompt": f.prompt, "relation_id": f.relation_id,
+             "target_true": f.target_true, "target_new": f.target_new} for f in requests]

@@ -14,7 +14,7 @@ many edits, and warns (optionally stops) when one crosses its threshold:
   prefers the new object (CounterFact's efficacy, mean-token probability of ``target_new`` > ``target_true``);
 * ``neighborhood`` / ``locality`` — on a probe of facts that are never edited: CounterFact's
   neighbourhood score and EasyEdit's locality (top-1 tokens unchanged from the unedited model), both on
-  prompts that name no edited subject (:func:`knowscope.editing.evaluate.evaluate`);
+  prompts that no edit is meant to change (:func:`knowscope.editing.evaluation.evaluate`);
 * ``probe_accuracy`` — top-1 accuracy on the probe facts themselves (knowledge that should not move);
 * ``fluency`` — ROME's n-gram entropy of text generated from the probe's first prompts.
 
@@ -35,7 +35,7 @@ from typing import Any
 from torch import Tensor
 
 from knowscope.editing.editors import MEMORY_EDITORS, get_editor
-from knowscope.editing.evaluate import evaluate, pre_edit_predictions
+from knowscope.editing.evaluation import evaluate, pre_edit_predictions
 from knowscope.editing.hparams import MEMITHyperParams
 from knowscope.editing.memit import SequentialMEMIT
 from knowscope.editing.scoring import generate_texts, generation_prompts, ngram_entropy, score_continuations
@@ -97,8 +97,7 @@ class CollapseMonitor:
     def measure(self, model: Model, edited: Sequence[Fact], first_batch: Sequence[Fact], reference: Any,
                 update_norm: dict[str, float]) -> dict[str, Any]:
         """All signals of the model as it is now; ``reference``: the unedited model's probe predictions."""
-        subjects = {f.subject for f in edited}
-        probe = evaluate(model, self.probe, reference=reference, fluency=False, edited_subjects=subjects)
+        probe = evaluate(model, self.probe, reference=reference, fluency=False, generation=False, edited=edited)
         wins = prefers_new(model, edited)  # the first batch is the start of ``edited``: scored once
         first = wins[: len(first_batch)]
         para, rephrase = paraphrase_scores(model, edited)
@@ -147,7 +146,7 @@ def prefers_new(model: Model, facts: Sequence[Fact]) -> list[bool]:
 
 def paraphrase_scores(model: Model, facts: Sequence[Fact]) -> tuple[float | None, float | None]:
     """CounterFact's paraphrase score and EasyEdit's rephrase accuracy over ``facts``' paraphrase prompts
-    (each fact's prompts averaged first, then the facts, as :func:`~knowscope.editing.evaluate.evaluate`)."""
+    (each fact's prompts averaged first, then the facts, as :func:`~knowscope.editing.evaluation.evaluate`)."""
     per_fact = [[(p, f.new_continuation, f.true_continuation) for p in f.paraphrase_prompts] for f in facts]
     pairs = [(p, c) for rows in per_fact for p, new, true in rows for c in (new, true)]
     if not pairs:
@@ -337,7 +336,8 @@ def run_sequential(model: Model, facts: Sequence[Fact], batch_size: int, out: st
                 raise ValueError(f"{out} is not empty and holds no sequential run; give an empty or new folder")
             out.mkdir(parents=True, exist_ok=True)
             records = []
-        reference = pre_edit_predictions(model, monitor.probe, session=session) if monitor is not None else None
+        reference = (pre_edit_predictions(model, monitor.probe, session=session, generation=False)
+                     if monitor is not None else None)
         names: list[str] = []
         originals: dict[str, Tensor] = {}
 

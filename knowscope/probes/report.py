@@ -4,8 +4,8 @@
 one to report on, and measures, against the session's unedited weights:
 
 * the top next tokens on the fact's rewrite prompt, paraphrases and neighbours, before vs after
-  (:class:`~knowscope.editing.predictions.PredictionTable`);
-* the CounterFact and EasyEdit metrics (:func:`~knowscope.editing.evaluate.evaluate`, no fluency);
+  (:class:`~knowscope.editing.evaluation.predictions.PredictionTable`);
+* the CounterFact and EasyEdit metrics (:func:`~knowscope.editing.evaluation.evaluate`, no fluency);
 * the activation shift of the residual stream, MLP and attention outputs on those prompts;
 * optionally the knowledge circuit before vs after (:func:`~knowscope.circuits.circuit_diff`).
 
@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from knowscope.circuits import CircuitDiff, circuit_diff, knowledge_circuit
-from knowscope.editing.evaluate import EditMetrics, evaluate
-from knowscope.editing.predictions import PredictionTable
+from knowscope.editing.evaluation import EditMetrics, evaluate
+from knowscope.editing.evaluation.predictions import PredictionTable
 from knowscope.editing.session import EditResult, EditSession
 from knowscope.facts import Fact
 from knowscope.probes.shift import ActivationShift, activation_shift

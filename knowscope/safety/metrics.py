@@ -28,7 +28,7 @@ import torch
 
 from knowscope.chat import pair_ids, respond
 from knowscope.editing import dinm
-from knowscope.editing.evaluate import ngram_entropy
+from knowscope.editing.evaluation import ngram_entropy
 from knowscope.editing.session import EditSession
 from knowscope.facts import Fact
 from knowscope.knowledge import fact_accuracy

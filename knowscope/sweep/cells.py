@@ -2,7 +2,7 @@
 
 A :class:`CellRunner` is what a Ray actor holds (one per worker) and what the in-process run uses:
 the same code either way, so the two give the same rows. A cell edits one fact at one layer with
-the method's editor, evaluates it with :func:`knowscope.editing.evaluate` (CounterFact and EasyEdit
+the method's editor, evaluates it with :func:`knowscope.editing.evaluation` (CounterFact and EasyEdit
 metrics, neighbourhood and locality on prompts about other subjects, locality against the unedited
 model's predictions) and undoes the edit; the row also carries Hase et al.'s rewrite score
 ``(p_new after − p_new before) / (1 − p_new before)``, the share of the missing probability the
@@ -26,7 +26,7 @@ import torch
 from knowscope.circuits import trace
 from knowscope.editing import EditSession
 from knowscope.editing.editors import get_editor
-from knowscope.editing.evaluate import evaluate, pre_edit_predictions
+from knowscope.editing.evaluation import evaluate, pre_edit_predictions
 from knowscope.editing.stats import KeyStats, key_stats
 from knowscope.facts import Fact
 from knowscope.models import Model, load_model

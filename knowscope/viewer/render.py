@@ -70,23 +70,47 @@ def circuit(c: Any, key: str = "circuit") -> Any:
     return shown
 
 
+KIND_LABELS = {"rewrite": "the edited prompt", "paraphrase": "paraphrases", "neighborhood": "neighbours (other "
+               "subjects, same relation)", "locality": "locality", "relation_specificity": "the subject's other "
+               "relations", "portability": "one hop on (portability)"}
+
+
 def predictions(p: Any) -> None:
+    """Before -> after per prompt, by kind: generated text and the answers' probabilities."""
     st.markdown(f"**Before vs after** — {p.fact.get('subject')}: {p.fact.get('target_true')!r} -> "
                 f"{p.fact.get('target_new')!r}")
-    st.dataframe(p.rows, hide_index=True)
-    st.caption("before: the unedited model; after: with the edit(s) applied")
+    kinds = list(dict.fromkeys(r.get("kind", "") for r in p.rows))
+    if not set(kinds) <= set(KIND_LABELS):  # not a fact's prompts (a safety item's inputs): one table
+        kinds = [None]
+    for kind in kinds:
+        rows = [r for r in p.rows if kind is None or r.get("kind", "") == kind]
+        if len(kinds) > 1:
+            st.markdown(f"*{KIND_LABELS.get(kind, kind)}* ({len(rows)})")
+        st.dataframe(rows, hide_index=True)
+    st.caption("before: the unedited model; after: with the edit(s) applied; text: greedy continuation; "
+               "p_*: probability of that answer (mean over its tokens, as ROME)")
     changed = p.changed()
     if changed:
-        st.caption("top prediction changed: " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in changed.items()))
+        st.caption("output changed: " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in changed.items()))
+
+
+HEADLINE = ("efficacy_score", "gen_efficacy", "paraphrase_score", "gen_paraphrase", "neighborhood_score",
+            "locality_acc", "relation_specificity", "gen_relation_specificity")
 
 
 def metrics(m: Any, key: str = "metrics") -> None:
     flat = m.flat()
-    cols = st.columns(4)
-    for col, k in zip(cols, ("efficacy_score", "paraphrase_score", "neighborhood_score", "locality_acc"), strict=True):
-        v = flat.get(k)
-        col.metric(k, "n/a" if v is None else f"{v:.3f}")
+    shown = [k for k in HEADLINE if flat.get(k) is not None]
+    cols = st.columns(max(1, min(4, len(shown))))
+    for i, k in enumerate(shown):
+        cols[i % len(cols)].metric(k, f"{flat[k]:.3f}")
     chart(m.figure(), key=f"{key}-fig")
+    prompts = m.prompts()
+    if prompts:
+        st.markdown("**What the model generates** (greedy; success: begins with the answer, or unchanged from "
+                    "the unedited model for neighbours and other relations)")
+        st.dataframe([{k: r.get(k) for k in ("kind", "prompt", "answer", "before", "after", "success", "kept")}
+                      for r in prompts], hide_index=True)
     routing = m.routing_figure()
     if routing is not None:
         shares = (m.notes.get("routing") or {}).get("routed_share", {})

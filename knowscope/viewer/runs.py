@@ -131,7 +131,7 @@ def scan_runs(root: str | os.PathLike[str], max_depth: int = 4) -> list[RunInfo]
 def _registry() -> dict[str, Any]:
     """Every saved kind the viewer can open (importing the packages registers them)."""
     import knowscope.circuits  # noqa: F401
-    import knowscope.editing.evaluate  # noqa: F401
+    import knowscope.editing.evaluation  # noqa: F401
     import knowscope.probes  # noqa: F401
 
     return registered()

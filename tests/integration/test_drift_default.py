@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from knowscope.circuits import trace
-from knowscope.editing.evaluate import generate_texts, ngram_entropy
+from knowscope.editing.evaluation import generate_texts, ngram_entropy
 
 
 def test_demo_trace_runs_fast(default_model):

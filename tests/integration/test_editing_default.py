@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from knowscope.editing.evaluate import EditMetrics, evaluate, pre_edit_predictions
+from knowscope.editing.evaluation import EditMetrics, evaluate, pre_edit_predictions
 from knowscope.editing.session import EditSession
 
 STRIDE = 19

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from knowscope.editing.editors import get_editor
-from knowscope.editing.evaluate import evaluate, pre_edit_predictions
+from knowscope.editing.evaluation import evaluate, pre_edit_predictions
 from knowscope.editing.memory import memory_of
 from knowscope.editing.session import EditSession
 

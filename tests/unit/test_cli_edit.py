@@ -23,9 +23,14 @@ FACTS = [
     Fact(subject="Tokyo", prompt="{} is the capital of", target_true="Japan", target_new="Mexico", case_id=2,
          neighborhood_prompts=["Kyoto is in"]),
 ]
+# measured on every fact set (the facts here have no relation-specificity or portability prompts)
+MEASURED_KEYS = {"efficacy_score", "paraphrase_score", "neighborhood_score", "rewrite_acc", "locality_acc",
+                 "gen_efficacy", "gen_paraphrase", "gen_neighborhood", "gen_locality"}
 METRIC_KEYS = {"efficacy_score", "paraphrase_score", "neighborhood_score", "efficacy_magnitude",
                "paraphrase_magnitude", "neighborhood_magnitude", "fluency", "rewrite_acc", "rephrase_acc",
-               "locality_acc"}
+               "locality_acc", "relation_specificity", "relation_specificity_score", "portability_acc",
+               "gen_efficacy", "gen_paraphrase", "gen_neighborhood", "gen_locality", "gen_relation_specificity",
+               "gen_portability"}
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +54,10 @@ def test_ft_one_fact_at_a_time(data, tmp_path, capsys):
     res = json.loads(out.read_text())
     assert res["method"] == "ft" and res["layers"] == [1] and res["n_edits"] == 3 and res["n_edit_calls"] == 3
     assert METRIC_KEYS <= set(res["metrics"]) and res["seconds"] > 0
-    assert set(res["protocols"]) == {"counterfact", "easyedit"}
+    assert set(res["protocols"]) == {"counterfact", "easyedit", "generation"}
+    assert res["metrics"]["gen_efficacy"] is not None and res["metrics"]["relation_specificity"] is None
     assert len(res["per_fact"]) == 3 and res["metrics"]["fluency"] is not None
-    assert "CounterFact:" in stdout and "EasyEdit:" in stdout
+    assert "CounterFact:" in stdout and "EasyEdit:" in stdout and "Generation:" in stdout
     # one saved EditResult per fact, each made on the unedited model
     model = load_model("tiny-gpt2", device="cpu")
     saved = sorted((tmp_path / "saved" / "edits").iterdir())
@@ -60,7 +66,7 @@ def test_ft_one_fact_at_a_time(data, tmp_path, capsys):
     assert r.method == "ft" and r.requests[0]["requested_rewrite"]["subject"] == "Tokyo"
     assert (tmp_path / "saved" / "metrics" / "meta.json").is_file()
     # reproduce fact 0's efficacy from its saved edit
-    from knowscope.editing.evaluate import evaluate
+    from knowscope.editing.evaluation import evaluate
 
     session = EditSession(model)
     with session.temporary(EditResult.load(saved[0])):
@@ -82,7 +88,7 @@ def test_ft_sequential_saves_a_session(data, tmp_path, capsys):
     session = EditSession.load(model, tmp_path / "s" / "session")
     try:
         assert len(session.history) == 2
-        from knowscope.editing.evaluate import evaluate
+        from knowscope.editing.evaluation import evaluate
 
         m = evaluate(model, FACTS[:2], session=session, fluency=False)
         assert m.efficacy_magnitude == pytest.approx(res["metrics"]["efficacy_magnitude"], abs=1e-6)
@@ -144,7 +150,7 @@ def test_memit_batches_on_tiny_model(data, tmp_path, capsys, monkeypatch):
     res = json.loads(out.read_text())
     assert res["n_edits"] == 3 and res["n_edit_calls"] == 2 and res["batch_size"] == 2 and res["layers"] == [1, 2]
     measured = {k for k, v in res["metrics"].items() if v is not None}
-    assert res["hparams"]["v_steps"] == 4 and METRIC_KEYS - {"fluency"} <= measured
+    assert res["hparams"]["v_steps"] == 4 and MEASURED_KEYS <= measured
     # sequential null-space batches pile up in one session
     code, _, err = _run(["edit", "--model", "tiny-gpt2", "--method", "memit", "--data", str(data), "--batch-size", "2",
                          "--sequential", "--null-space", "--no-fluency", "--json", str(out)], capsys)

@@ -13,7 +13,7 @@ import torch
 
 from knowscope import compat
 from knowscope.circuits.tracing import ALL_KINDS, trace
-from knowscope.editing.evaluate import generate_texts
+from knowscope.editing.evaluation import generate_texts
 from knowscope.models import tiny_model
 
 PROMPT = "Lionel Messi plays soccer in"

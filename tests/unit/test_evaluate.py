@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from knowscope.editing.evaluate import (
+from knowscope.editing.evaluation import (
     EditMetrics,
     evaluate,
     evaluate_edit,
@@ -316,9 +316,10 @@ def test_metrics_save_load_figure(tiny, tmp_path):
     back = EditMetrics.load(tmp_path / "m")
     assert back.flat() == m.flat() and back.per_fact == m.per_fact and back.n_facts == 2
     assert set(m.counterfact()) >= {"efficacy_score", "neighborhood_magnitude", "fluency"}
-    assert set(m.easyedit()) == {"rewrite_acc", "rephrase_acc", "locality_acc", "portability_acc"}
+    assert set(m.easyedit()) == {"rewrite_acc", "rephrase_acc", "locality_acc", "relation_specificity",
+                                 "portability_acc"}
     fig = m.figure()
-    assert len(fig.data) == 2
+    assert [bar.name for bar in fig.data] == ["CounterFact", "EasyEdit", "Generation"]
     combined = EditMetrics.from_rows(m.per_fact[:1] + m.per_fact[1:])
     assert combined.flat() == pytest.approx(m.flat())
 
@@ -329,13 +330,19 @@ def test_prediction_table_shows_before_and_after(tiny):
     try:
         session.apply(_edit(tiny, scale=1.0))
         rows = prediction_table(tiny, fact, session=session)
-        after_plain = tiny.top_k(fact.text, 1)[0][0]
+        def top(text):
+            return tiny.tokenizer.decode([tiny.top_k(text, 1)[0][2]], skip_special_tokens=True)
+
+        after_plain = top(fact.text)
         with session.unedited():
-            before_plain = tiny.top_k(fact.text, 1)[0][0]
+            before_plain = top(fact.text)
     finally:
         session.rollback()
-    assert [r["kind"] for r in rows] == ["rewrite"] + ["paraphrase"] * 2 + ["neighborhood"] * 3
-    assert rows[0]["after"] == after_plain and rows[0]["before"] == before_plain
+    assert [r["kind"] for r in rows] == ["rewrite"] + ["paraphrase"] * 2 + ["neighborhood"] * 3 + ["portability"]
+    # the greedy continuation starts with the top-1 token, before and after
+    assert rows[0]["after"].startswith(after_plain) and rows[0]["before"].startswith(before_plain)
+    assert {"p_answer_before", "p_answer_after", "p_true_after", "p_new_before"} <= set(rows[0])
+    assert rows[0]["p_new_after"] == pytest.approx(rows[0]["p_answer_after"])
 
 
 def test_bad_input(tiny):
@@ -380,9 +387,9 @@ def test_specificity_leaves_out_prompts_about_edited_subjects(tiny):
             assert row["neighborhood_score_all"] == pytest.approx(sum(t > n for n, t in every) / len(every))
             assert row["n_neighborhood"] == len(kept_prompts)
             assert row["n_neighborhood_dropped"] == len(fact.neighborhood_prompts) - len(kept_prompts)
-        notes = m.notes["specificity_prompts"]
-        assert notes["neighborhood"] == {"kept": 3, "dropped_edited_subject": 2}
-        assert notes["locality"] == {"kept": 3, "dropped_edited_subject": 2}
+        notes = m.notes["prompts"]
+        assert notes["neighborhood"] == {"kept": 3, "dropped_edited": 2}
+        assert notes["locality"] == {"kept": 3, "dropped_edited": 2}
         assert m.neighborhood_score_all is not None and "neighborhood_score_all" in m.flat()
         # one fact evaluated alone: only its own subject counts as edited, so Berlin's prompt stays
         alone = evaluate(tiny, facts[:1], reference=pre_edit_predictions(tiny, facts[:1], session=session),

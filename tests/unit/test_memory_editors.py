@@ -10,7 +10,7 @@ import torch
 
 from knowscope.cli import main
 from knowscope.editing.editors import MEMORY_EDITORS, get_editor
-from knowscope.editing.evaluate import evaluate, pre_edit_predictions
+from knowscope.editing.evaluation import evaluate, pre_edit_predictions
 from knowscope.editing.grace import GRACEHyperParams, GraceMemory, label_of
 from knowscope.editing.memory import memory_of, value_inputs
 from knowscope.editing.session import EditMismatchError, EditResult, EditSession

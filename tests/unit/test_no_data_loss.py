@@ -296,7 +296,7 @@ def test_viewer_sends_no_usage_statistics():
 
 def test_registry_envelope_and_versions(tmp_path, tiny_gpt2):
     import knowscope.circuits  # noqa: F401 - importing the packages registers their kinds
-    import knowscope.editing.evaluate  # noqa: F401
+    import knowscope.editing.evaluation  # noqa: F401
     import knowscope.probes  # noqa: F401
     from knowscope.circuits import trace
     from knowscope.results import headline, load_result, registered

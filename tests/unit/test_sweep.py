@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from knowscope.editing import EditSession
-from knowscope.editing.evaluate import evaluate, pre_edit_predictions
+from knowscope.editing.evaluation import evaluate, pre_edit_predictions
 from knowscope.editing.hparams import ROMEHyperParams
 from knowscope.editing.rome import edit as rome_edit
 from knowscope.editing.stats import key_stats

@@ -13,7 +13,7 @@ import torch
 from knowscope.circuits import circuit_diff, knowledge_circuit, trace
 from knowscope.circuits.batches import make_batch
 from knowscope.editing import EditSession, rome
-from knowscope.editing.evaluate import PredictionTable, evaluate
+from knowscope.editing.evaluation import PredictionTable, evaluate
 from knowscope.editing.hparams import MEMITHyperParams, ROMEHyperParams
 from knowscope.editing.sequential import CollapseMonitor, run_sequential
 from knowscope.facts import Fact

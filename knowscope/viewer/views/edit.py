@@ -100,7 +100,7 @@ def _apply_safety(cfg: ViewerConfig, item: Any, layer_mode: str, chosen: int,
                   settings: dict[str, Any]) -> dict[str, Any]:
     from knowscope.circuits import locate_toxic
     from knowscope.editing import dinm
-    from knowscope.editing.evaluate import PredictionTable
+    from knowscope.editing.evaluation import PredictionTable
     from knowscope.probes import activation_shift
     from knowscope.safety.judge import get_judge
     from knowscope.safety.metrics import INPUT_KINDS, item_responses, judge_items

@@ -1,0 +1,79 @@
+"""Generation-based scores: what a user of the edited model reads, not what teacher forcing measures.
+
+Teacher-forced accuracy feeds the answer's own tokens back to the model; a user only sees what the
+model generates, and the two can differ widely ("The Mirage of Model Editing", 2025). So every
+evaluation also decodes greedily a few tokens after each prompt (batched, left-padded, KV cache:
+:func:`greedy_continuations`) and scores the text:
+
+* prompts that should follow the edit (rewrite, paraphrase, portability): the continuation **begins
+  with the answer**, after :func:`normalize` (case, leading article, leading punctuation and spaces)
+  and ending at a word boundary ("Rome" is not the start of "Romeo");
+* prompts that should not move (neighbourhood, locality, relation specificity): the first ``k``
+  generated tokens are **the unedited model's**, ``k`` the token length of the prompt's answer.
+
+A prompt is decoded for ``len(answer tokens) + EXTRA_TOKENS`` tokens: room for a leading article and
+for the word boundary after the answer.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Sequence
+
+from knowscope.editing.scoring import _sample_rows
+from knowscope.models import Model
+
+#: tokens decoded beyond the answer's own length (a leading article, then the word boundary)
+EXTRA_TOKENS = 2
+_ARTICLE = re.compile(r"^(the|a|an)\s+")
+_LEADING = re.compile(r"^[\s\"'`“”‘’(\[{*_:,;.\-–—]+")
+
+
+def normalize(text: str) -> str:
+    """Lower-case, NFKC, leading spaces / quotes / punctuation and one leading article removed, spaces
+    collapsed: the form in which a generated answer is compared with a target."""
+    text = unicodedata.normalize("NFKC", text).lower()
+    text = _LEADING.sub("", text)
+    text = _ARTICLE.sub("", text)
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def begins_with(continuation: str, answer: str) -> bool:
+    """Does the generated ``continuation`` begin with ``answer`` (both :func:`normalize` d), ending at a
+    word boundary? An answer that normalises to nothing never matches."""
+    cont, ans = normalize(continuation), normalize(answer)
+    if not ans or not cont.startswith(ans):
+        return False
+    return len(cont) == len(ans) or not (cont[len(ans)].isalnum() and ans[-1].isalnum())
+
+
+def n_tokens(model: Model, answer: str) -> int:
+    """How many tokens to decode for a prompt whose answer is ``answer``."""
+    return max(1, len(model.encode_target(answer))) + EXTRA_TOKENS
+
+
+def greedy_continuations(model: Model, requests: Sequence[tuple[tuple[int, ...], int]],
+                         batch_size: int = 64) -> dict[tuple[tuple[int, ...], int], tuple[int, ...]]:
+    """Greedy tokens after each ``(BOS-prepended prompt ids, n)``: ``n`` new token ids.
+
+    Distinct requests are decoded once; prompts are sorted by length and decoded ``batch_size`` at a
+    time (left padding, the KV cache where the model's load-time check found it exact), each row to the
+    largest ``n`` of its batch and cut to its own.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    unique = sorted(dict.fromkeys(requests), key=lambda r: (len(r[0]), r[1]))
+    out: dict[tuple[tuple[int, ...], int], tuple[int, ...]] = {}
+    for start in range(0, len(unique), batch_size):
+        chunk = unique[start : start + batch_size]
+        n_new = max(n for _, n in chunk)
+        rows = _sample_rows(model, [list(ids) for ids, _ in chunk], n_new, None, [None] * len(chunk))
+        for (ids, n), row in zip(chunk, rows, strict=True):
+            out[(ids, n)] = tuple(row[len(ids) : len(ids) + n])
+    return out
+
+
+def decode(model: Model, ids: Sequence[int]) -> str:
+    """Generated ids as text (special tokens dropped)."""
+    return model.tokenizer.decode(list(ids), skip_special_tokens=True)

@@ -131,7 +131,7 @@ def _counterfactual(model, rel: Relation, obj: str, index: int) -> str:
 
 def _names(text: str, subject: str) -> bool:
     """Does ``text`` name ``subject`` as a whole word or phrase (ignoring case)? The word-boundary rule of
-    knowscope.editing.evaluate, which drops the neighbourhood prompts that name an edited subject."""
+    knowscope.editing.evaluation, which drops the neighbourhood prompts that name an edited subject."""
     if subject.lower() not in text.lower():
         return False
     return re.search(rf"(?<!\w){re.escape(subject)}(?!\w)", text, flags=re.IGNORECASE) is not None

@@ -120,9 +120,10 @@ class CellRunner:
     def _unedited(self, index: int) -> tuple[Any, float]:
         if index not in self._reference:
             fact = self.facts[index]
-            self._reference[index] = pre_edit_predictions(self.model, [fact], session=self.session)
+            self._reference[index] = pre_edit_predictions(self.model, [fact], session=self.session, generation=False)
             with self.session.unedited():
-                self._p_new_pre[index] = float(evaluate(self.model, [fact], fluency=False).per_fact[0]["p_new"])
+                self._p_new_pre[index] = float(evaluate(self.model, [fact], fluency=False, generation=False)
+                                               .per_fact[0]["p_new"])
         return self._reference[index], self._p_new_pre[index]
 
     def run_cell(self, cell: Cell) -> dict[str, Any]:
@@ -143,7 +144,7 @@ class CellRunner:
                             hparams=hp, stats=stats)
             edit_seconds = time.perf_counter() - t1
             with self.session.temporary(result):
-                m = evaluate(self.model, [fact], reference=reference, fluency=self.fluency)
+                m = evaluate(self.model, [fact], reference=reference, fluency=self.fluency, generation=False)
         row = dict(m.per_fact[0])
         p_new = float(row["p_new"])
         metrics = {k: v for k, v in row.items() if isinstance(v, (int, float)) or v is None}

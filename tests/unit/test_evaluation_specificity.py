@@ -21,6 +21,7 @@ from knowscope.editing.evaluation import (
     normalize,
     pre_edit_predictions,
 )
+from knowscope.editing.evaluation.generation import greedy_from_scores
 from knowscope.editing.grace import KIND, _spec, label_of
 from knowscope.editing.keys import facts_meta
 from knowscope.editing.memory import memory_of, value_inputs
@@ -73,6 +74,21 @@ def test_normalize_and_begins_with():
     assert not begins_with(" Romeo and", "Rome")
     assert not begins_with(" a city", "Rome") and not begins_with(" Rome", "  ")
     assert begins_with(" an apple", "an apple") and begins_with(" apple pie", "the apple")
+
+
+def test_greedy_from_teacher_forced_scores_equals_a_plain_loop(tiny):
+    """Decoding from where the teacher-forced argmax leaves the answer gives plain greedy decoding, whether
+    the answer is the greedy text (nothing decoded), diverges at once, or after some tokens."""
+    prompt = "Tokyo is a city in"
+    ids = tuple(tiny.to_tokens(prompt)[0].tolist())
+    greedy = _greedy(tiny, prompt, 6)
+    for answer in (greedy[:3], greedy[:1] + [greedy[1] + 1, 5], [greedy[0] + 1, 7, 8]):
+        answer = tuple(answer)
+        logits = tiny(torch.tensor([list(ids) + list(answer)]))[0]
+        argmax = logits[len(ids) - 1 : len(ids) - 1 + len(answer)].argmax(-1).tolist()
+        for n in (1, 3, 5):
+            got = greedy_from_scores(tiny, [(ids, answer, argmax, n)])
+            assert list(got[(ids, n)]) == greedy[:n], (answer, n)
 
 
 def test_greedy_continuations_equal_a_plain_loop(tiny):
@@ -128,7 +144,7 @@ def test_relation_specificity_and_portability_match_plain_references(tiny):
 def test_generation_scores_match_plain_greedy_decoding(tiny):
     fact = TOKYO
     session = EditSession(tiny)
-    plain_before = {p: _greedy(tiny, p, len(tiny.encode_target(" " + a)) + 2)
+    plain_before = {p: _greedy(tiny, p, len(tiny.encode_target(" " + a)))
                     for p, a in [(q.prompt, q.answer) for q in fact.relation_specificity]
                     + [(q, fact.target_true) for q in fact.neighborhood_prompts]}
     try:
@@ -136,13 +152,14 @@ def test_generation_scores_match_plain_greedy_decoding(tiny):
         m = evaluate(tiny, [fact], session=session, fluency=False)
         row = m.per_fact[0]
         for item in row["prompts"]:
-            n = len(tiny.encode_target(" " + item["answer"]))
-            after = _greedy(tiny, item["prompt"], n + 2)
+            follow = item["kind"] in ("rewrite", "paraphrase", "portability")
+            n = len(tiny.encode_target(" " + item["answer"])) + (2 if follow else 0)
+            after = _greedy(tiny, item["prompt"], n)
             assert item["after"] == tiny.tokenizer.decode(after, skip_special_tokens=True)
-            if item["kind"] in ("rewrite", "paraphrase", "portability"):
+            if follow:
                 assert item["success"] == begins_with(item["after"], item["answer"])
             else:
-                assert item["success"] == (after[:n] == plain_before[item["prompt"]][:n])
+                assert item["success"] == (after == plain_before[item["prompt"]])
         rel = [i["success"] for i in row["prompts"] if i["kind"] == "relation_specificity"]
         assert row["gen_relation_specificity"] == pytest.approx(sum(rel) / len(rel))
         assert row["gen_efficacy"] == float(begins_with(row["prompts"][0]["after"], "France"))

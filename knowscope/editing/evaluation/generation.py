@@ -11,8 +11,15 @@ evaluation also decodes greedily a few tokens after each prompt (batched, left-p
 * prompts that should not move (neighbourhood, locality, relation specificity): the first ``k``
   generated tokens are **the unedited model's**, ``k`` the token length of the prompt's answer.
 
-A prompt is decoded for ``len(answer tokens) + EXTRA_TOKENS`` tokens: room for a leading article and
-for the word boundary after the answer.
+A prompt that should follow the edit is decoded for ``len(answer tokens) + EXTRA_TOKENS`` tokens (room
+for a leading article and for the word boundary after the answer); one that should not move, for the
+answer's length.
+
+**Decoding starts from the teacher-forced pass.** The teacher-forced scores already hold the argmax after
+the prompt and each prefix of the answer; as long as those argmaxes *are* the answer's tokens, they are
+exactly the greedy tokens, and the first one that is not is the greedy token there too. So each prompt's
+greedy continuation is known up to and including its first mismatch, and only the rest is decoded
+(:func:`greedy_from_scores`): a one-token answer that should not move costs no decoding at all.
 """
 
 from __future__ import annotations
@@ -48,9 +55,39 @@ def begins_with(continuation: str, answer: str) -> bool:
     return len(cont) == len(ans) or not (cont[len(ans)].isalnum() and ans[-1].isalnum())
 
 
-def n_tokens(model: Model, answer: str) -> int:
-    """How many tokens to decode for a prompt whose answer is ``answer``."""
-    return max(1, len(model.encode_target(answer))) + EXTRA_TOKENS
+def n_tokens(model: Model, answer: str, follow: bool = True) -> int:
+    """How many tokens to decode for a prompt whose answer is ``answer``: its length, plus
+    :data:`EXTRA_TOKENS` for a prompt that should follow the edit (``follow``)."""
+    return max(1, len(model.encode_target(answer))) + (EXTRA_TOKENS if follow else 0)
+
+
+GenKey = tuple[tuple[int, ...], int]  # (BOS-prepended prompt ids, tokens decoded)
+
+
+def greedy_from_scores(model: Model, items: Sequence[tuple[tuple[int, ...], tuple[int, ...], Sequence[int], int]],
+                       batch_size: int = 64) -> dict[GenKey, tuple[int, ...]]:
+    """Greedy continuations of ``(prompt ids, answer ids, teacher-forced argmax over the answer, n)``.
+
+    The argmax after the prompt and the answer's first ``j`` tokens is the greedy token ``j`` whenever the
+    first ``j`` greedy tokens are the answer's (module docstring): the known prefix runs up to and including
+    the first mismatch, and only the tokens after it are decoded (:func:`greedy_continuations`).
+    """
+    out: dict[GenKey, tuple[int, ...]] = {}
+    pending: dict[GenKey, tuple[GenKey, tuple[int, ...]]] = {}
+    for prompt, answer, argmax, n in items:
+        known: list[int] = []
+        for got, want in zip(argmax, answer, strict=False):
+            known.append(int(got))
+            if int(got) != want:
+                break
+        if len(known) >= n:
+            out[(prompt, n)] = tuple(known[:n])
+        else:
+            pending[(prompt, n)] = ((prompt + tuple(known), n - len(known)), tuple(known))
+    decoded = greedy_continuations(model, [req for req, _ in pending.values()], batch_size=batch_size)
+    for key, (req, known) in pending.items():
+        out[key] = known + decoded[req]
+    return out
 
 
 def greedy_continuations(model: Model, requests: Sequence[tuple[tuple[int, ...], int]],

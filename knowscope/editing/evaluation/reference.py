@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from knowscope.editing.evaluation.generation import greedy_continuations, n_tokens
+from knowscope.editing.evaluation.generation import greedy_from_scores
 from knowscope.editing.evaluation.plan import KEEP_KINDS, EditedFacts, plan
 from knowscope.editing.scoring import _pair_ids, _score_ids
 from knowscope.editing.session import EditSession
@@ -48,7 +48,7 @@ def keep_requests(model: Model, facts: Sequence[Fact]) -> tuple[list[Pair], list
     """The teacher-forced pairs and generation requests of every prompt that should not move."""
     prompts = [p for rows in plan(facts, EditedFacts()) for p in rows if p.kind in KEEP_KINDS]
     pairs = [_pair_ids(model, p.prompt, p.answer) for p in prompts]
-    gens = [(pair[0], n_tokens(model, p.answer)) for p, pair in zip(prompts, pairs, strict=True)]
+    gens = [(prompt, len(answer)) for prompt, answer in pairs]  # a kept answer is compared over its own length
     return list(dict.fromkeys(pairs)), list(dict.fromkeys(gens))
 
 
@@ -60,11 +60,12 @@ def pre_edit_predictions(model: Model, facts: Sequence[Fact], session: EditSessi
     With a ``session`` the original weights are lent for the computation (any edits come back after),
     so this is correct even when edits are already applied. Without one, ``model`` must be unedited.
     """
-    pairs, gens = keep_requests(model, facts)
+    pairs, _ = keep_requests(model, facts)
 
     def compute() -> PreEditPredictions:
         scored = _score_ids(model, pairs, batch_size)
-        generated = greedy_continuations(model, gens, batch_size=max(batch_size, 64)) if generation else {}
+        items = [(p, a, scored[(p, a)].argmax.tolist(), len(a)) for p, a in pairs]
+        generated = greedy_from_scores(model, items, batch_size=max(batch_size, 64)) if generation else {}
         return PreEditPredictions(model.fingerprint, {k: v.argmax.tolist() for k, v in scored.items()}, generated)
 
     if session is not None:

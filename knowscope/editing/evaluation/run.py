@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from knowscope.editing.evaluation.generation import EXTRA_TOKENS, begins_with, decode, greedy_continuations, n_tokens
+from knowscope.editing.evaluation.generation import EXTRA_TOKENS, begins_with, decode, greedy_from_scores
 from knowscope.editing.evaluation.metrics import EditMetrics, mean
 from knowscope.editing.evaluation.plan import FOLLOW_KINDS, KINDS, EditedFacts, Prompt, plan
 from knowscope.editing.evaluation.reference import PreEditPredictions, keep_requests, pre_edit_predictions
@@ -99,12 +99,17 @@ def evaluate(
         return scored[pair(prompt, continuation)]
 
     generated: dict[tuple[tuple[int, ...], int], tuple[int, ...]] = {}
-    gen_key: dict[tuple[str, str], tuple[tuple[int, ...], int]] = {}
-    if generation:
+    gen_key: dict[tuple[str, str, bool], tuple[tuple[int, ...], int]] = {}
+    if generation:  # greedy continuations, decoded from where the teacher-forced argmax leaves the answer
+        items = {}
         for rows in prompts:
             for p in rows:
-                gen_key[(p.prompt, p.answer)] = (tf_keys[(p.prompt, p.answer)][0], n_tokens(model, p.answer))
-        generated = greedy_continuations(model, list(gen_key.values()), batch_size=max(batch_size, 64))
+                follow = p.kind in FOLLOW_KINDS
+                prompt_ids, answer_ids = pair(p.prompt, p.answer)
+                n = len(answer_ids) + (EXTRA_TOKENS if follow else 0)
+                gen_key[(p.prompt, p.answer, follow)] = (prompt_ids, n)
+                items[(prompt_ids, n)] = (prompt_ids, answer_ids, scored[(prompt_ids, answer_ids)].argmax.tolist(), n)
+        generated = greedy_from_scores(model, list(items.values()), batch_size=max(batch_size, 64))
 
     rows_out = [_fact_row(model, fact, fact_prompts, tf, pair, reference, generated, gen_key)
                 for fact, fact_prompts in zip(facts, prompts, strict=True)]
@@ -194,17 +199,16 @@ def _generation_scores(model: Model, row: dict[str, Any], by: dict[str, list[Pro
     success: dict[str, list[float]] = {k: [] for k in KINDS}
     for kind in KINDS:
         for p in by[kind]:
-            key = gen_key[(p.prompt, p.answer)]
+            key = gen_key[(p.prompt, p.answer, kind in FOLLOW_KINDS)]
             after = generated[key]
             item: dict[str, Any] = {"kind": kind, "prompt": p.prompt, "answer": p.answer.strip(),
                                     "after": decode(model, after), "kept": p.kept}
             if kind in FOLLOW_KINDS:
                 item["success"] = begins_with(item["after"], p.answer)
             elif reference is not None:
-                before = reference.generated[key]
-                k = key[1] - EXTRA_TOKENS  # the answer's own token length
+                before = reference.generated[key]  # the answer's own length, as ``after``
                 item["before"] = decode(model, before)
-                item["success"] = tuple(after[:k]) == tuple(before[:k])
+                item["success"] = tuple(after) == tuple(before)
             if "success" in item and p.kept:
                 success[kind].append(float(item["success"]))
             details.append(item)

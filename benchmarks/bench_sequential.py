@@ -21,7 +21,12 @@ generations from 4 probe prompts), and the accumulated update norm ‖W − W₀
 weight. Printed side by side per batch and written to ``benchmarks/results/bench_sequential.json``
 with the acceptance checks of #19 (null-space MEMIT) and #29 (memory editors).
 
+With ``--final``, every finished mode's edits are then evaluated on every axis (relation specificity,
+portability and the generation-based scores beside the teacher-forced ones) on the edited facts and the
+probe, into the JSON's ``final``.
+
     python benchmarks/bench_sequential.py --modes grace,wise --max-minutes 60     # again to continue
+    python benchmarks/bench_sequential.py --modes grace,grace_subject --final     # every axis after the runs
 """
 
 from __future__ import annotations
@@ -38,8 +43,10 @@ from typing import Any
 import torch
 
 from knowscope.editing.editors import get_editor
+from knowscope.editing.evaluation import evaluate, pre_edit_predictions
 from knowscope.editing.hparams import MEMITHyperParams
-from knowscope.editing.sequential import CollapseMonitor, SequentialRun, run_sequential
+from knowscope.editing.sequential import CollapseMonitor, SequentialRun, load_run_edits, run_sequential
+from knowscope.editing.session import EditSession
 from knowscope.facts import Fact, load_bundled_facts, write_json_atomic
 from knowscope.models import load_model
 from knowscope.sweep.grid import spread
@@ -144,6 +151,26 @@ def print_curves(curves: dict[str, list[dict[str, Any]]]) -> None:
                   f"{f(r['fluency']):>7} {f(r['max_update_norm']):>6} {r['seconds']:>5.0f}")
 
 
+def final_evaluation(model: Any, run_dir: Path, edited: list[Fact], probe: list[Fact]) -> dict[str, Any]:
+    """Every axis after a run: its edits applied, evaluated on the edited facts and on the never-edited probe
+    (CounterFact, EasyEdit, generation; relation specificity and portability where the facts have them),
+    each against the unedited model; per-edit efficacy at the end (retention of every edit)."""
+    reference = pre_edit_predictions(model, edited + probe)
+    session = EditSession(model)
+    t0 = time.perf_counter()
+    try:
+        for result in load_run_edits(run_dir):
+            session.apply(result)
+        mine = evaluate(model, edited, reference=reference, fluency=False)
+        held = evaluate(model, probe, reference=reference, fluency=True, edited=edited)
+    finally:
+        session.rollback()
+    first = [r["efficacy_score"] for r in mine.per_fact[:100]]
+    return {"edits": len(edited), "seconds": time.perf_counter() - t0, "edited": mine.flat(), "probe": held.flat(),
+            "retention_first_100": sum(first) / len(first) if first else None,
+            "efficacy_per_edit": [r["efficacy_score"] for r in mine.per_fact]}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--edits", type=int, default=500)
@@ -155,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-minutes", type=float, default=None, help="start no new batch after this long")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--out", default=str(RESULTS / "bench_sequential.json"))
+    ap.add_argument("--final", action="store_true",
+                    help="after the runs, evaluate every finished mode's edits on every axis (relation specificity, "
+                         "portability, generation; knowscope.editing.evaluation) and the probe, into 'final'")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     if args.threads:
@@ -187,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
                               hparams=hp, monitor=monitor, max_batches=1)
 
     earlier = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else {}
+    final: dict[str, Any] = {}
     stopped: dict[str, str] = {m: why for m, why in earlier.get("stopped", {}).items() if m not in modes}
 
     def report() -> dict[str, Any]:
@@ -198,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
                "memory_hparams": {m: mode_hparams(m).to_dict() for m in MEMORY_MODES if m in curves},
                "probe_relations": sorted({f.relation_id for f in probe}),
                "edit_relations": sorted({f.relation_id for f in edits}), "curves": curves,
-               "checks": checks(curves, len(edits)), "stopped": stopped}
+               "checks": checks(curves, len(edits)), "stopped": stopped,
+               "final": {**earlier.get("final", {}), **final}}
         write_json_atomic(args.out, out)
         return out
 
@@ -233,6 +265,15 @@ def main(argv: list[str] | None = None) -> int:
             report()
         if not progressed:
             break
+    if args.final:
+        for mode, run in runs.items():
+            n = run.records[-1]["edits"]
+            if (earlier.get("final", {}).get(mode) or {}).get("edits") == n or n == 0:
+                continue
+            final[mode] = final_evaluation(model, Path(args.store) / mode, edits[:n], probe)
+            print(f"{mode}: final evaluation of {n} edits: " + ", ".join(
+                f"{k} {v:.3f}" for k, v in final[mode]["edited"].items() if v is not None), flush=True)
+            report()
     out = report()
     print_curves(out["curves"])
     print(json.dumps(out["checks"], indent=1))

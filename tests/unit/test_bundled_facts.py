@@ -121,3 +121,42 @@ def test_relation_filter():
     assert subset and all(f.relation_id == rel for f in subset)
     with pytest.raises(ValueError, match="no bundled facts with relation"):
         load_bundled_facts(relation="no-such-relation")
+
+
+@pytest.mark.parametrize("name, coverage", [("default", 0.54), ("extended", 0.44)])
+def test_relation_specificity_and_portability_probes(name, coverage):
+    """The probes scripts/build_probes.py adds: the subject under other relations (never the fact's own
+    relation, never its own answer), one-hop portability prompts for the relations with a chain. Coverage
+    is what the default model's knowledge allows (docs/findings.md), held here so a rebuild cannot lose it."""
+    facts = load_bundled_facts(name=name)
+    with_probes = [f for f in facts if f.relation_specificity]
+    assert len(with_probes) / len(facts) >= coverage
+    for f in with_probes:
+        assert len(f.relation_specificity) <= 3
+        for probe in f.relation_specificity:
+            assert f.subject in probe.prompt and probe.prompt not in (f.text, *f.paraphrase_prompts)
+            assert probe.relation_id and probe.relation_id != f.relation_id
+            assert probe.answer.strip() and probe.answer != f.target_true
+    chained = {f.relation_id for f in facts if f.portability}
+    assert {"P17", "P276"} <= chained
+    for f in facts:
+        for prompt, answer in f.portability:
+            assert f.subject in prompt and answer.strip()
+
+
+def test_the_same_subject_set():
+    facts = load_bundled_facts(name="same_subject")
+    by_subject: dict[str, list] = {}
+    for f in facts:
+        by_subject.setdefault(f.subject, []).append(f)
+    assert len(by_subject) >= 100 and all(2 <= len(v) <= 3 for v in by_subject.values())
+    for group in by_subject.values():
+        assert len({f.relation_id for f in group}) == len(group)  # one edit per relation of a subject
+    # every subject's first edit comes before any subject's second edit
+    seen: set[str] = set()
+    order = []
+    for f in facts:
+        order.append(f.subject in seen)
+        seen.add(f.subject)
+    assert order == sorted(order)
+    assert len({f.case_id for f in facts}) == len(facts)

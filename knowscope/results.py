@@ -15,15 +15,22 @@ model in the cache - goes through :func:`atomic_directory`, which makes the writ
   into place. A kill at any step leaves the old or the new result loadable: the next save or load
   of the same path restores a target left renamed aside and removes temporaries of dead writers;
 * safe under concurrent writers: saves of one path take an exclusive lock (a file in the cache's
-  ``locks/``, keyed by the path), loads a shared one, so two processes never interleave renames.
+  ``locks/``, keyed by the path), loads a shared one, so two processes never interleave renames;
+* verifiable: ``meta.json`` records the BLAKE2b checksum of ``arrays.safetensors``, and a load refuses
+  arrays that do not match it (a result saved before checksums, without one, still loads);
+* one clear error when the disk refuses: a full disk or a read-only folder is an :class:`OSError`
+  naming the path (never a safetensors-internal error), and folders the save created are removed.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import errno
+import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -48,6 +55,8 @@ GROUP = "knowscope-group.json"  # marks a folder of results written together (e.
 #: the envelope written by this knowscope: ``{"kind", "format_version": 2, "data": {...}}``; version 1
 #: (before the envelope) had the fields beside ``kind`` and is still read
 FORMAT_VERSION = 2
+#: the checksum of a saved array file, in ``meta.json``'s envelope: ``{"checksums": {ARRAYS: "blake2b:<hex>"}}``
+CHECKSUM_ALGORITHM = "blake2b"
 
 
 class ResultFormatError(ValueError):
@@ -99,7 +108,8 @@ def check_writable(path: str | os.PathLike[str], kind: str | None, overwrite: bo
     target = Path(path)
     overwrite = _OVERWRITE.get() if overwrite is None else overwrite
     if target.is_symlink() or (target.exists() and not target.is_dir()):
-        raise SaveRefusedError(f"{target} exists and is not a folder; refusing to replace it with a {kind!r} result "
+        what = "a folder of results" if kind is None else f"a {kind!r} result"
+        raise SaveRefusedError(f"{target} exists and is not a folder; refusing to replace it with {what} "
                                "(choose another path)")
     if target.is_dir():
         found = written_kind(target)
@@ -110,8 +120,8 @@ def check_writable(path: str | os.PathLike[str], kind: str | None, overwrite: bo
             raise SaveRefusedError(f"{target} is a folder with files knowscope did not write; refusing to replace it "
                                    "(choose a new or empty folder)")
         if found is not None and not overwrite:
-            raise SaveRefusedError(f"{target} holds a knowscope {found!r} result, not {kind!r}; pass --overwrite "
-                                   "(overwrite=True) to replace it")
+            raise SaveRefusedError(f"{target} holds a knowscope {found!r} result, not a {kind!r} one; pass "
+                                   "--overwrite (overwrite=True) to replace it")
     parent = nearest_existing(target.parent)
     if not parent.is_dir():
         raise SaveRefusedError(f"cannot save to {target}: {parent} is a file, not a folder")
@@ -127,6 +137,24 @@ def nearest_existing(path: Path) -> Path:
 
 # --------------------------------------------------------------------------------------------------
 # locking, recovery, fsync
+
+
+@contextlib.contextmanager
+def made_parents(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Create ``path``'s missing parent folders; if the body raises, remove those of them still empty
+    (a save that fails - full disk, read-only folder - leaves no empty folders behind)."""
+    parent = Path(path).parent
+    start = nearest_existing(parent)
+    made = [parent, *parent.parents]
+    made = made[: made.index(start)] if start in made else []
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        yield
+    except BaseException:
+        for d in made:  # deepest first
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        raise
 
 
 @contextlib.contextmanager
@@ -242,7 +270,7 @@ def atomic_directory(path: str | os.PathLike[str], kind: str, overwrite: bool | 
     every file knowscope wrote); ``lock=False`` when the caller already holds :func:`path_lock`.
     """
     target = Path(path)
-    with _locked(target, exclusive=True) if lock else contextlib.nullcontext():
+    with made_parents(target), _locked(target, exclusive=True) if lock else contextlib.nullcontext():
         recover(target)
         if check:  # under the lock: another writer's swap is never half-seen
             check_writable(target, kind, overwrite)
@@ -251,7 +279,12 @@ def atomic_directory(path: str | os.PathLike[str], kind: str, overwrite: bool | 
         os.umask(umask)
         tmp.chmod(0o777 & ~umask)  # mkdtemp makes 0700; a result folder gets the usual permissions
         try:
-            yield tmp
+            try:
+                yield tmp
+            except OSError as exc:  # name the result's path, not the temporary one (a full disk, ...)
+                if isinstance(exc.filename, str) and exc.filename.startswith(str(tmp)):
+                    exc.filename = str(target) + exc.filename[len(str(tmp)):]
+                raise
             _fsync_tree(tmp)
             _STEP("written")
             if target.exists():
@@ -279,12 +312,34 @@ def save_dir(path: str | os.PathLike[str], kind: str, meta: dict[str, Any], arra
     """
     with atomic_directory(path, kind, overwrite) as tmp:
         data = {k: v for k, v in meta.items() if k not in ("kind", "format_version")}
-        body = {"kind": kind, "format_version": FORMAT_VERSION, "data": data}
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in arrays.items()}
+        write_safetensors(tensors, tmp / ARRAYS)
+        body = {"kind": kind, "format_version": FORMAT_VERSION, "data": data,
+                "checksums": {ARRAYS: f"{CHECKSUM_ALGORITHM}:{file_checksum(tmp / ARRAYS)}"}}
         (tmp / META).write_text(json.dumps(body, indent=1, ensure_ascii=False, default=_default) + "\n",
                                 encoding="utf-8")
-        tensors = {k: v.detach().to("cpu").contiguous() for k, v in arrays.items()}
-        save_file(tensors, str(tmp / ARRAYS))
     return Path(path)
+
+
+def write_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike[str]) -> None:
+    """``save_file``, with a failed write (full disk, read-only folder) raised as an :class:`OSError`
+    naming ``path`` instead of safetensors' own error."""
+    try:
+        save_file(tensors, str(path))
+    except SafetensorError as exc:
+        code = re.search(r"code: (\d+)", str(exc))
+        if code is None:
+            raise OSError(errno.EIO, f"could not write safetensors ({exc})", str(path)) from exc
+        raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from exc
+
+
+def file_checksum(path: str | os.PathLike[str]) -> str:
+    """The BLAKE2b (256-bit) hex digest of a file's bytes."""
+    h = hashlib.blake2b(digest_size=32)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -293,6 +348,11 @@ def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
     Reads the envelope (version 2) and the flat layout before it (version 1); refuses a newer
     version, and metadata that is not a JSON object or lacks ``kind``, with the file named.
     """
+    return _read_envelope(path)[0]
+
+
+def _read_envelope(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """:func:`read_meta`'s dict and the envelope's checksums by file name (empty before checksums)."""
     f = Path(path) / META
     body = read_json(f)
     if not isinstance(body, dict):
@@ -306,11 +366,29 @@ def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ResultFormatError(f"{f} has format_version {version}; this knowscope reads up to {FORMAT_VERSION}: "
                                 "upgrade knowscope to open it")
     if version == 1:
-        return body
+        return body, {}
     data = body.get("data")
     if not isinstance(data, dict):
         raise ResultFormatError(f"{f}: 'data' must be a JSON object, got {type(data).__name__}")
-    return {**data, "kind": body["kind"], "format_version": version}
+    sums = body.get("checksums", {})
+    if not isinstance(sums, dict) or not all(isinstance(v, str) for v in sums.values()):
+        raise ResultFormatError(f"{f}: 'checksums' must map file names to strings")
+    return {**data, "kind": body["kind"], "format_version": version}, sums
+
+
+def _verify(folder: Path, name: str, recorded: str) -> None:
+    """Refuse ``folder / name`` unless its bytes have the checksum ``recorded`` (``"blake2b:<hex>"``)."""
+    if name != ARRAYS:
+        raise ResultFormatError(f"{folder / META} records a checksum of {name!r}; a result holds only {ARRAYS}")
+    algorithm, _, digest = recorded.partition(":")
+    if algorithm != CHECKSUM_ALGORITHM or not digest:
+        raise ResultFormatError(f"{folder / META} records a {algorithm!r} checksum of {name}, which this knowscope "
+                                f"does not know (it writes {CHECKSUM_ALGORITHM})")
+    if not (folder / name).is_file():
+        raise ResultFormatError(f"{folder}: {name} is missing, though {META} records its checksum")
+    if file_checksum(folder / name) != digest:
+        raise ResultFormatError(f"{folder}: its arrays do not match their checksum: the file was changed or "
+                                f"corrupted ({name})")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -368,7 +446,8 @@ def load_dir(path: str | os.PathLike[str], kind: str | None = None) -> tuple[dic
     """Read a result directory written by :func:`save_dir`; check its ``kind`` if given.
 
     Malformed content (metadata that is not a JSON object, nested too deeply, not UTF-8; arrays
-    that are not safetensors) raises :class:`ResultFormatError` naming the file.
+    that are not safetensors, or whose bytes do not match the checksum in ``meta.json``) raises
+    :class:`ResultFormatError` naming the file.
     """
     p = Path(path)
     with _locked(p, exclusive=False) if p.parent.is_dir() else contextlib.nullcontext():
@@ -379,9 +458,11 @@ def load_dir(path: str | os.PathLike[str], kind: str | None = None) -> tuple[dic
             raise ResultFormatError(f"{p} does not exist")
         if not (p / META).is_file():
             raise ResultFormatError(f"{p} is not a knowscope result directory (no {META})")
-        meta = read_meta(p)
+        meta, sums = _read_envelope(p)
         if kind is not None and meta.get("kind") != kind:
             raise ResultFormatError(f"{p} holds a {meta.get('kind')!r} result, not a {kind!r}")
+        for name, recorded in sums.items():
+            _verify(p, name, recorded)
         arrays: dict[str, torch.Tensor] = {}
         if (p / ARRAYS).is_file():
             try:

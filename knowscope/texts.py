@@ -22,8 +22,9 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from knowscope.models import Model
+from knowscope.models import Model, ModelLoadError, check_hub_reachable
 from knowscope.paths import cache_dir
+from knowscope.results import write_safetensors
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ def generated_batch(model: Model, index: int, batch_size: int, seq_len: int, see
     Each batch has its own seed (``seed``, ``index``), so asking for more tokens later reuses the
     batches already on disk, and the result does not depend on how many batches are asked for.
     """
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     folder = cache_dir() / "stats" / model.fingerprint / f"samples-s{seed}-len{seq_len}-b{batch_size}"
     path = folder / f"{index:05d}.safetensors"
@@ -102,7 +103,11 @@ def generated_batch(model: Model, index: int, batch_size: int, seq_len: int, see
         )
     tokens = out[:, :seq_len].cpu().contiguous()
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    save_file({"tokens": tokens}, str(tmp))
+    try:
+        write_safetensors({"tokens": tokens}, tmp)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
     return tokens
 
@@ -155,6 +160,16 @@ def _hf_texts(spec: str) -> Iterator[str]:
     except ImportError as exc:  # pragma: no cover - optional dependency
         raise ValueError(f"text source 'hf:{spec}' needs the 'datasets' package (pip install datasets)") from exc
     name, _, config = spec.partition(":")
+    offline = os.environ.get("HF_DATASETS_OFFLINE", "0").lower() in {"1", "true", "yes"}
+    try:  # offline: fail in seconds, not after the hub client's ~40 s of retries (a local dataset needs no hub)
+        if not Path(name).expanduser().exists():
+            if offline:
+                raise ModelLoadError("HF_DATASETS_OFFLINE is set")
+            check_hub_reachable(name, what="dataset")
+    except ModelLoadError:
+        raise ValueError(f"text source 'hf:{spec}' is a Hugging Face dataset streamed from the hub: it needs the "
+                         "internet, and the hub cannot be reached (or HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set); "
+                         "use 'self' (text the model generates, offline) or a text file") from None
     ds = datasets.load_dataset(name, config or None, split="train", streaming=True)
     for row in ds:
         text = row.get("text")

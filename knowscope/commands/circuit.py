@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from knowscope.commands import add_model_argument, load_from_args
+from knowscope.commands.edit import read_facts
 
 NAME = "circuit"
 HELP = "knowledge circuit of a fact (EAP / EAP-IG edge attribution, exact-patching faithfulness)"
@@ -22,7 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     one.add_argument("--contrast-subject", help="subject to swap in (same token length); default: noise corruption")
     one.add_argument("--contrast", help="contrast answer for the logit difference (default: log-probability metric)")
     many = parser.add_argument_group("a batch of facts")
-    many.add_argument("--data", help="fact file (CounterFact / EasyEdit / zsRE JSON); default: the bundled facts")
+    many.add_argument("--data", help="fact file (CounterFact / EasyEdit / zsRE JSON), 'bundled' or 'bundled:NAME' "
+                      "(a bundled set); default: the bundled facts")
     many.add_argument("--relation", help="relation id to take facts of (e.g. P36)")
     many.add_argument("--limit", type=int, default=8, help="how many facts (default 8)")
     parser.add_argument("--method", default="eap-ig", choices=["eap", "eap-ig"], help="default eap-ig")
@@ -40,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _facts(args: argparse.Namespace) -> tuple[list[Any], str, list[str] | None, list[str | None] | None]:
     from knowscope.circuits.batches import as_template
-    from knowscope.facts import Fact, load_bundled_facts, load_facts
+    from knowscope.facts import Fact
 
     if args.prompt is not None or args.subject is not None or args.target is not None:
         missing = [n for n in ("prompt", "subject", "target") if getattr(args, n) is None]
@@ -59,7 +61,7 @@ def _facts(args: argparse.Namespace) -> tuple[list[Any], str, list[str] | None, 
         return [fact], corruption, [args.contrast_subject] if corruption == "swap" else None, contrasts
     if args.limit < 1:
         raise ValueError(f"--limit must be >= 1, got {args.limit}")
-    facts = load_facts(args.data) if args.data else load_bundled_facts()
+    facts = read_facts(args.data)
     if args.relation:
         facts = [f for f in facts if f.relation_id == args.relation]
         if not facts:
@@ -78,14 +80,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError(f"--ig-steps must be >= 1, got {args.ig_steps}")
     if args.top_n is not None and args.top_n < 1:
         raise ValueError(f"--top-n must be >= 1, got {args.top_n}")
+    if args.max_edges_json < 0:
+        raise ValueError(f"--max-edges-json must be >= 0, got {args.max_edges_json}")
     start = time.perf_counter()
     facts, corruption, contrast_subjects, contrasts = _facts(args)
     model = load_from_args(args)
     pool = None
     if args.data and corruption == "swap":
-        from knowscope.facts import load_facts
-
-        pool = load_facts(args.data)
+        pool = read_facts(args.data)
     batch = make_batch(model, facts, corruption, contrast_subjects=contrast_subjects, contrasts=contrasts,
                        pool=pool, seed=args.seed)
     metric = args.metric

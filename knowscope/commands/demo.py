@@ -4,12 +4,17 @@ Load the model, show what it knows on a few bundled facts, trace one fact and lo
 edit, find the relation's knowledge circuit, edit the fact with ROME, verify before vs after (prompt,
 paraphrases, neighbours, metrics, activation shift, circuit diff), undo, and save the runs for the
 viewer (``knowscope view RUNS``).
+
+The runs are saved together at the end, as one group (``knowscope-group.json`` of kind ``demo``), so a
+second demo into the same folder replaces the first one's output whole; a folder with files the demo
+did not write is refused before any work.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +23,13 @@ from knowscope.commands import add_model_argument, load_from_args
 NAME = "demo"
 HELP = "run the main job on the default model: what it knows, trace, locate, edit, verify, undo"
 ORDER = 1
+CHECKS_OWN_OUTPUT = True  # --out is checked here: an earlier demo's output there is replaced
+GROUP = "demo"
+#: the result folders a demo writes under --out and their kinds (``circuit_diff`` only when it could be computed):
+#: how the output of a demo saved before the group marker is recognised
+PARTS = {"trace": "trace", "locate": "layer_choice", "circuit": "circuit", "edit": "edit_session",
+         "metrics": "edit_metrics", "predictions": "predictions", "shift": "activation_shift",
+         "circuit_diff": "circuit_diff"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,6 +39,45 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--samples", type=int, default=3, help="noise samples per causal trace (default 3)")
     parser.add_argument("--locate-facts", type=int, default=6, help="facts traced to locate the layer (default 6)")
     parser.add_argument("--circuit-facts", type=int, default=3, help="facts in the knowledge circuit (default 3)")
+
+
+def own_output(out: Path) -> bool:
+    """True when ``out`` holds an earlier demo's output: the demo's group marker, or (a demo saved before
+    the marker) every result folder a demo writes, of its kind, and nothing else."""
+    from knowscope.results import written_kind
+
+    if written_kind(out) == f"group:{GROUP}":
+        return True
+    if out.is_symlink() or not out.is_dir():
+        return False
+    names = {e.name for e in out.iterdir()}
+    return set(PARTS) - {"circuit_diff"} <= names <= set(PARTS) and all(
+        not (out / n).is_symlink() and written_kind(out / n) == PARTS[n] for n in names)
+
+
+def check_out(out: Path) -> None:
+    """Refuse a bad ``--out`` before any work (an earlier demo's output is fine: it is replaced)."""
+    from knowscope.results import check_writable
+
+    if not own_output(out):
+        check_writable(out, f"group:{GROUP}")
+
+
+def save_runs(out: str | Path, savers: Sequence[Callable[[Path], Any]]) -> bool:
+    """Save the demo's runs into ``out`` at once: each of ``savers`` writes its part into the new folder.
+
+    An earlier demo's output at ``out`` is replaced whole (anything else knowscope did not write is
+    refused, as every save is); returns whether one was replaced.
+    """
+    from knowscope.results import atomic_directory, write_group_marker
+
+    out = Path(out)
+    replaced = own_output(out)
+    with atomic_directory(out, f"group:{GROUP}", check=not replaced) as tmp:
+        for save in savers:
+            save(tmp)
+        write_group_marker(tmp, GROUP, {"parts": sorted(p.name for p in tmp.iterdir() if p.is_dir())})
+    return replaced
 
 
 def _section(title: str) -> None:
@@ -56,6 +107,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     start = time.time()
     out = Path(args.out)
+    check_out(out)
     _section("load")
     model = load_from_args(args)
     print(f"  {model}  fingerprint {model.fingerprint}")
@@ -73,14 +125,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         peak = traced.peak(kind)
         print(f"  {kind:<7} peak at layer {peak['layer']:>2}, token {traced.tokens[peak['token']]!r}")
     print(f"  P(answer): clean {traced.high_score:.3f}, subject noised {traced.low_score:.3f}")
-    traced.save(out / "trace")
 
     _section("locate the layer to edit")
     relation = [f for f in facts if f.relation_id == fact.relation_id][: args.locate_facts]
     choice = locate(model, relation, kind="mlp", samples=args.samples)
     print(f"  MLP indirect effect at the last subject token peaks at layer {choice.layer} "
           f"(over {choice.n_facts} facts of relation {fact.relation_id})")
-    choice.save(out / "locate")
     measured = measured_layer(model, "rome")
     if measured is not None:
         print(f"  a layer sweep of this model ({measured.n_facts} facts x {model.arch.n_layers} layers) measured "
@@ -93,7 +143,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     circuit = knowledge_circuit(model, batch, method="eap-ig")
     print(f"  {circuit.n_edges} of {circuit.n_edges_total} edges, faithfulness {circuit.faithfulness:.2f} "
           f"({len(circuit.nodes())} nodes)")
-    circuit.save(out / "circuit")
 
     _section(f"ROME edit at layer {choice.layer}: {fact.subject} -> {fact.target_new!r}")
     session = EditSession(model)
@@ -112,8 +161,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
               f"{s['n_reweighted']} re-weighted")
     else:
         print(f"  circuit diff not computed: {report.circuit_diff_error}")
-    report.save(out, session)
-    session.undo()
+    try:
+        replaced = save_runs(out, [lambda d: traced.save(d / "trace"), lambda d: choice.save(d / "locate"),
+                                   lambda d: circuit.save(d / "circuit"), lambda d: report.save(d, session)])
+    finally:
+        session.undo()
     back = model.top_k(fact.text, 1)[0]
     print(f"  undone: {fact.text!r} -> {back[0]!r} again")
 
@@ -124,7 +176,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         edit={"fact": fact.text, "target_new": fact.target_new, "layer": choice.layer, "metrics": flat},
     )
     result["seconds"] = time.time() - start
-    print(f"\nsaved the runs under {out}/ (trace, locate, circuit, edit, metrics, predictions, shift, circuit_diff); "
+    print()
+    if replaced:
+        print(f"replaced the earlier demo's output in {out}/")
+    print(f"saved the runs under {out}/ (trace, locate, circuit, edit, metrics, predictions, shift, circuit_diff); "
           f"done in {result['seconds']:.1f} s")
     print(f"open them in the viewer:\n  knowscope view {out}")
     return result

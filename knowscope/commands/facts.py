@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from knowscope.commands import add_model_argument, load_from_args
+from knowscope.commands.edit import read_facts
 
 NAME = "facts"
 HELP = "top-1 accuracy of a model on a fact file (CounterFact, EasyEdit or zsRE JSON; default: bundled)"
@@ -14,15 +15,15 @@ ORDER = 30
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_argument(parser)
-    parser.add_argument("--data", default=None, help="fact file (default: the bundled facts)")
+    parser.add_argument("--data", default=None, help="fact file, 'bundled' or 'bundled:NAME' (a bundled set; "
+                        "default: the bundled facts)")
     parser.add_argument("--limit", type=int, default=None, help="use the first N facts")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from knowscope.facts import load_bundled_facts, load_facts
     from knowscope.knowledge import fact_accuracy
 
-    facts = load_facts(args.data) if args.data else load_bundled_facts()
+    facts = read_facts(args.data)
     if args.limit is not None:
         if args.limit < 1:
             raise ValueError(f"--limit must be >= 1, got {args.limit}")

@@ -13,6 +13,7 @@ import argparse
 from typing import Any
 
 from knowscope.commands import add_model_argument, load_from_args
+from knowscope.commands.edit import read_facts
 
 NAME = "lens"
 HELP = "logit / tuned lens: each layer's top next tokens, a target's rank by layer, or a fact file's readout"
@@ -23,8 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_argument(parser)
     parser.add_argument("--prompt", default=None, help="the prompt (BOS is prepended)")
     parser.add_argument("--target", default=None, help="a continuation to track, e.g. ' Paris' (leading space added)")
-    parser.add_argument("--data", default=None, help="fact file (CounterFact/EasyEdit/zsRE) or 'bundled': report "
-                        "where each fact's true object becomes top-1 / top-5")
+    parser.add_argument("--data", default=None, help="fact file (CounterFact/EasyEdit/zsRE), 'bundled' or "
+                        "'bundled:NAME': report where each fact's true object becomes top-1 / top-5")
     parser.add_argument("--limit", type=int, default=None, help="with --data: use the first N facts")
     parser.add_argument("--top-k", type=int, default=5, help="top tokens per layer (default 5)")
     parser.add_argument("--tuned", action="store_true", help="read through the tuned lens (trained once, cached)")
@@ -64,6 +65,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError("--train / --retrain train the tuned lens: add --tuned")
     if args.prompt is not None and not args.prompt.strip():
         raise ValueError("--prompt is empty")
+    if args.target is not None and not args.target.strip():
+        raise ValueError("--target is empty: give the continuation to track, or leave it out")
     if args.prompt is None and args.data is None and not args.train:
         raise ValueError("give --prompt (one prompt), --data FILE (a fact file), or --tuned --train")
     if args.prompt is not None and args.data is not None:
@@ -72,9 +75,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError(f"--limit must be >= 1, got {args.limit}")
     facts = None
     if args.data is not None:
-        from knowscope.facts import load_bundled_facts, load_facts
-
-        facts = load_bundled_facts() if args.data == "bundled" else load_facts(args.data)
+        facts = read_facts(args.data)
         facts = facts[: args.limit] if args.limit is not None else facts
         if not facts:
             raise ValueError(f"no facts in {args.data}")

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sqlite3
 from typing import Any
 
 from knowscope.commands import CLIError
+from knowscope.commands.edit import read_facts
 
 NAME = "sweep"
 HELP = "facts x layers x methods edit sweep (on Ray): does the traced layer predict where editing works?"
@@ -30,7 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", default="rome", help="rome, memit or ft; several comma-separated (rome,memit)")
     parser.add_argument("--layers", default="all", help="layers to edit: 'all', '3-7', '0,5,10' or '0-29:3' "
                         "(MEMIT: the window's centre)")
-    parser.add_argument("--data", default="bundled", help="fact file (CounterFact/EasyEdit/zsRE) or 'bundled'")
+    parser.add_argument("--data", default="bundled", help="fact file (CounterFact/EasyEdit/zsRE), 'bundled' or "
+                        "'bundled:NAME' (a bundled set, e.g. bundled:extended)")
     parser.add_argument("--limit", type=int, default=None, help="use N facts, spread over the relations")
     parser.add_argument("--seeds", default="0", help="comma-separated seeds of the v*/z optimisation (default 0)")
     parser.add_argument("--window", type=int, default=5, help="MEMIT window width, centred on the layer (default 5)")
@@ -38,7 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "'{\"rome\": {\"v_steps\": 10}}'")
     parser.add_argument("--samples", type=int, default=10, help="noise samples per traced cell (ROME: 10)")
     parser.add_argument("--workers", type=int, default=None, help="Ray workers (default: CPU count)")
-    parser.add_argument("--address", default=None, help="join a Ray cluster: 'auto' or 'ray://HOST:PORT'")
+    parser.add_argument("--address", default=None, help="join a Ray cluster: 'auto' (from a machine of the "
+                        "cluster) or 'ray://HOST:PORT' (needs the Ray client: pip install 'ray[client]')")
     parser.add_argument("--no-ray", action="store_true", help="run in this process (needs --workers 1)")
     parser.add_argument("--store", required=True, help="the sweep's SQLite file (created, or continued)")
     parser.add_argument("--max-minutes", type=float, default=None, help="start no new cell after this long; "
@@ -47,7 +51,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from knowscope.facts import load_bundled_facts, load_facts
     from knowscope.models import DEFAULT_MODEL
     from knowscope.sweep import SweepResult, SweepSpec, run_sweep, spread
 
@@ -57,6 +60,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
     if args.no_ray and args.workers not in (None, 1):
         raise ValueError("--no-ray runs in this process: give --workers 1 (or drop --no-ray)")
+    if args.max_minutes is not None and not args.max_minutes >= 0:
+        raise ValueError(f"--max-minutes must be >= 0, got {args.max_minutes}")
     report = None
     if not args.analyse_only:
         try:
@@ -69,8 +74,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             raise ValueError(f"--hparams is not valid JSON ({exc})") from None
         if not isinstance(hparams, dict) or not all(isinstance(v, dict) for v in hparams.values()):
             raise ValueError("--hparams must be a JSON object of objects: {\"rome\": {\"v_steps\": 10}}")
-        facts = load_bundled_facts() if args.data == "bundled" else load_facts(args.data)
-        facts = spread(facts, args.limit)
+        facts = spread(read_facts(args.data), args.limit)
         if not facts:
             raise ValueError(f"no facts in {args.data}")
         spec = SweepSpec(args.model or DEFAULT_MODEL, facts, methods=[m.strip() for m in args.method.split(",")],
@@ -81,9 +85,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                use_ray=not args.no_ray,
                                max_seconds=None if args.max_minutes is None else 60 * args.max_minutes)
         except RuntimeError as exc:
-            if any(m in str(exc) for m in ("Ray is not installed", "workers died", "could not start")):
+            if any(m in str(exc) for m in ("Ray is not installed", "Ray client", "workers died", "could not start",
+                                           "another sweep")):
                 raise CLIError(str(exc)) from None
             raise
+        except sqlite3.OperationalError as exc:  # a full disk or a read-only folder under the store
+            raise CLIError(f"cannot write the sweep store {args.store}: {exc}") from None
     res = SweepResult.load(args.store)
     if not res.methods:
         raise CLIError(f"{args.store} holds no finished cells yet")

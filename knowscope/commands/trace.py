@@ -7,6 +7,7 @@ import math
 from typing import Any
 
 from knowscope.commands import add_model_argument, load_from_args
+from knowscope.commands.edit import read_facts
 
 NAME = "trace"
 HELP = "causal tracing (ROME): which layers and tokens carry a fact; --data for the average and the located layer"
@@ -18,8 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt", help="the prompt (BOS is prepended)")
     parser.add_argument("--subject", help="the part of the prompt to corrupt")
     parser.add_argument("--target", default=None, help="answer to score (default: the model's top-1 next token)")
-    parser.add_argument("--data", default=None, help="fact file (CounterFact/EasyEdit/zsRE) or 'bundled': "
-                        "trace many facts, print the token-class averages and the located layer")
+    parser.add_argument("--data", default=None, help="fact file (CounterFact/EasyEdit/zsRE), 'bundled' or "
+                        "'bundled:NAME': trace many facts, print the token-class averages and the located layer")
     parser.add_argument("--limit", type=int, default=None, help="with --data: use the first N facts")
     parser.add_argument("--kind", default="all", help="hidden, mlp, attn, hidden_frozen_mlp, hidden_frozen_attn, "
                         "a comma-separated list, or all (hidden,mlp,attn; default)")
@@ -49,6 +50,8 @@ def _common(args: argparse.Namespace) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from knowscope.circuits.tracing import trace
 
+    if args.locate_window is not None and args.locate_window < 1:
+        raise ValueError(f"--locate-window must be >= 1 (a window of layers), got {args.locate_window}")
     if args.data:
         return _run_data(args)
     if not args.prompt or not args.subject:
@@ -79,9 +82,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def _run_data(args: argparse.Namespace) -> dict[str, Any]:
     from knowscope.circuits.tracing import TOKEN_CLASSES, locate, trace_facts
-    from knowscope.facts import load_bundled_facts, load_facts
 
-    facts = load_bundled_facts() if args.data == "bundled" else load_facts(args.data)
+    facts = read_facts(args.data)
     if args.limit is not None:
         if args.limit < 1:
             raise ValueError(f"--limit must be >= 1, got {args.limit}")
@@ -91,6 +93,8 @@ def _run_data(args: argparse.Namespace) -> dict[str, Any]:
     kwargs = _common(args)
     kinds = kwargs.pop("kinds")
     model = load_from_args(args)
+    if args.locate_window is not None and args.locate_window > model.arch.n_layers:
+        raise ValueError(f"--locate-window {args.locate_window}: {model.name} has {model.arch.n_layers} layers")
     agg = trace_facts(model, facts, kinds=kinds, progress=True, **kwargs)
     print(f"{model.name}: average indirect effect over {agg.n_facts} facts (best layer per token class)")
     for kind in agg.kinds:

@@ -26,7 +26,10 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
     if not 0 < args.port < 65536:
         raise CLIError(f"--port must be in 1..65535, got {args.port}")
     runs = Path(args.runs)
-    if runs.exists() and not runs.is_dir():
+    if not runs.exists():
+        raise CLIError(f"runs folder {runs} does not exist; save runs there first (`knowscope demo` writes "
+                       "runs/demo), or give the folder that holds them")
+    if not runs.is_dir():
         raise CLIError(f"{runs} is a file, not a runs folder")
     print(f"knowscope viewer on http://localhost:{args.port}  (runs: {runs.resolve()}; Ctrl-C stops it)", flush=True)
     code = serve(runs, args.port, args.model, headless=not args.browser, replace_process=True)

@@ -32,6 +32,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from knowscope.editing.guards import TrainableWeights, mlp_out_parameters
+from knowscope.editing.keys import check_request
 from knowscope.editing.layers import LayerSpec, resolve_layers
 from knowscope.editing.session import EditResult
 from knowscope.facts import Fact
@@ -156,6 +157,7 @@ def edit(
     for r in requests:
         if not isinstance(r, Fact):
             raise ValueError(f"requests must be Fact objects, got {type(r).__name__}")
+        check_request(model, r)
     hp = hparams if hparams is not None else FTHyperParams.for_model(model)
     chosen = _resolve_layers(model, layers, hp, requests)
     start = time.perf_counter()

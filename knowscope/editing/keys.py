@@ -110,9 +110,14 @@ def pad(model: Model, rows: Sequence[Sequence[int]]) -> Tensor:
 
 
 def check_request(model: Model, fact: Fact) -> None:
+    """Refuse a request that is not a Fact, whose new target is empty, or whose new target is the true one
+    (an edit that changes nothing; compared as the tokens the model is scored on)."""
     if not isinstance(fact, Fact):
         raise ValueError(f"edit requests must be knowscope.facts.Fact records, got {type(fact).__name__}")
-    model.encode_target(fact.new_continuation)
+    new = model.encode_target(fact.new_continuation)
+    if new == model.tokenizer.encode(fact.true_continuation, add_special_tokens=False):
+        raise ValueError(f"edit request {fact.text!r} (subject {fact.subject!r}): the new target {fact.target_new!r} "
+                         f"is the true one ({fact.target_true!r}); an edit must change the answer")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ routed most strongly, its routing score and the threshold it was held against (e
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -334,6 +335,9 @@ def _stop_after(module: nn.Module) -> Iterator[None]:
 
 #: memory kinds by name, filled by the modules that define them (grace, wise)
 KINDS: dict[str, type[SideMemory]] = {}
+#: the module that defines each built-in kind, imported by :func:`memory_kind` when a saved edit names
+#: the kind before its editor was imported (loading a session in a fresh process)
+KIND_MODULES = {"grace": "knowscope.editing.grace", "wise": "knowscope.editing.wise"}
 
 
 def register_kind(cls: type[SideMemory]) -> type[SideMemory]:
@@ -346,12 +350,23 @@ def memory_of(model: Model) -> SideMemory | None:
     return getattr(model, "_side_memory", None)
 
 
+def memory_kind(kind: Any) -> type[SideMemory]:
+    """The memory class of ``kind``; a built-in kind's module is imported on first use."""
+    if not isinstance(kind, str):
+        raise MemoryMismatchError("a memory edit names no side-memory kind" + (f" (got {kind!r})" if kind else ""))
+    if kind not in KINDS and kind in KIND_MODULES:
+        importlib.import_module(KIND_MODULES[kind])  # registers the kind
+    if kind not in KINDS:
+        known = sorted(set(KINDS) | set(KIND_MODULES))
+        raise MemoryMismatchError(f"unknown side-memory kind {kind!r}; known: {', '.join(known)}")
+    return KINDS[kind]
+
+
 def memory_for(model: Model, meta: dict[str, Any]) -> SideMemory:
     """The model's memory that an edit with ``meta`` (``extra["memory"]``) writes into: the one attached,
     if it is of that kind, layer and spec, else a new empty one (not attached yet). Refuses a mismatch."""
     kind, layer, spec = meta.get("kind"), meta.get("layer"), meta.get("spec") or {}
-    if kind not in KINDS:
-        raise MemoryMismatchError(f"unknown side-memory kind {kind!r}; known: {', '.join(sorted(KINDS)) or 'none'}")
+    cls = memory_kind(kind)
     current = memory_of(model)
     if current is not None and current.n_edits > 0:
         if current.kind != kind or current.layer != layer:
@@ -366,4 +381,4 @@ def memory_for(model: Model, meta: dict[str, Any]) -> SideMemory:
         return current
     if current is not None:
         current.detach()
-    return KINDS[kind](model, int(layer), spec)
+    return cls(model, int(layer), spec)

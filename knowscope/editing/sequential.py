@@ -38,12 +38,13 @@ from knowscope.editing.editors import MEMORY_EDITORS, get_editor
 from knowscope.editing.evaluation import evaluate, pre_edit_predictions
 from knowscope.editing.hparams import MEMITHyperParams
 from knowscope.editing.memit import SequentialMEMIT
+from knowscope.editing.memory import STATE_PREFIX
 from knowscope.editing.scoring import generate_texts, generation_prompts, ngram_entropy, score_continuations
-from knowscope.editing.session import EditResult, EditSession
+from knowscope.editing.session import MEMORY_PREFIX, EditResult, EditSession
 from knowscope.facts import Fact
 from knowscope.knowledge import fact_accuracy
 from knowscope.models import Model
-from knowscope.results import load_dir, register, result_kind, save_dir
+from knowscope.results import ResultFormatError, load_dir, register, result_kind, save_dir
 
 logger = logging.getLogger(__name__)
 
@@ -216,7 +217,7 @@ class SequentialRun:
 
     @classmethod
     def load(cls, path: str | Path) -> SequentialRun:
-        meta, _ = load_dir(Path(path) / STATE, KIND)
+        meta, _ = _load_state(Path(path))
         return cls(settings=meta["settings"], records=meta["records"], path=Path(path))
 
 
@@ -259,9 +260,43 @@ def _save_state(out: Path, settings: dict[str, Any], records: list[dict[str, Any
     save_dir(out / STATE, KIND, meta, arrays, overwrite=True)
 
 
+def _load_state(out: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """A run's saved state, refused unless its records, edits and arrays agree (besides the arrays'
+    checksum, which :func:`load_dir` checks): every edit's arrays are stored, nothing else is, and the
+    last record's batch and edit counts are what the edits hold."""
+    meta, arrays = load_dir(out / STATE, KIND)
+    where = out / STATE
+    edits, records = meta.get("edits"), meta.get("records")
+    if not isinstance(edits, list) or not isinstance(records, list) or not records \
+            or not all(isinstance(m, dict) for m in edits) or not isinstance(records[-1], dict):
+        raise ResultFormatError(f"{where}: a sequential run's meta.json needs 'edits' and 'records' lists")
+    stored: dict[str, dict[str, list[int]]] = {}
+    for name, v in arrays.items():
+        if name.startswith("edit/"):
+            index, _, rest = name[len("edit/"):].partition("/")
+            stored.setdefault(index, {})[rest] = list(v.shape)
+    declared = {str(i): {**m.get("parameters", {}), **{MEMORY_PREFIX + k: s for k, s in
+                                                       m.get("memory_arrays", {}).items()}}
+                for i, m in enumerate(edits)}
+    if stored != {i: d for i, d in declared.items() if d}:
+        raise ResultFormatError(f"{where}: its arrays do not match the {len(edits)} edit(s) its meta.json records: "
+                                "the run was changed or corrupted")
+    batch, n_edits = records[-1].get("batch"), records[-1].get("edits")
+    memory = bool(edits) and "memory" in (edits[0].get("extra") or {})
+    if memory:
+        counter = arrays.get(f"edit/0/{MEMORY_PREFIX}{STATE_PREFIX}n_edits")
+        ok = len(edits) == 1 and counter is not None and int(counter.reshape(-1)[0]) == batch
+    else:
+        ok = len(edits) == batch and sum(len(m.get("requests", [])) for m in edits) == n_edits
+    if not ok:
+        raise ResultFormatError(f"{where}: its records end after batch {batch} ({n_edits} edits), but it holds "
+                                f"{len(edits)} saved edit(s) that disagree: the run was changed or corrupted")
+    return meta, arrays
+
+
 def _restore(out: Path, model: Model, settings: dict[str, Any], session: EditSession,
              seq: SequentialMEMIT | None) -> list[dict[str, Any]]:
-    meta, arrays = load_dir(out / STATE, KIND)
+    meta, arrays = _load_state(out)
     if meta["settings"] != settings:
         diff = sorted(k for k in set(meta["settings"]) | set(settings) if meta["settings"].get(k) != settings.get(k))
         raise ValueError(f"{out} holds a sequential run with other settings ({', '.join(diff)} differ); give "
@@ -392,7 +427,7 @@ def run_sequential(model: Model, facts: Sequence[Fact], batch_size: int, out: st
 
 def load_run_edits(out: str | Path) -> list[EditResult]:
     """The edits of a saved sequential run, one per finished batch, in order (apply them to an EditSession)."""
-    return _edits(*load_dir(Path(out) / STATE, KIND))
+    return _edits(*_load_state(Path(out)))
 
 
 def _edits(meta: dict[str, Any], arrays: dict[str, Tensor]) -> list[EditResult]:

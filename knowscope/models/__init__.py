@@ -30,6 +30,7 @@ from knowscope.models.sources import (
     build_tiny_model,
     check_device,
     check_hub_reachable,
+    check_model_dir,
     default_model_dir,
     load_model,
     tiny_model,
@@ -40,5 +41,6 @@ from knowscope.paths import cache_dir
 __all__ = [
     "ArchInfo", "DEFAULT_ALIASES", "DEFAULT_MODEL", "SMOLLM2_DIRNAME", "SMOLLM2_GGUF", "SMOLLM2_VERSION",
     "SMOLLM2_WHEEL", "TINY_MODELS", "Model", "ModelLoadError", "build_tiny_model", "cache_dir", "check_device",
-    "check_hub_reachable", "clean_param_name", "compute_fingerprint", "default_model_dir", "load_model", "tiny_model",
+    "check_hub_reachable", "check_model_dir", "clean_param_name", "compute_fingerprint", "default_model_dir",
+    "load_model", "tiny_model",
 ]

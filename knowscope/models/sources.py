@@ -101,7 +101,7 @@ def load_model(
         return Model(_boot(str(path), dev, dtype), name=key, path=path)
     local = Path(key).expanduser()
     if local.exists():
-        _check_model_dir(local)
+        check_model_dir(local)
         return Model(_boot(str(local), dev, dtype), name=local.name, path=local)
     if key.startswith((".", "/", "~")) or key.count("/") > 1:
         raise ModelLoadError(f"model directory {key!r} does not exist")
@@ -117,7 +117,7 @@ def load_model(
     return Model(bridge, name=key, path=None)
 
 
-def _check_model_dir(local: Path) -> None:
+def check_model_dir(local: Path) -> None:
     """A local model directory must hold a readable config.json and safetensors weights (never pickle)."""
     config = local / "config.json"
     if not local.is_dir() or not config.is_file():

@@ -23,7 +23,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol
 
-from knowscope.models import check_hub_reachable
+from knowscope.models import ModelLoadError, check_hub_reachable, check_model_dir
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +144,8 @@ class ClassifierJudge:
 
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-            self.model = AutoModelForSequenceClassification.from_pretrained(name_or_path).to(device).eval()
+            self.model = AutoModelForSequenceClassification.from_pretrained(
+                name_or_path, use_safetensors=True).to(device).eval()  # never pickle weights, as load_model
         except OSError as e:
             raise ValueError(
                 f"could not load a sequence classifier from {name_or_path!r} (a hub name needs the internet; "
@@ -186,8 +187,13 @@ def get_judge(name: str | SafetyJudge | None = None, **kwargs: Any) -> SafetyJud
         return RefusalJudge()
     if not isinstance(name, str):
         return name
-    if not Path(name).expanduser().exists():
-
+    local = Path(name).expanduser()
+    if local.exists():  # the model loader's rules: a config and safetensors weights (never pickle)
+        try:
+            check_model_dir(local)
+        except ModelLoadError as exc:
+            raise ModelLoadError(f"judge {name!r}: {exc}") from None
+    else:
         check_hub_reachable(name, what="judge")  # offline: fail in a second, not after the hub's retries
     return ClassifierJudge(name, **kwargs)
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from knowscope.circuits.tracing import window_layers
+from knowscope.editing.editors import get_editor
 from knowscope.facts import Fact
 
 METHODS = ("rome", "memit", "ft")
@@ -152,6 +153,14 @@ class SweepSpec:
         unknown = sorted(set(self.hparams) - set(self.methods))
         if unknown:
             raise ValueError(f"hparams given for {unknown}, which the sweep does not run")
+        for method, overrides in self.hparams.items():
+            if not isinstance(overrides, dict):
+                raise ValueError(f"hparams[{method!r}] must be an object of overrides, got {type(overrides).__name__}")
+            valid = get_editor(method).hparams.__dataclass_fields__
+            bad = sorted(set(overrides) - set(valid))
+            if bad:
+                raise ValueError(f"unknown {method} hyperparameter(s) {', '.join(map(repr, bad))}; valid: "
+                                 f"{', '.join(sorted(valid))}")
         bad = sorted(set(self.trace) - set(DEFAULT_TRACE))
         if bad:
             raise ValueError(f"unknown trace settings {bad}; valid: {', '.join(DEFAULT_TRACE)}")

@@ -17,6 +17,7 @@ computed once by the first worker and reach the others through Ray's object stor
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import time
@@ -64,14 +65,22 @@ class SweepReport:
         return {**asdict(self), "cells_per_second": self.cells_per_second}
 
 
-def import_ray() -> Any:
-    """Ray, or a clear error naming the extra to install."""
+def import_ray(address: str | None = None) -> Any:
+    """Ray, or a clear error naming the extra to install (``ray://`` addresses need the Ray client too)."""
     try:
         import ray
     except ImportError:
         raise RuntimeError(f"Ray is not installed: {RAY_HINT} (or run a small sweep in this process with "
                            "--no-ray --workers 1)") from None
+    if address is not None and str(address).startswith("ray://") and not ray_client_installed():
+        raise RuntimeError(f"address {address!r} joins through the Ray client, which is not installed: "
+                           "pip install 'ray[client]' (or use --address auto on a machine of the cluster)")
     return ray
+
+
+def ray_client_installed() -> bool:
+    """Whether ``ray://`` addresses can be joined: the Ray client needs grpcio (``ray[client]``)."""
+    return importlib.util.find_spec("grpc") is not None
 
 
 def run_sweep(
@@ -107,7 +116,9 @@ def run_sweep(
         raise ValueError("--address joins a Ray cluster; it cannot be combined with --no-ray")
     if model is not None and use_ray:
         raise ValueError("a loaded model is used only in-process (use_ray=False); Ray workers load spec.model")
-    ray = import_ray() if use_ray else None
+    if max_seconds is not None and not max_seconds >= 0:
+        raise ValueError(f"max_seconds must be >= 0, got {max_seconds}")
+    ray = import_ray(address) if use_ray else None
     started = time.perf_counter()
     report = SweepReport(store=str(store), n_cells=0, workers=workers, ray=use_ray)
     with SweepStore(store, writer=True) as db:

@@ -308,7 +308,7 @@ def test_registry_envelope_and_versions(tmp_path, tiny_gpt2):
     tr = trace(tiny_gpt2, "Lionel Messi plays soccer in", "Lionel Messi", samples=1, kinds="hidden")
     tr.save(tmp_path / "t")
     body = json.loads((tmp_path / "t" / "meta.json").read_text())
-    assert set(body) == {"kind", "format_version", "data"} and body["format_version"] == 2
+    assert set(body) == {"kind", "format_version", "data", "checksums"} and body["format_version"] == 2
     again = load_result(tmp_path / "t")
     assert torch.equal(again.scores["hidden"].nan_to_num(), tr.scores["hidden"].nan_to_num())
     assert "Lionel Messi" in headline("trace", {**body["data"], "kind": "trace"})

@@ -13,8 +13,9 @@ Sections (``--only`` picks some):
   (efficacy, paraphrase, neighbourhood, relation specificity, portability) and fluency. Modes: ROME at
   ``auto`` and at its default layer, FT, one at a time and undone in between; MEMIT, one batch;
   null-space MEMIT in sequential batches of ``--seq-batch``; GRACE (last-token and subject keys) and
-  WISE, sequential, one edit at a time (all edits applied when evaluated). Resumable: each finished
-  mode is written to the JSON at once and skipped on a re-run.
+  WISE, sequential, one edit at a time (all edits applied when evaluated); ``unedited``, the same
+  evaluation before any edit. Resumable: each finished mode is written to the JSON at once and skipped
+  on a re-run.
 * ``same_subject``: the bundled same-subject set (one subject edited under two or three relations in
   one sequential run, first edits first), ``--ss-edits`` edits, with GRACE (both keys) and null-space
   MEMIT: per-edit retention at the end, split into first / later edits of a subject.
@@ -45,7 +46,8 @@ from knowscope.models import load_model
 from knowscope.sweep.grid import spread
 
 RESULTS = Path(__file__).parent / "results"
-MODES = ("rome_auto", "rome_default", "ft", "memit_batch", "null_space_seq", "grace", "grace_subject", "wise")
+MODES = ("unedited", "rome_auto", "rome_default", "ft", "memit_batch", "null_space_seq", "grace", "grace_subject",
+         "wise")
 TABLE = ("efficacy_score", "gen_efficacy", "paraphrase_score", "gen_paraphrase", "neighborhood_score",
          "gen_neighborhood", "locality_acc", "relation_specificity", "relation_specificity_score",
          "gen_relation_specificity", "portability_acc", "gen_portability", "fluency")
@@ -98,6 +100,8 @@ def run_mode(model: Any, mode: str, facts: list[Fact], seq_batch: int) -> dict[s
                 rows += m.per_fact
                 notes = {**m.notes, "layers": result.layers}
             metrics = EditMetrics.from_rows(rows, notes)
+        elif mode == "unedited":  # the baseline every row compares with
+            metrics = evaluate(model, facts, reference=ref)
         else:
             if mode == "memit_batch":
                 session.apply(get_editor("memit")(model, facts))

@@ -311,6 +311,7 @@ def _edit_one(model: Model, book: GraceMemory, layer: int, fact: Fact, hp: GRACE
         else:
             action, radius = "split", d / 2
             book.radii[i] = d / 2 - 1e-5
+    affects = _affects(action, i, d, float(book.radii[i]) if i >= 0 else 0.0, request=fact.text)
     if action in ("expand", "replace"):
         row = i
     else:
@@ -326,7 +327,23 @@ def _edit_one(model: Model, book: GraceMemory, layer: int, fact: Fact, hp: GRACE
     value, steps, nll = _train_value(model, layer, rows, key_pos, book.values[row].clone(), warm, hp)
     book.values[row] = value
     return {"action": action, "row": row, "distance_to_nearest": None if i < 0 else d,
-            "radius": float(book.radii[row]), "steps": steps, "final_nll": nll}
+            "radius": float(book.radii[row]), "steps": steps, "final_nll": nll, "affects": affects}
+
+
+def _affects(action: str, row: int, distance: float, radius_now: float, request: str) -> dict[str, Any] | None:
+    """What an edit does to an earlier codebook entry (``None``: nothing): never silently. ``radius_now`` is
+    the entry's radius after the rule ran. Logged as a warning and kept in the result's ``per_request``."""
+    if action == "replace":
+        effect = "overwritten: the same input now answers with this edit's target (the earlier edit is gone)"
+    elif action == "split":
+        effect = (f"radius shrunk to {radius_now:.3g} (half the distance {distance:.3g}): inputs the earlier edit "
+                  "routed farther than that now miss it")
+    elif action == "expand":
+        effect = f"radius grown to {radius_now:.3g} and its value retrained on this edit too (same target)"
+    else:
+        return None
+    logger.warning("GRACE edit %r %s codebook entry %d: %s", request, action, row, effect)
+    return {"row": row, "action": action, "effect": effect}
 
 
 def _routes_everything(book: GraceMemory, key: Tensor, radius: float) -> tuple[bool, float]:

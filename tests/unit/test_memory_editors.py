@@ -112,6 +112,9 @@ def test_grace_codebook_rule_add_expand_replace_split(tiny_llama, lsession):
     other = Fact(subject=fact.subject, prompt=fact.prompt, target_true=fact.target_true, target_new="Berlin")
     rep = get_editor("grace")(model, [other], hparams=hp)
     assert rep.extra["per_request"][0]["action"] == "replace"
+    assert rep.extra["per_request"][0]["affects"]["row"] == 0 and "overwritten" in rep.extra["per_request"][0][
+        "affects"]["effect"]  # an earlier edit never disappears silently
+    assert r1.extra["per_request"][0]["affects"] is None
     assert int(rep.memory["labels"][0]) == label_of(model.encode_target(" Berlin"))
     # an input within eps + radius of a key with another label: both radii become half the distance
     near = Fact(subject="Eiffel Tower", prompt="The {} is located in the town of", target_true="Paris",
@@ -122,6 +125,7 @@ def test_grace_codebook_rule_add_expand_replace_split(tiny_llama, lsession):
     split = get_editor("grace")(model, [near], hparams=wide)
     info = split.extra["per_request"][0]
     assert info["action"] == "split" and split.memory["rows"].tolist() == [0, 1]
+    assert info["affects"]["row"] == 0 and "shrunk" in info["affects"]["effect"]
     torch.testing.assert_close(split.memory["radii"], torch.tensor([d / 2 - 1e-5, d / 2]), rtol=1e-4, atol=1e-4)
 
 

@@ -17,8 +17,8 @@ Sections (``--only`` picks some):
   evaluation before any edit. Resumable: each finished mode is written to the JSON at once and skipped
   on a re-run.
 * ``same_subject``: the bundled same-subject set (one subject edited under two or three relations in
-  one sequential run, first edits first), ``--ss-edits`` edits, with GRACE (both keys) and null-space
-  MEMIT: per-edit retention at the end, split into first / later edits of a subject.
+  one sequential run, first edits first), every edit of ``--ss-subjects`` subjects, with GRACE (both keys)
+  and null-space MEMIT: per-edit retention at the end, split into first / later edits of a subject.
 
     python benchmarks/bench_evaluation.py --only timing
     python benchmarks/bench_evaluation.py --only editors --facts 50      # again to continue
@@ -125,12 +125,17 @@ def run_mode(model: Any, mode: str, facts: list[Fact], seq_batch: int) -> dict[s
             "per_fact": [{k: v for k, v in r.items() if k not in ("prompts", "routing")} for r in metrics.per_fact]}
 
 
-def same_subject(model: Any, mode: str, n_edits: int) -> dict[str, Any]:
-    """One sequential run over the same-subject set; every edit's efficacy at the end."""
-    facts = load_bundled_facts(name="same_subject")[:n_edits]
+def same_subject(model: Any, mode: str, n_subjects: int) -> dict[str, Any]:
+    """One sequential run over every edit of the same-subject set's first ``n_subjects`` subjects, in the
+    file's order (every subject's first edit, then the second ones, then the third); every edit's efficacy
+    at the end."""
+    every = load_bundled_facts(name="same_subject")
+    chosen = list(dict.fromkeys(f.subject for f in every))[:n_subjects]
+    facts = [f for f in every if f.subject in set(chosen)]
     res = run_mode(model, {"memit": "null_space_seq"}.get(mode, mode), facts, seq_batch=1)
     seen: set[str] = set()
-    first, later = [], []
+    first: list[float] = []
+    later: list[float] = []
     for fact, row in zip(facts, res["per_fact"], strict=True):
         (later if fact.subject in seen else first).append(row["efficacy_score"])
         seen.add(fact.subject)
@@ -156,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--facts", type=int, default=50)
     ap.add_argument("--seq-batch", type=int, default=10)
     ap.add_argument("--timing-facts", type=int, default=500)
-    ap.add_argument("--ss-edits", type=int, default=60)
+    ap.add_argument("--ss-subjects", type=int, default=30)
     ap.add_argument("--ss-modes", default="grace,grace_subject,memit")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(RESULTS / "bench_evaluation.json"))
@@ -187,10 +192,10 @@ def main(argv: list[str] | None = None) -> int:
     if "same_subject" in only:
         ss = report.setdefault("same_subject", {})
         for mode in args.ss_modes.split(","):
-            if mode in ss and ss[mode].get("facts") == args.ss_edits:
+            if mode in ss and ss[mode].get("subjects") == args.ss_subjects:
                 continue
-            logging.info("same subject: %s, %d edits", mode, args.ss_edits)
-            ss[mode] = same_subject(model, mode, args.ss_edits)
+            logging.info("same subject: %s, %d subjects", mode, args.ss_subjects)
+            ss[mode] = same_subject(model, mode, args.ss_subjects)
             write_json_atomic(out_path, report)
         for mode, r in ss.items():
             print(f"same-subject {mode}: {r['subjects']} subjects, {r['facts']} edits; retention first edits "

@@ -84,6 +84,7 @@ def run_mode(model: Any, mode: str, facts: list[Fact], seq_batch: int) -> dict[s
     ref = pre_edit_predictions(model, facts)
     t0 = time.perf_counter()
     edit_seconds = 0.0
+    stopped = None
     try:
         if mode in ("rome_auto", "rome_default", "ft"):
             rows, notes = [], {}
@@ -113,13 +114,19 @@ def run_mode(model: Any, mode: str, facts: list[Fact], seq_batch: int) -> dict[s
                 name, extra = ("grace", {"key": "subject"}) if mode == "grace_subject" else (mode, {})
                 editor = get_editor(name)
                 hp = editor.hparams.for_model(model, **extra)
-                for fact in facts:
-                    session.apply(editor(model, [fact], hparams=hp))
+                for k, fact in enumerate(facts):
+                    try:
+                        session.apply(editor(model, [fact], hparams=hp))
+                    except ValueError as exc:  # the editor refused (e.g. a router that would route everything)
+                        stopped, facts = f"refused edit {k + 1}: {exc}", facts[:k]
+                        logging.warning("%s stopped: %s", mode, stopped)
+                        break
             edit_seconds = time.perf_counter() - t0
             metrics = evaluate(model, facts, reference=ref)
     finally:
         session.rollback()
-    return {"mode": mode, "facts": len(facts), "edit_seconds": edit_seconds, "seconds": time.perf_counter() - t0,
+    return {"mode": mode, "facts": len(facts), "stopped": stopped, "edit_seconds": edit_seconds,
+            "seconds": time.perf_counter() - t0,
             "metrics": metrics.flat(), "notes": {k: v for k, v in metrics.notes.items() if k != "routing"},
             "routing": (metrics.notes.get("routing") or {}).get("routed_share"),
             "per_fact": [{k: v for k, v in r.items() if k not in ("prompts", "routing")} for r in metrics.per_fact]}
@@ -183,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     if "editors" in only:
         editors = report.setdefault("editors", {})
         for mode in args.modes.split(","):
-            if mode in editors and editors[mode].get("facts") == args.facts:
+            if mode in editors and (editors[mode].get("facts") == args.facts or editors[mode].get("stopped")):
                 continue  # measured already (resumable)
             logging.info("editors: %s on %d facts", mode, args.facts)
             editors[mode] = run_mode(model, mode, edit_facts(args.facts), args.seq_batch)

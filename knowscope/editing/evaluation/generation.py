@@ -55,10 +55,15 @@ def begins_with(continuation: str, answer: str) -> bool:
     return len(cont) == len(ans) or not (cont[len(ans)].isalnum() and ans[-1].isalnum())
 
 
-def n_tokens(model: Model, answer: str, follow: bool = True) -> int:
-    """How many tokens to decode for a prompt whose answer is ``answer``: its length, plus
+def decode_length(answer_ids: Sequence[int], follow: bool = True) -> int:
+    """How many tokens to decode for a prompt whose answer has ``answer_ids``: its length, plus
     :data:`EXTRA_TOKENS` for a prompt that should follow the edit (``follow``)."""
-    return max(1, len(model.encode_target(answer))) + (EXTRA_TOKENS if follow else 0)
+    return max(1, len(answer_ids)) + (EXTRA_TOKENS if follow else 0)
+
+
+def n_tokens(model: Model, answer: str, follow: bool = True) -> int:
+    """:func:`decode_length` of the answer text."""
+    return decode_length(model.encode_target(answer), follow)
 
 
 GenKey = tuple[tuple[int, ...], int]  # (BOS-prepended prompt ids, tokens decoded)

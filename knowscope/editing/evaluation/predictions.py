@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from knowscope.editing.evaluation.generation import decode, greedy_continuations, n_tokens
+from knowscope.editing.evaluation.generation import decode, decode_length, greedy_from_scores
 from knowscope.editing.evaluation.plan import EditedFacts, fact_prompts
 from knowscope.editing.scoring import _pair_ids, score_continuations
 from knowscope.editing.session import EditSession
@@ -38,19 +38,22 @@ def prediction_table(
     prompts = [p for p in fact_prompts(fact, EditedFacts()) if p.kind != "locality" or fact.locality]
 
     def measure() -> list[dict[str, Any]]:
-        out = []
-        gens = greedy_continuations(model, [(_pair_ids(model, p.prompt, p.answer)[0], n_tokens(model, p.answer))
-                                            for p in prompts]) if k == 1 else {}
-        pairs = {(p.prompt, c) for p in prompts for c in {p.answer, p.new, p.true} - {None}}
-        scores = dict(zip(pairs, score_continuations(model, list(pairs)), strict=True))
+        # one teacher-forced pass; the greedy text is read from it up to where it leaves the answer
+        pairs = list(dict.fromkeys((p.prompt, c) for p in prompts for c in (p.answer, p.new, p.true) if c))
+        scores = dict(zip(pairs, score_continuations(model, pairs), strict=True))
+        keys = [_pair_ids(model, p.prompt, p.answer) for p in prompts]
+        gen_keys = [(ids, decode_length(ans)) for ids, ans in keys]
+        gens = greedy_from_scores(model, [(ids, ans, scores[(p.prompt, p.answer)].argmax.tolist(), n)
+                                          for p, (ids, ans), (_, n) in zip(prompts, keys, gen_keys, strict=True)]
+                                  ) if k == 1 else {}
         top = model.last_logits([p.prompt for p in prompts]).topk(k, dim=-1).indices if k > 1 else None
+        out = []
         for i, p in enumerate(prompts):
             row: dict[str, Any] = {}
             if top is not None:
                 row["text"] = [model.tokenizer.decode([int(t)]) for t in top[i]]
             else:
-                ids = _pair_ids(model, p.prompt, p.answer)[0]
-                row["text"] = decode(model, gens[(ids, n_tokens(model, p.answer))])
+                row["text"] = decode(model, gens[gen_keys[i]])
             row["p_answer"] = scores[(p.prompt, p.answer)].prob
             if p.new is not None:
                 row["p_true"], row["p_new"] = scores[(p.prompt, p.true)].prob, scores[(p.prompt, p.new)].prob

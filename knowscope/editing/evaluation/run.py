@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from knowscope.editing.evaluation.generation import EXTRA_TOKENS, begins_with, decode, greedy_from_scores
+from knowscope.editing.evaluation.generation import begins_with, decode, decode_length, greedy_from_scores
 from knowscope.editing.evaluation.metrics import EditMetrics, mean
 from knowscope.editing.evaluation.plan import FOLLOW_KINDS, KINDS, EditedFacts, Prompt, plan
 from knowscope.editing.evaluation.reference import PreEditPredictions, keep_requests, pre_edit_predictions
@@ -106,7 +106,7 @@ def evaluate(
             for p in rows:
                 follow = p.kind in FOLLOW_KINDS
                 prompt_ids, answer_ids = pair(p.prompt, p.answer)
-                n = len(answer_ids) + (EXTRA_TOKENS if follow else 0)
+                n = decode_length(answer_ids, follow)
                 gen_key[(p.prompt, p.answer, follow)] = (prompt_ids, n)
                 items[(prompt_ids, n)] = (prompt_ids, answer_ids, scored[(prompt_ids, answer_ids)].argmax.tolist(), n)
         generated = greedy_from_scores(model, list(items.values()), batch_size=max(batch_size, 64))

@@ -36,8 +36,8 @@ from knowscope.commands import add_model_argument, load_from_args
 NAME = "edit"
 HELP = "edit facts with ROME, MEMIT, fine-tuning, GRACE or WISE, and evaluate them (CounterFact + EasyEdit)"
 ORDER = 60
-METHODS = ("rome", "memit", "ft", "grace", "wise")
-MEMORY_METHODS = ("grace", "wise")
+METHODS = ("rome", "memit", "ft", "grace", "wise", "factkey")
+MEMORY_METHODS = ("grace", "wise", "factkey")
 DEFAULT_MEMIT_BATCH = 50
 
 
@@ -106,8 +106,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--limit must be >= 1, got {args.limit}")
     if args.batch_size is not None:
         if args.method not in ("memit", *MEMORY_METHODS):
-            raise ValueError(f"--batch-size is for --method memit, grace or wise; {args.method} edits one fact "
-                             "at a time")
+            raise ValueError(f"--batch-size is for --method memit, grace, wise or factkey; {args.method} edits one "
+                             "fact at a time")
         if args.batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.key is not None and args.method != "grace":
@@ -117,7 +117,7 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.gen_len < 1:
         raise ValueError(f"--gen-len must be >= 1, got {args.gen_len}")
     if args.run_dir is not None and not (args.method in ("memit", *MEMORY_METHODS) and args.sequential):
-        raise ValueError("--run-dir is for --method memit|grace|wise --sequential (a resumable, monitored "
+        raise ValueError("--run-dir is for --method memit|grace|wise|factkey --sequential (a resumable, monitored "
                          "sequential run)")
     if args.max_batches is not None and (args.run_dir is None or args.max_batches < 0):
         raise ValueError("--max-batches needs --run-dir and a value >= 0")

@@ -13,13 +13,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from knowscope.editing import ft, grace, memit, rome, wise
+from knowscope.editing import factkey, ft, grace, memit, rome, wise
 from knowscope.editing.hparams import MEMITHyperParams, ROMEHyperParams
 from knowscope.editing.session import EditResult
 from knowscope.facts import Fact
 from knowscope.models import Model
 
-EditorName = Literal["rome", "memit", "ft", "grace", "wise"]
+EditorName = Literal["rome", "memit", "ft", "grace", "wise", "factkey"]
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,8 @@ EDITORS: dict[str, Editor] = {
     "grace": Editor("grace", "GRACE", grace.edit, grace.GRACEHyperParams, batched=False, layer_window=False,
                     memory=True),
     "wise": Editor("wise", "WISE", wise.edit, wise.WISEHyperParams, batched=False, layer_window=False, memory=True),
+    "factkey": Editor("factkey", "FactKey", factkey.edit, factkey.FactKeyHyperParams, batched=False,
+                      layer_window=False, memory=True),
 }
 
 #: the editors whose edits live in a side memory behind a router (one edit at a time, any number of them)
@@ -62,7 +64,7 @@ MEMORY_EDITORS = tuple(name for name, e in EDITORS.items() if e.memory)
 
 def get_editor(name: str) -> Editor:
     """The editor called ``name``, case-insensitive (``"rome"``, ``"ROME"``, ``"memit"``, ``"ft"``, ``"grace"``,
-    ``"wise"``)."""
+    ``"wise"``, ``"factkey"``)."""
     key = str(name).lower()
     if key not in EDITORS:
         raise ValueError(f"unknown editing method {name!r}; valid: {', '.join(EDITORS)}")

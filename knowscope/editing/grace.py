@@ -51,13 +51,18 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from knowscope import hooks as hk
 from knowscope.editing.hparams import is_smollm2_135m
 from knowscope.editing.keys import check_request, facts_meta
 from knowscope.editing.memory import MemoryMismatchError, SideMemory, memory_for, register_kind
-from knowscope.editing.memory_fit import TargetRows, generic_inputs, one_layer, output_hook, routes_everything
+from knowscope.editing.memory_fit import (
+    TargetRows,
+    generic_inputs,
+    one_layer,
+    output_hook,
+    routes_everything,
+    train_value,
+)
 from knowscope.editing.session import EditResult
-from knowscope.editing.vpaths import selected_logits_fn
 from knowscope.facts import Fact
 from knowscope.models import Model
 from knowscope.models.blocks import block_input, run_block
@@ -142,6 +147,8 @@ class GraceMemory(SideMemory):
 
     kind = KIND
     higher_routes = False
+    #: the codebook's row fields (every one has the same number of rows)
+    fields: tuple[str, ...] = _FIELDS
 
     def __init__(self, model: Model, layer: int, spec: dict[str, Any]) -> None:
         super().__init__(model, layer, spec)
@@ -153,7 +160,7 @@ class GraceMemory(SideMemory):
 
     @property
     def size(self) -> int:
-        return int(self.keys.shape[0])
+        return int(getattr(self, self.fields[0]).shape[0])
 
     def check(self, arrays: dict[str, Tensor], meta: dict[str, Any]) -> None:
         missing = [k for k in ("rows", *_FIELDS) if k not in arrays]
@@ -175,23 +182,24 @@ class GraceMemory(SideMemory):
     def _write(self, arrays: dict[str, Tensor]) -> Any:
         rows = [int(r) for r in arrays["rows"]]
         old_size = self.size
-        saved = {r: tuple(getattr(self, f)[r].clone() for f in _FIELDS) for r in rows if r < old_size}
+        saved = {r: tuple(getattr(self, f)[r].clone() for f in self.fields) for r in rows if r < old_size}
         grow = max(rows) + 1 - old_size if rows else 0
         if grow > 0:
-            for f in _FIELDS:
+            for f in self.fields:
                 t = getattr(self, f)
                 setattr(self, f, torch.cat([t, torch.zeros((grow, *t.shape[1:]), dtype=t.dtype, device=t.device)]))
-        idx = torch.tensor(rows, device=self.keys.device)
-        for f in _FIELDS:
-            getattr(self, f)[idx] = arrays[f].to(device=self.keys.device, dtype=getattr(self, f).dtype)
+        dev = getattr(self, self.fields[0]).device
+        idx = torch.tensor(rows, device=dev)
+        for f in self.fields:
+            getattr(self, f)[idx] = arrays[f].to(device=dev, dtype=getattr(self, f).dtype)
         return old_size, saved
 
     def _unwrite(self, token: Any) -> None:
         old_size, saved = token
-        for f in _FIELDS:
+        for f in self.fields:
             setattr(self, f, getattr(self, f)[:old_size].clone())
         for r, vals in saved.items():
-            for f, v in zip(_FIELDS, vals, strict=True):
+            for f, v in zip(self.fields, vals, strict=True):
                 getattr(self, f)[r] = v
 
     def nearest(self, a: Float[Tensor, "n d_mlp"]) -> tuple[Tensor, Tensor]:
@@ -218,10 +226,10 @@ class GraceMemory(SideMemory):
         return dist, radius, [f"grace[{int(i)}]" for i in idx]
 
     def state(self) -> dict[str, Tensor]:
-        return {f: getattr(self, f).clone() for f in _FIELDS}
+        return {f: getattr(self, f).clone() for f in self.fields}
 
     def load_state(self, arrays: dict[str, Tensor]) -> None:
-        for f in _FIELDS:
+        for f in self.fields:
             setattr(self, f, arrays[f].to(self.model.device).clone())
 
 
@@ -260,7 +268,7 @@ def edit(model: Model, requests: Sequence[Fact], layers: Any = None, hparams: GR
         torch.manual_seed(hp.seed)
         for fact in requests:
             infos.append(_edit_one(model, book, layer, fact, hp))
-    changed = _changed_rows(live, book, base_size)
+    changed = changed_rows(live, book, base_size)
     arrays = {"rows": changed, **{f: getattr(book, f)[changed].cpu().clone() for f in _FIELDS}}
     return EditResult(
         method="grace", deltas={}, fingerprint=model.fingerprint, layers=[layer], hparams=hp.to_dict(),
@@ -268,9 +276,11 @@ def edit(model: Model, requests: Sequence[Fact], layers: Any = None, hparams: GR
         extra={"memory": meta, "per_request": infos}, memory={k: v.cpu() for k, v in arrays.items()})
 
 
-def _changed_rows(live: GraceMemory, book: GraceMemory, base_size: int) -> Tensor:
+def changed_rows(live: GraceMemory, book: GraceMemory, base_size: int) -> Tensor:
+    """The rows of ``book`` (a scratch copy of ``live`` that edits were computed on) that differ from ``live``
+    or are new: what an edit writes."""
     rows = [r for r in range(base_size)
-            if any(not torch.equal(getattr(live, f)[r], getattr(book, f)[r]) for f in _FIELDS)]
+            if any(not torch.equal(getattr(live, f)[r], getattr(book, f)[r]) for f in book.fields)]
     rows += list(range(base_size, book.size))
     return torch.tensor(rows, dtype=torch.long)
 
@@ -324,7 +334,8 @@ def _edit_one(model: Model, book: GraceMemory, layer: int, fact: Fact, hp: GRACE
         row = book.size
         init = torch.rand(book.d_out, device=query.device) if hp.val_init == "cold" else warm
         _append(book, query, init, radius, label)
-    value, steps, nll = _train_value(model, layer, rows, key_pos, book.values[row].clone(), warm, hp)
+    value, steps, nll = train_value(model, layer, rows, key_pos, book.values[row].clone(), warm,
+                                    n_iter=hp.n_iter, lr=hp.edit_lr, early_stop_nll=hp.early_stop_nll)
     book.values[row] = value
     return {"action": action, "row": row, "distance_to_nearest": None if i < 0 else d,
             "radius": float(book.radii[row]), "steps": steps, "final_nll": nll, "affects": affects}
@@ -360,39 +371,6 @@ def _append(book: GraceMemory, key: Tensor, value: Tensor, radius: float, label:
     book.values = torch.cat([book.values, value[None].float()])
     book.radii = torch.cat([book.radii, torch.tensor([radius], device=book.radii.device)])
     book.labels = torch.cat([book.labels, torch.tensor([label], device=book.labels.device)])
-
-
-def _train_value(model: Model, layer: int, rows: TargetRows, key_pos: int, init: Tensor, warm: Tensor,
-                 hp: GRACEHyperParams) -> tuple[Tensor, int, float]:
-    """Adam on the value at ``key_pos`` (the only replaced position) against the target tokens' NLL.
-
-    The value replaces the MLP output there, i.e. adds ``value - warm`` to ``hook_mlp_out`` at that
-    position: the v*/z optimisation's forward (:func:`knowscope.editing.vpaths.selected_logits_fn`, the
-    fastest path checked on this model) computes it; Adam's steps on ``value - warm`` are its steps on
-    ``value``."""
-    r, p, tgt = rows.read_positions()
-    hook = hk.mlp_out(layer)
-    if not any(name == hook for name, _ in model.compat.edit_checks):
-        # a path's check against the bridge is kept only from rows whose positions differ (one row would
-        # be checked again on every call): check once with the row twice, at two positions
-        two = torch.tensor([key_pos, key_pos - 1], device=rows.tokens.device)
-        selected_logits_fn(model, hook, rows.tokens.repeat(2, 1), two, r, p, lambda act: None)
-    look = torch.tensor([key_pos], device=rows.tokens.device)
-    forward = selected_logits_fn(model, hook, rows.tokens, look, r, p, lambda act: None)
-    delta = torch.nn.Parameter((init - warm).float().clone())
-    opt = torch.optim.Adam([delta], lr=hp.edit_lr)
-    nll = float("nan")
-    steps = 0
-    for steps in range(1, hp.n_iter + 1):  # noqa: B007 - the count is returned
-        logits = forward(delta[None])
-        loss = torch.nn.functional.cross_entropy(logits, tgt)
-        nll = float(loss.detach())
-        if hp.early_stop_nll is not None and nll < hp.early_stop_nll and bool((logits.argmax(-1) == tgt).all()):
-            break
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return (warm + delta.detach()).float(), steps, nll
 
 
 def _eps(model: Model, layer: int, hp: GRACEHyperParams) -> float:

@@ -293,7 +293,7 @@ def routing_figure(rows: Sequence[dict[str, Any]], kind: str) -> Any:
     threshold; GRACE: radius - distance)."""
     import plotly.graph_objects as go
 
-    lower_routes = kind == "grace"
+    lower_routes = kind in ("grace", "factkey")
     fig = go.Figure()
     for k, color in (("rewrite", "#d62728"), ("paraphrase", "#ff7f0e"), ("neighborhood", "#1f77b4")):
         pts = [r for r in rows if r["kind"] == k]
@@ -337,7 +337,8 @@ def _stop_after(module: nn.Module) -> Iterator[None]:
 KINDS: dict[str, type[SideMemory]] = {}
 #: the module that defines each built-in kind, imported by :func:`memory_kind` when a saved edit names
 #: the kind before its editor was imported (loading a session in a fresh process)
-KIND_MODULES = {"grace": "knowscope.editing.grace", "wise": "knowscope.editing.wise"}
+KIND_MODULES = {"grace": "knowscope.editing.grace", "wise": "knowscope.editing.wise",
+                "factkey": "knowscope.editing.factkey"}
 
 
 def register_kind(cls: type[SideMemory]) -> type[SideMemory]:

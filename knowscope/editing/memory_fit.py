@@ -13,8 +13,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from knowscope import hooks as hk
 from knowscope.editing.keys import context_templates
 from knowscope.editing.memory import SideMemory, value_inputs
+from knowscope.editing.vpaths import selected_logits_fn
 from knowscope.models import Model
 from knowscope.models.blocks import additive_mask, final_logits, run_block
 from knowscope.models.plain import PlainBlocks, PlainUnavailable
@@ -156,3 +158,38 @@ def blocks_above(model: Model, layer: int, h_out: Float[Tensor, "batch pos d_mod
         if not ok:
             return bridge
     return fast
+
+
+def train_value(model: Model, layer: int, rows: TargetRows, key_pos: int, init: Tensor, warm: Tensor, *,
+                n_iter: int, lr: float, early_stop_nll: float | None) -> tuple[Tensor, int, float]:
+    """A memory value for one row: Adam on the value at ``key_pos`` (the only replaced position) against the
+    target tokens' NLL. Returns ``(value, steps, final NLL)``.
+
+    The value replaces the MLP output there, i.e. adds ``value - warm`` to ``hook_mlp_out`` at that
+    position: the v*/z optimisation's forward (:func:`knowscope.editing.vpaths.selected_logits_fn`, the
+    fastest path checked on this model) computes it; Adam's steps on ``value - warm`` are its steps on
+    ``value``. ``early_stop_nll``: stop once every target token is the argmax and the mean NLL is below it
+    (``None``: always ``n_iter`` steps)."""
+    r, p, tgt = rows.read_positions()
+    hook = hk.mlp_out(layer)
+    if not any(name == hook for name, _ in model.compat.edit_checks):
+        # a path's check against the bridge is kept only from rows whose positions differ (one row would
+        # be checked again on every call): check once with the row twice, at two positions
+        two = torch.tensor([key_pos, key_pos - 1], device=rows.tokens.device)
+        selected_logits_fn(model, hook, rows.tokens.repeat(2, 1), two, r, p, lambda act: None)
+    look = torch.tensor([key_pos], device=rows.tokens.device)
+    forward = selected_logits_fn(model, hook, rows.tokens, look, r, p, lambda act: None)
+    delta = torch.nn.Parameter((init - warm).float().clone())
+    opt = torch.optim.Adam([delta], lr=lr)
+    nll = float("nan")
+    steps = 0
+    for steps in range(1, n_iter + 1):  # noqa: B007 - the count is returned
+        logits = forward(delta[None])
+        loss = torch.nn.functional.cross_entropy(logits, tgt)
+        nll = float(loss.detach())
+        if early_stop_nll is not None and nll < early_stop_nll and bool((logits.argmax(-1) == tgt).all()):
+            break
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return (warm + delta.detach()).float(), steps, nll

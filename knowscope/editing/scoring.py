@@ -95,6 +95,9 @@ def _score_ids(model: Model, seqs: Sequence[Seq], batch_size: int, mode: str | N
         mode = model.compat.score_mode
         if mode is None:
             mode = model.compat.score_mode = _check_packed(model, seqs[:8], batch_size)
+    memory = getattr(model, "_side_memory", None)
+    if mode == "packed" and memory is not None and not getattr(memory, "position_local", True):
+        mode = "rows"  # the memory routes a position by the positions before it: one prompt per row
     if mode == "packed":
         return _score_packed(model, seqs, batch_size)
     return _score_rows(model, seqs, batch_size)

@@ -309,7 +309,7 @@ def test_a_grace_session_loads_in_a_fresh_process(tmp_path, tiny_llama):
 def test_an_unknown_memory_kind_names_the_known_ones(tiny_llama):
     from knowscope.editing.memory import MemoryMismatchError, memory_for
 
-    with pytest.raises(MemoryMismatchError, match="known: grace, wise"):
+    with pytest.raises(MemoryMismatchError, match="known: factkey, grace, wise"):
         memory_for(tiny_llama, {"kind": "nonsense", "layer": 1})
 
 

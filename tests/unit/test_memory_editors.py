@@ -27,6 +27,7 @@ FACTS = [
 ]
 FAST_GRACE = {"n_iter": 5}
 FAST_WISE = {"n_iter": 4, "n_templates": 1}
+FAST_FACTKEY = {"n_iter": 5, "subject_radius": 0.01, "relation_radius": 0.01}
 
 
 def _snapshot(model) -> dict[str, torch.Tensor]:
@@ -38,7 +39,8 @@ def _same_weights(model, snap) -> bool:
 
 
 def _hp(model, method: str, **extra):
-    return get_editor(method).hparams.for_model(model, **(FAST_GRACE if method == "grace" else FAST_WISE), **extra)
+    fast = {"grace": FAST_GRACE, "wise": FAST_WISE, "factkey": FAST_FACTKEY}[method]
+    return get_editor(method).hparams.for_model(model, **fast, **extra)
 
 
 def _logits(model, text: str) -> torch.Tensor:
@@ -66,7 +68,7 @@ def lsession(tiny_llama):
 
 
 def test_memory_editors_are_registered():
-    assert set(MEMORY_EDITORS) == {"grace", "wise"}
+    assert set(MEMORY_EDITORS) == {"grace", "wise", "factkey"}
     assert get_editor("GRACE").memory and not get_editor("rome").memory
 
 
@@ -232,7 +234,7 @@ def test_wise_trains_only_its_shard_mask_and_stores_shards(tiny_llama, lsession)
 # sessions: undo, save / load, refusals, mixing with weight edits
 
 
-@pytest.mark.parametrize("method", ["grace", "wise"])
+@pytest.mark.parametrize("method", ["grace", "wise", "factkey"])
 def test_memory_edits_undo_save_and_load_bit_identical(tiny_llama, lsession, tmp_path, method):
     model = tiny_llama
     hp = _hp(model, method, **({"act_margin": (0.0, 0.1, 0.05)} if method == "wise" else {}))
@@ -312,10 +314,10 @@ def data(tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize("method", ["grace", "wise"])
+@pytest.mark.parametrize("method", ["grace", "wise", "factkey"])
 def test_cli_memory_editor_sequential_metrics(method, data, tmp_path, capsys, monkeypatch):
     cls = get_editor(method).hparams
-    fast = FAST_GRACE if method == "grace" else {**FAST_WISE, "act_margin": (0.0, 0.1, 0.05)}
+    fast = {"grace": FAST_GRACE, "wise": {**FAST_WISE, "act_margin": (0.0, 0.1, 0.05)}, "factkey": FAST_FACTKEY}[method]
     original = cls.for_model.__func__
     monkeypatch.setattr(cls, "for_model", classmethod(lambda c, model, **kw: original(c, model, **{**fast, **kw})))
     out = tmp_path / "r.json"

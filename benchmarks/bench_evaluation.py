@@ -12,13 +12,13 @@ Sections (``--only`` picks some):
   locality / relation specificity / portability accuracies against the unedited model), generation
   (efficacy, paraphrase, neighbourhood, relation specificity, portability) and fluency. Modes: ROME at
   ``auto`` and at its default layer, FT, one at a time and undone in between; MEMIT, one batch;
-  null-space MEMIT in sequential batches of ``--seq-batch``; GRACE (last-token and subject keys) and
-  WISE, sequential, one edit at a time (all edits applied when evaluated); ``unedited``, the same
+  null-space MEMIT in sequential batches of ``--seq-batch``; GRACE (last-token and subject keys), WISE
+  and FactKey, sequential, one edit at a time (all edits applied when evaluated); ``unedited``, the same
   evaluation before any edit. Resumable: each finished mode is written to the JSON at once and skipped
   on a re-run.
 * ``same_subject``: the bundled same-subject set (one subject edited under two or three relations in
-  one sequential run, first edits first), every edit of ``--ss-subjects`` subjects, with GRACE (both keys)
-  and null-space MEMIT: per-edit retention at the end, split into first / later edits of a subject.
+  one sequential run, first edits first), every edit of ``--ss-subjects`` subjects, with GRACE (both keys),
+  null-space MEMIT and FactKey: per-edit retention at the end, split into first / later edits of a subject.
 
     python benchmarks/bench_evaluation.py --only timing
     python benchmarks/bench_evaluation.py --only editors --facts 50      # again to continue
@@ -47,7 +47,7 @@ from knowscope.sweep.grid import spread
 
 RESULTS = Path(__file__).parent / "results"
 MODES = ("unedited", "rome_auto", "rome_default", "ft", "memit_batch", "null_space_seq", "grace", "grace_subject",
-         "wise")
+         "wise", "factkey")
 TABLE = ("efficacy_score", "gen_efficacy", "paraphrase_score", "gen_paraphrase", "neighborhood_score",
          "gen_neighborhood", "locality_acc", "relation_specificity", "relation_specificity_score",
          "gen_relation_specificity", "portability_acc", "gen_portability", "fluency")
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seq-batch", type=int, default=10)
     ap.add_argument("--timing-facts", type=int, default=500)
     ap.add_argument("--ss-subjects", type=int, default=30)
-    ap.add_argument("--ss-modes", default="grace,grace_subject,memit")
+    ap.add_argument("--ss-modes", default="grace,grace_subject,memit,factkey")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(RESULTS / "bench_evaluation.json"))
     args = ap.parse_args(argv)

@@ -7,8 +7,11 @@ answers with the new target too ("France's official language is" -> " Italian" a
 capital). A FactKey entry has two keys, each with its own radius, and answers only where both hold:
 
 * the **subject key**: the value projection's input ``a`` at an early layer (``subject_layer``) at the
-  subject's last token. There ``a`` is mostly the subject's own tokens, so the subject written anywhere
-  in a prompt ("In Mexico, ...", "Mexico's ...") lands close to it and other subjects far away;
+  subject's last token, standardised per dimension (centre and scale measured once, on the model's own
+  sampled text, and kept with the memory). There ``a`` is mostly the subject's own tokens, so the subject
+  written anywhere in a prompt ("In Mexico, ...", "Mexico's ...") lands close to it and other subjects far
+  away. Standardising matters: raw, a few dimensions that every token right after BOS shares make all
+  prompt-initial subjects ("Germany is ...", "Marseille is ...") look alike;
 * the **relation key**: ``a`` at the memory's layer (late, ``layer``) at the prompt's last token, where the
   model has gathered what the prompt asks; paraphrases of a relation land close to it and the same
   subject's other relations far away.
@@ -33,9 +36,9 @@ distance between the two relation keys ("split", reported). Every effect on an e
 the result's ``per_request[i]["affects"]`` and logged; an edit of the same subject under another relation
 is a new entry and leaves the earlier one as it was.
 
-Defaults for SmolLM2-135M (30 layers): subject key at layer 4, relation key and value at layer 22, radii
-0.3 (subject) and 0.4 (relation) in cosine distance, chosen on a tuning split of the extended facts
-(every 4th fact) and reported on the rest (docs/findings.md, benchmarks/bench_sequential.py).
+Defaults for SmolLM2-135M (30 layers): subject key at layer 1, relation key and value at layer 22, radii
+0.25 (subject) and 0.45 (relation) in cosine distance, chosen on a tuning split of the extended facts
+(every 4th fact) and reported on the rest (docs/findings.md, benchmarks/bench_lifelong.py).
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ from torch import Tensor, nn
 
 from knowscope.editing.grace import GraceMemory, changed_rows, label_of
 from knowscope.editing.hparams import is_smollm2_135m
-from knowscope.editing.keys import check_request, facts_meta
+from knowscope.editing.keys import check_request, context_templates, facts_meta
 from knowscope.editing.memory import MemoryMismatchError, Route, memory_for, register_kind, value_inputs, value_module
 from knowscope.editing.memory_fit import TargetRows, generic_inputs, one_layer, train_value
 from knowscope.editing.session import EditResult
@@ -71,8 +74,8 @@ class FactKeyHyperParams:
 
     layer: int = 0  # the memory's layer: relation key read and value written here
     subject_layer: int = 0  # where the subject key is read
-    subject_radius: float = 0.3  # cosine distance
-    relation_radius: float = 0.4  # cosine distance
+    subject_radius: float = 0.25  # cosine distance (standardised subject activations)
+    relation_radius: float = 0.45  # cosine distance
     n_iter: int = 50
     edit_lr: float = 1.0
     val_init: str = "cold"
@@ -108,14 +111,16 @@ class FactKeyHyperParams:
 
     @classmethod
     def for_model(cls, model: Model, **overrides: Any) -> FactKeyHyperParams:
-        """Defaults for ``model``: subject key at 2/15 of the depth, relation key and value at 11/15.
+        """Defaults for ``model``: subject key at layer 1 (the first layer whose MLP has seen the subject's
+        earlier tokens), relation key and value at 11/15 of the depth.
 
-        On SmolLM2-135M (measured on 60 tuning facts of the extended set, 180 paraphrases): at layer 4 a
-        cosine radius of 0.3 takes in 0.96 of the paraphrases' subjects and none of 14,000 pairs with
-        other subjects; at layer 22 a radius of 0.4 takes in 0.93 of the paraphrases' last tokens and none
-        of the same subject's other relations (at layers 14-20 those lie as close as the paraphrases)."""
+        On SmolLM2-135M (90 tuning facts of the extended set, spread over its relations; 270 paraphrases,
+        63 probes of the subject's other relations): at layer 1, standardised, a cosine radius of 0.25 takes
+        in 0.99 of the paraphrases' subjects and 0.01% of 8,000 prompt pairs of other subjects (unstandardised
+        prompt-initial subjects lie 0.02 apart at any radius); at layer 22 a radius of 0.45 takes in 0.93 of
+        the paraphrases' last tokens and none of the subject's other relations (nearest 0.56)."""
         n = model.arch.n_layers
-        base = cls(layer=min(n - 1, round(11 * n / 15)), subject_layer=min(n - 1, round(2 * n / 15)))
+        base = cls(layer=min(n - 1, round(11 * n / 15)), subject_layer=min(1, n - 1))
         if not is_smollm2_135m(model):
             logger.info("FactKey radii were measured on SmolLM2-135M; on %s check them on facts of your own",
                         model.name)
@@ -129,6 +134,20 @@ def _unit(x: Tensor) -> Tensor:
 def _cos_dist(a: Float[Tensor, "*lead d"], keys: Float[Tensor, "n d"]) -> Float[Tensor, "*lead n"]:
     """Cosine distance of every row of ``a`` to every (unit) key."""
     return 1.0 - _unit(a) @ keys.T
+
+
+#: memory-wide arrays (not rows): the subject activations' centre and scale, fixed by the first edit
+_STATS = ("subject_center", "subject_scale")
+
+
+@torch.no_grad()
+def subject_stats(model: Model, layer: int) -> tuple[Float[Tensor, " d_mlp"], Float[Tensor, " d_mlp"]]:
+    """Per-dimension mean and standard deviation of ``a`` at ``layer`` over the model's own sampled text
+    (32 texts of 20 tokens, seeded; every position but BOS), the scale floored at a tenth of its median."""
+    texts = [t.replace("{}", "").strip() for t in context_templates(model, ((20, 32),), seed=7)[1:]]
+    a = torch.cat([x[1:] for x in value_inputs(model, layer, [t for t in texts if t] or ["The"])])
+    center, scale = a.mean(dim=0), a.std(dim=0)
+    return center.float(), torch.maximum(scale, 0.1 * scale.median()).float()
 
 
 @register_kind
@@ -156,6 +175,8 @@ class FactKeyMemory(GraceMemory):
         self.subject_radii = torch.zeros(0, device=dev)
         self.relation_radii = torch.zeros(0, device=dev)
         self.labels = torch.zeros(0, dtype=torch.long, device=dev)
+        self.subject_center = torch.zeros(self.d_in, device=dev)
+        self.subject_scale = torch.ones(self.d_in, device=dev)
         self._flags: Tensor | None = None  # this pass: [batch, pos, n] subject seen up to each position
         self._prefix: Tensor | None = None  # the last pass's flags at its last position, [batch, n]
 
@@ -170,9 +191,17 @@ class FactKeyMemory(GraceMemory):
         super().detach()
         self._flags = self._prefix = None
 
+    def standardise(self, a: Float[Tensor, "*lead d_mlp"]) -> Float[Tensor, "*lead d_mlp"]:
+        """Subject-layer activations as the subject keys are stored: centred, scaled, unit length."""
+        return _unit((a.float() - self.subject_center) / self.subject_scale)
+
+    def subject_dist(self, a: Float[Tensor, "*lead d_mlp"]) -> Float[Tensor, "*lead n"]:
+        """Cosine distance of standardised subject-layer activations to every subject key."""
+        return 1.0 - self.standardise(a) @ self.subject_keys.T
+
     def subject_match(self, a: Float[Tensor, "batch pos d_mlp"]) -> Bool[Tensor, "batch pos n"]:
         """Per position and entry: is the position within the entry's subject radius?"""
-        return _cos_dist(a, self.subject_keys) <= self.subject_radii
+        return self.subject_dist(a) <= self.subject_radii
 
     def _read_subject(self, module: nn.Module, args: Any, output: Tensor) -> None:
         if not self.active:
@@ -203,9 +232,17 @@ class FactKeyMemory(GraceMemory):
 
     # --- edits --------------------------------------------------------------------------------------
     def check(self, arrays: dict[str, Tensor], meta: dict[str, Any]) -> None:
-        missing = [k for k in ("rows", *_FIELDS) if k not in arrays]
+        missing = [k for k in ("rows", *_FIELDS, *_STATS) if k not in arrays]
         if missing:
             raise MemoryMismatchError(f"a FactKey edit needs arrays {missing}")
+        for name in _STATS:
+            if tuple(arrays[name].shape) != (self.d_in,) or not bool(torch.isfinite(arrays[name]).all()):
+                raise MemoryMismatchError(f"FactKey edit array {name!r} must be {self.d_in} finite numbers")
+            if self.size and not torch.equal(arrays[name].to(getattr(self, name)), getattr(self, name)):
+                raise MemoryMismatchError(f"this FactKey edit was made with another {name.replace('_', ' ')} than "
+                                          "the memory the model carries (a memory made elsewhere)")
+        if not bool((arrays["subject_scale"] > 0).all()):
+            raise MemoryMismatchError("FactKey edit's subject scale must be > 0")
         k = int(arrays["rows"].shape[0])
         want = {"subject_keys": (k, self.d_in), "relation_keys": (k, self.d_in), "values": (k, self.d_out),
                 "subject_radii": (k,), "relation_radii": (k,), "labels": (k,)}
@@ -222,6 +259,26 @@ class FactKeyMemory(GraceMemory):
         radii_ok = all(bool(((arrays[f] > 0) & (arrays[f] < 2)).all()) for f in ("subject_radii", "relation_radii"))
         if not finite or not radii_ok:
             raise MemoryMismatchError("FactKey edit has non-finite arrays or a radius outside (0, 2)")
+
+    def _write(self, arrays: dict[str, Tensor]) -> Any:
+        stats = tuple(getattr(self, f).clone() for f in _STATS)
+        for f in _STATS:
+            setattr(self, f, arrays[f].to(device=self.values.device, dtype=torch.float32).clone())
+        return super()._write(arrays), stats
+
+    def _unwrite(self, token: Any) -> None:
+        rows_token, stats = token
+        super()._unwrite(rows_token)
+        for f, v in zip(_STATS, stats, strict=True):
+            setattr(self, f, v)
+
+    def state(self) -> dict[str, Tensor]:
+        return {**super().state(), **{f: getattr(self, f).clone() for f in _STATS}}
+
+    def load_state(self, arrays: dict[str, Tensor]) -> None:
+        super().load_state(arrays)
+        for f in _STATS:
+            setattr(self, f, arrays[f].to(self.model.device).float().clone())
 
     def nearest(self, a: Float[Tensor, "n d_mlp"]) -> tuple[Tensor, Tensor]:
         """Relation-key cosine distance to the nearest entry and its index (the subject key not applied)."""
@@ -241,7 +298,7 @@ class FactKeyMemory(GraceMemory):
                a_relation: Float[Tensor, "pos d_mlp"]) -> Float[Tensor, "pos n"]:
         """Per position and entry, the larger of (nearest subject distance so far / subject radius) and
         (relation distance / relation radius): the position routes to an entry when it is <= 1."""
-        s = (_cos_dist(a_subject, self.subject_keys) / self.subject_radii).cummin(dim=0).values
+        s = (self.subject_dist(a_subject) / self.subject_radii).cummin(dim=0).values
         r = _cos_dist(a_relation, self.relation_keys) / self.relation_radii
         return torch.maximum(s, r)
 
@@ -297,6 +354,9 @@ def edit(model: Model, requests: Sequence[Fact], layers: Any = None, hparams: Fa
     live = memory_for(model, meta)
     book = FactKeyMemory(model, layer, meta["spec"])
     book.load_state(live.state())
+    if book.size == 0:
+        with live.detached():
+            book.subject_center, book.subject_scale = subject_stats(model, hp.subject_layer)
     base_size = book.size
     infos = []
     with torch.random.fork_rng(devices=[]), live.detached():
@@ -304,7 +364,8 @@ def edit(model: Model, requests: Sequence[Fact], layers: Any = None, hparams: Fa
         for fact in requests:
             infos.append(_edit_one(model, book, layer, fact, hp))
     changed = changed_rows(live, book, base_size)
-    arrays = {"rows": changed, **{f: getattr(book, f)[changed].cpu().clone() for f in _FIELDS}}
+    arrays = {"rows": changed, **{f: getattr(book, f)[changed].cpu().clone() for f in _FIELDS},
+              **{f: getattr(book, f).cpu().clone() for f in _STATS}}
     return EditResult(
         method=KIND, deltas={}, fingerprint=model.fingerprint, layers=[layer], hparams=hp.to_dict(),
         requests=facts_meta(requests), model_name=model.name, seconds=time.perf_counter() - t0,
@@ -338,7 +399,7 @@ def _edit_one(model: Model, book: FactKeyMemory, layer: int, fact: Fact, hp: Fac
     subject_pos = model.subject_span(fact.prompt, fact.subject)[1] - 1
     label = label_of(rows.targets[0])
     seen = _read_keys(model, book, rows)
-    subject_key, relation_key = _unit(seen["subject"][subject_pos]), _unit(seen["relation"])
+    subject_key, relation_key = book.standardise(seen["subject"][subject_pos]), _unit(seen["relation"])
     action, row, affects = "add", book.size, None
     rel_radius = hp.relation_radius
     if book.size:
@@ -358,7 +419,7 @@ def _edit_one(model: Model, book: FactKeyMemory, layer: int, fact: Fact, hp: Fac
                 book.relation_radii[i] = max(r_dist / 2 - 1e-6, 1e-6)
             affects = _affects(action, i, r_dist, float(book.relation_radii[i]), fact.text)
     if action in ("add", "split"):
-        _refuse_routing_everything(model, hp, layer, subject_key, relation_key, rel_radius)
+        _refuse_routing_everything(model, book, hp, subject_key, relation_key, rel_radius)
         init = torch.rand(book.d_out, device=seen["warm"].device) if hp.val_init == "cold" else seen["warm"]
         _append(book, subject_key, relation_key, init, hp.subject_radius, rel_radius, label)
     value, steps, nll = train_value(model, layer, rows, last, book.values[row].clone(), seen["warm"],
@@ -384,12 +445,12 @@ def _affects(action: str, row: int, distance: float, radius_now: float, request:
     return {"row": row, "action": action, "effect": effect}
 
 
-def _refuse_routing_everything(model: Model, hp: FactKeyHyperParams, layer: int, subject_key: Tensor,
+def _refuse_routing_everything(model: Model, book: FactKeyMemory, hp: FactKeyHyperParams, subject_key: Tensor,
                                relation_key: Tensor, rel_radius: float) -> None:
     """Refuse an entry that would route some position of every generic text (the model's own sampled text)."""
-    texts_s, texts_r = generic_inputs(model, hp.subject_layer), generic_inputs(model, layer)
+    texts_s, texts_r = generic_inputs(model, hp.subject_layer), generic_inputs(model, book.layer)
     for a_s, a_r in zip(texts_s, texts_r, strict=True):
-        s = (_cos_dist(a_s, subject_key[None])[:, 0] / hp.subject_radius).cummin(dim=0).values
+        s = ((1.0 - book.standardise(a_s) @ subject_key) / hp.subject_radius).cummin(dim=0).values
         r = _cos_dist(a_r, relation_key[None])[:, 0] / rel_radius
         if not bool((torch.maximum(s, r) <= 1).any()):
             return

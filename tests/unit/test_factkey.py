@@ -9,9 +9,9 @@ import torch
 
 from knowscope.editing import scoring
 from knowscope.editing.editors import get_editor
-from knowscope.editing.factkey import FactKeyHyperParams, FactKeyMemory
+from knowscope.editing.factkey import FactKeyHyperParams, FactKeyMemory, subject_stats
 from knowscope.editing.memory import memory_of, value_inputs
-from knowscope.editing.session import EditSession
+from knowscope.editing.session import EditMismatchError, EditSession
 from knowscope.facts import Fact
 
 TOWER = Fact(subject="Eiffel Tower", prompt="The {} is located in the city of", target_true="Paris",
@@ -40,8 +40,10 @@ def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def _keys(model, hp: FactKeyHyperParams, fact: Fact) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fact's subject key (standardised as the memory does) and relation key, from plain forward passes."""
     pos = model.subject_span(fact.prompt, fact.subject)[1] - 1
-    return (value_inputs(model, hp.subject_layer, [fact.text])[0][pos],
+    center, scale = subject_stats(model, hp.subject_layer)
+    return ((value_inputs(model, hp.subject_layer, [fact.text])[0][pos] - center) / scale,
             value_inputs(model, hp.layer, [fact.text])[0][-1])
 
 
@@ -112,6 +114,8 @@ def test_factkey_answers_for_its_subject_and_relation_only(tiny_llama, session):
     base = {f.text: _logits(model, f.text) for f in (TOWER, TOWER_BUILDER, LOUVRE)}
     result = get_editor("factkey")(model, [TOWER], hparams=hp)
     assert result.is_memory_edit and not result.deltas and result.memory["rows"].tolist() == [0]
+    key = (_keys(model, hp, TOWER)[0])
+    torch.testing.assert_close(result.memory["subject_keys"][0], key / key.norm())  # standardised, unit length
     session.apply(result)
     routes = session.memory.route([TOWER.text, TOWER_BUILDER.text, LOUVRE.text])
     assert [r.routed for r in routes] == [True, False, False] and routes[0].memory == "factkey[0]"
@@ -156,6 +160,17 @@ def test_factkey_codebook_rule_is_reported(tiny_llama, session):
     assert "shrunk" in info["affects"]["effect"]
     torch.testing.assert_close(split.memory["relation_radii"], torch.tensor([d / 2 - 1e-6, d / 2]), rtol=1e-3,
                                atol=1e-5)
+
+
+def test_factkey_edit_with_another_standardisation_is_refused(tiny_llama, session):
+    hp = _hp(tiny_llama)
+    session.apply(get_editor("factkey")(tiny_llama, [TOWER], hparams=hp))
+    other = get_editor("factkey")(tiny_llama, [LOUVRE], hparams=hp)
+    other.memory["subject_center"] = other.memory["subject_center"] + 1.0
+    state = {k: v.clone() for k, v in session.memory.state().items()}
+    with pytest.raises(EditMismatchError, match="another subject center"):
+        session.apply(other)
+    assert all(torch.equal(v, state[k]) for k, v in session.memory.state().items())
 
 
 def test_factkey_generation_with_the_cache_equals_recomputing(tiny_llama, session):

@@ -9,9 +9,9 @@ import torch
 
 from knowscope.editing import scoring
 from knowscope.editing.editors import get_editor
-from knowscope.editing.factkey import FactKeyHyperParams, FactKeyMemory, subject_stats
+from knowscope.editing.factkey import FactKeyHyperParams, FactKeyMemory, subject_seen, subject_spellings
 from knowscope.editing.memory import memory_of, value_inputs
-from knowscope.editing.session import EditMismatchError, EditSession
+from knowscope.editing.session import EditSession
 from knowscope.facts import Fact
 
 TOWER = Fact(subject="Eiffel Tower", prompt="The {} is located in the city of", target_true="Paris",
@@ -39,42 +39,74 @@ def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(1 - torch.nn.functional.cosine_similarity(a, b, dim=-1))
 
 
-def _keys(model, hp: FactKeyHyperParams, fact: Fact) -> tuple[torch.Tensor, torch.Tensor]:
-    """The fact's subject key (standardised as the memory does) and relation key, from plain forward passes."""
-    pos = model.subject_span(fact.prompt, fact.subject)[1] - 1
-    center, scale = subject_stats(model, hp.subject_layer)
-    return ((value_inputs(model, hp.subject_layer, [fact.text])[0][pos] - center) / scale,
-            value_inputs(model, hp.layer, [fact.text])[0][-1])
+def _relation_key(model, hp: FactKeyHyperParams, fact: Fact) -> torch.Tensor:
+    return value_inputs(model, hp.layer, [fact.text])[0][-1]
 
 
 def _hp(model) -> FactKeyHyperParams:
-    """Radii below the distances that separate the three facts (a tiny random model's activations are
-    close together): each fact's subject and relation keys are its own."""
+    """A relation radius below the distances that separate the facts' relation keys (a tiny random model's
+    activations are close together)."""
     hp = FactKeyHyperParams.for_model(model, n_iter=20)
-    (s_t, r_t), (s_b, r_b), (s_l, r_l) = (_keys(model, hp, f) for f in (TOWER, TOWER_BUILDER, LOUVRE))
-    return hp.with_(subject_radius=_cos(s_t, s_l) / 3, relation_radius=min(_cos(r_t, r_b), _cos(r_t, r_l)) / 3)
+    r_t, r_b = _relation_key(model, hp, TOWER), _relation_key(model, hp, TOWER_BUILDER)
+    return hp.with_(relation_radius=_cos(r_t, r_b) / 3)
+
+
+def test_subject_seen_equals_a_plain_substring_loop():
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 6, (4, 12), generator=g)
+    spellings = torch.full((3, 2, 4), -1)
+    spellings[0, 0, :2] = torch.tensor([1, 2])
+    spellings[0, 1, :1] = torch.tensor([5])
+    spellings[1, 0, :3] = torch.tensor([3, 3, 4])
+    spellings[2, 0, :1] = torch.tensor([0])
+    ids[0, 3:5] = torch.tensor([1, 2])
+    ids[1, 0:3] = torch.tensor([3, 3, 4])
+    want = torch.zeros(4, 12, 3, dtype=torch.bool)
+    for b in range(4):
+        for t in range(12):
+            for e in range(3):
+                for v in spellings[e]:
+                    v = [int(x) for x in v if x >= 0]
+                    if v and t + 1 >= len(v) and ids[b, t + 1 - len(v) : t + 1].tolist() == v:
+                        want[b, t, e] = True
+    assert torch.equal(subject_seen(ids, spellings), want)
+    # the same, one position at a time with the ids before it as context (KV-cache decoding)
+    steps = [subject_seen(ids[:, t : t + 1], spellings, context=ids[:, max(0, t - 3) : t] if t else None)
+             for t in range(12)]
+    assert torch.equal(torch.cat(steps, dim=1), want)
+
+
+def test_subject_spellings_cover_both_spacings(tiny_llama):
+    sp = subject_spellings(tiny_llama, TOWER)
+    enc = tiny_llama.tokenizer.encode
+    got = [[int(x) for x in row if x >= 0] for row in sp]
+    assert all(enc(x, add_special_tokens=False) in got for x in (" Eiffel Tower", "Eiffel Tower"))
+    long = Fact(subject=" ".join(["word"] * 40), prompt="{} is", target_true="a", target_new="b")
+    with pytest.raises(ValueError, match="tokens long"):
+        get_editor("factkey")(tiny_llama, [long], hparams=_hp(tiny_llama))
 
 
 def test_factkey_routing_equals_a_plain_per_position_loop(tiny_llama):
-    mem = FactKeyMemory(tiny_llama, 3, {"subject_layer": 1})
+    mem = FactKeyMemory(tiny_llama, 3, {})
     g = torch.Generator().manual_seed(0)
     n, batch, pos = 4, 3, 7
-    mem.subject_keys = torch.nn.functional.normalize(torch.randn(n, mem.d_in, generator=g), dim=-1)
+    mem.subject_ids = torch.full((n, 3, 16), -1)
+    for e, spelled in enumerate(([7, 8], [9], [10, 11, 12], [13])):
+        mem.subject_ids[e, 0, : len(spelled)] = torch.tensor(spelled)
     mem.relation_keys = torch.nn.functional.normalize(torch.randn(n, mem.d_in, generator=g), dim=-1)
     mem.values = torch.randn(n, mem.d_out, generator=g)
-    mem.subject_radii = torch.full((n,), 0.2)
     mem.relation_radii = torch.tensor([0.2, 0.3, 0.25, 0.2])
     mem.labels = torch.arange(n)
-    a_s = torch.randn(batch, pos, mem.d_in, generator=g)
-    a_r = torch.randn(batch, pos, mem.d_in, generator=g)
-    a_s[0, 1] = mem.subject_keys[1] * 3  # subject of entry 1 early in row 0 ...
-    a_r[0, 5] = mem.relation_keys[1] + 0.01 * torch.randn(mem.d_in, generator=g)  # ... its relation later
-    a_r[0, 0] = mem.relation_keys[2]  # relation of entry 2 without its subject: not routed
-    a_s[1, 4] = mem.subject_keys[3]
-    a_r[1, 3] = mem.relation_keys[3]  # relation BEFORE the subject: not routed
-    a_r[1, 6] = mem.relation_keys[3]  # after it: routed
-    a_s[2, 2], a_s[2, 3] = mem.subject_keys[0], mem.subject_keys[1]  # two subjects: the nearer relation wins
-    a_r[2, 6] = 0.5 * (mem.relation_keys[0] + mem.relation_keys[1]) + 0.6 * mem.relation_keys[1]
+    ids = torch.randint(20, 30, (batch, pos), generator=g)
+    a = torch.randn(batch, pos, mem.d_in, generator=g)
+    ids[0, 1:3] = torch.tensor([7, 8])  # subject of entry 0 early in row 0 ...
+    a[0, 5] = mem.relation_keys[0] + 0.01 * torch.randn(mem.d_in, generator=g)  # ... its relation later
+    a[0, 0] = mem.relation_keys[1]  # relation of entry 1 without its subject: not routed
+    ids[1, 4] = 13
+    a[1, 3] = mem.relation_keys[3]  # relation BEFORE the subject: not routed
+    a[1, 6] = mem.relation_keys[3]  # after it: routed
+    ids[2, 1], ids[2, 3] = 9, 13  # two subjects: the nearer relation (relative to its radius) wins
+    a[2, 6] = 0.5 * (mem.relation_keys[1] + mem.relation_keys[3]) + 0.6 * mem.relation_keys[3]
     out = torch.randn(batch, pos, mem.d_out, generator=g)
 
     want = out.clone()
@@ -82,8 +114,10 @@ def test_factkey_routing_equals_a_plain_per_position_loop(tiny_llama):
         for t in range(pos):
             best, best_ratio = None, 1.0
             for e in range(n):
-                seen = any(_cos(a_s[b, p], mem.subject_keys[e]) <= float(mem.subject_radii[e]) for p in range(t + 1))
-                ratio = _cos(a_r[b, t], mem.relation_keys[e]) / float(mem.relation_radii[e])
+                spelled = [int(x) for x in mem.subject_ids[e, 0] if x >= 0]
+                seen = any(ids[b, p + 1 - len(spelled) : p + 1].tolist() == spelled
+                           for p in range(len(spelled) - 1, t + 1))
+                ratio = _cos(a[b, t], mem.relation_keys[e]) / float(mem.relation_radii[e])
                 if seen and ratio <= best_ratio:
                     best, best_ratio = e, ratio
             if best is not None:
@@ -92,21 +126,21 @@ def test_factkey_routing_equals_a_plain_per_position_loop(tiny_llama):
     mem.n_edits = 1
     mem.attach()
     try:
-        mem._read_subject(None, None, a_s)  # one pass over every position
-        full = mem.rewrite(a_r, out)
-        steps = []  # a prefill of 4 positions, then one position at a time (KV-cache decoding)
-        mem._read_subject(None, None, a_s[:, :4])
-        steps.append(mem.rewrite(a_r[:, :4], out[:, :4]))
-        for t in range(4, pos):
-            mem._read_subject(None, None, a_s[:, t : t + 1])
-            steps.append(mem.rewrite(a_r[:, t : t + 1], out[:, t : t + 1]))
+        mem._read_ids(None, (ids,), {}, None)  # one pass over every position
+        full = mem.rewrite(a, out)
+        steps = []  # a prefill of 2 positions (entry 0's subject spans the boundary), then one at a time
+        mem._read_ids(None, (ids[:, :2],), {}, None)
+        steps.append(mem.rewrite(a[:, :2], out[:, :2]))
+        for t in range(2, pos):
+            mem._read_ids(None, (ids[:, t : t + 1],), {}, None)
+            steps.append(mem.rewrite(a[:, t : t + 1], out[:, t : t + 1]))
     finally:
         mem.detach()
     torch.testing.assert_close(full, want, rtol=0, atol=0)
     torch.testing.assert_close(torch.cat(steps, dim=1), want, rtol=0, atol=0)
     assert not torch.equal(full[0, 5], out[0, 5]) and torch.equal(full[0, 0], out[0, 0])
     assert torch.equal(full[1, 3], out[1, 3]) and not torch.equal(full[1, 6], out[1, 6])
-    assert torch.equal(full[2, 6], mem.values[1])
+    assert torch.equal(full[2, 6], mem.values[3])
 
 
 def test_factkey_answers_for_its_subject_and_relation_only(tiny_llama, session):
@@ -114,8 +148,7 @@ def test_factkey_answers_for_its_subject_and_relation_only(tiny_llama, session):
     base = {f.text: _logits(model, f.text) for f in (TOWER, TOWER_BUILDER, LOUVRE)}
     result = get_editor("factkey")(model, [TOWER], hparams=hp)
     assert result.is_memory_edit and not result.deltas and result.memory["rows"].tolist() == [0]
-    key = (_keys(model, hp, TOWER)[0])
-    torch.testing.assert_close(result.memory["subject_keys"][0], key / key.norm())  # standardised, unit length
+    assert torch.equal(result.memory["subject_ids"][0], subject_spellings(model, TOWER))
     session.apply(result)
     routes = session.memory.route([TOWER.text, TOWER_BUILDER.text, LOUVRE.text])
     assert [r.routed for r in routes] == [True, False, False] and routes[0].memory == "factkey[0]"
@@ -151,7 +184,7 @@ def test_factkey_codebook_rule_is_reported(tiny_llama, session):
     wide = hp.with_(relation_radius=1.9)
     near = Fact(subject=TOWER.subject, prompt="The {} is located in the town of", target_true="Paris",
                 target_new="Oslo")
-    d = _cos(_keys(model, hp, near)[1], _keys(model, hp, TOWER)[1])
+    d = _cos(_relation_key(model, hp, near), _relation_key(model, hp, TOWER))
     session.undo()
     session.apply(get_editor("factkey")(model, [TOWER], hparams=wide))
     split = get_editor("factkey")(model, [near], hparams=wide)
@@ -160,17 +193,6 @@ def test_factkey_codebook_rule_is_reported(tiny_llama, session):
     assert "shrunk" in info["affects"]["effect"]
     torch.testing.assert_close(split.memory["relation_radii"], torch.tensor([d / 2 - 1e-6, d / 2]), rtol=1e-3,
                                atol=1e-5)
-
-
-def test_factkey_edit_with_another_standardisation_is_refused(tiny_llama, session):
-    hp = _hp(tiny_llama)
-    session.apply(get_editor("factkey")(tiny_llama, [TOWER], hparams=hp))
-    other = get_editor("factkey")(tiny_llama, [LOUVRE], hparams=hp)
-    other.memory["subject_center"] = other.memory["subject_center"] + 1.0
-    state = {k: v.clone() for k, v in session.memory.state().items()}
-    with pytest.raises(EditMismatchError, match="another subject center"):
-        session.apply(other)
-    assert all(torch.equal(v, state[k]) for k, v in session.memory.state().items())
 
 
 def test_factkey_generation_with_the_cache_equals_recomputing(tiny_llama, session):
@@ -206,12 +228,8 @@ def test_scoring_does_not_pack_prompts_while_a_factkey_memory_is_attached(tiny_l
     assert len(got) == 2
 
 
-def test_factkey_hyperparameters_refuse_bad_values(tiny_llama):
+def test_factkey_hyperparameters_refuse_bad_values():
     with pytest.raises(ValueError, match="cosine distance in"):
-        FactKeyHyperParams(subject_radius=0)
-    with pytest.raises(ValueError, match="must not lie above"):
-        FactKeyHyperParams(layer=1, subject_layer=2)
-    with pytest.raises(ValueError, match="route some position of every generic text"):
-        get_editor("factkey")(tiny_llama, [TOWER], hparams=FactKeyHyperParams.for_model(
-            tiny_llama, subject_radius=1.99, relation_radius=1.99, n_iter=1))
-    assert memory_of(tiny_llama) is None
+        FactKeyHyperParams(relation_radius=0)
+    with pytest.raises(ValueError, match="n_iter"):
+        FactKeyHyperParams(n_iter=0)

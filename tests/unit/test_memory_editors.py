@@ -27,7 +27,7 @@ FACTS = [
 ]
 FAST_GRACE = {"n_iter": 5}
 FAST_WISE = {"n_iter": 4, "n_templates": 1}
-FAST_FACTKEY = {"n_iter": 5, "subject_radius": 0.01, "relation_radius": 0.01}
+FAST_FACTKEY = {"n_iter": 5, "relation_radius": 0.01}
 
 
 def _snapshot(model) -> dict[str, torch.Tensor]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
@@ -147,12 +148,13 @@ def weight_bins(absval: Float[Tensor, " n"]) -> Int[Tensor, " n"]:
     return torch.bucketize(absval, cuts, right=True)
 
 
-def _segments(x0: Tensor, y0: Tensor, x1: Tensor, y1: Tensor) -> tuple[list[float | None], list[float | None]]:
-    """Line segments as one x and one y list with a gap (``None``) after each."""
+def _segments(x0: Tensor, y0: Tensor, x1: Tensor, y1: Tensor) -> tuple[Any, Any]:
+    """Line segments as one x and one y array with a gap (NaN, drawn as a break) after each.
+
+    NumPy arrays, not lists: plotly validates a list element by element, an array at once (10x faster).
+    """
     nan = torch.full_like(x0, math.nan)
-    xs = torch.stack([x0, x1, nan], 1).flatten().tolist()
-    ys = torch.stack([y0, y1, nan], 1).flatten().tolist()
-    return [None if v != v else v for v in xs], [None if v != v else v for v in ys]
+    return torch.stack([x0, x1, nan], 1).flatten().numpy(), torch.stack([y0, y1, nan], 1).flatten().numpy()
 
 
 def graph_figure(circuit: Any, max_edges: int | None = None, pinned: str | None = None,
@@ -187,8 +189,9 @@ def graph_figure(circuit: Any, max_edges: int | None = None, pinned: str | None 
         names, snames = g.node_names, g.slot_names
         text = [f"{names[u]} → {snames[v]}: {s:+.4g}" for u, v, s in zip(us.tolist(), vs.tolist(), sc.tolist(),
                                                                          strict=True)]
-        fig.add_trace(go.Scatter(x=((x0 + x1) / 2).tolist(), y=((y0 + y1) / 2).tolist(), mode="markers",
-                                 marker={"size": 5, "color": "rgba(0,0,0,0.01)"}, hovertext=text,
+        fig.add_trace(go.Scatter(x=((x0 + x1) / 2).numpy(), y=((y0 + y1) / 2).numpy(), mode="markers",
+                                 marker={"size": 5, "color": "rgba(0,0,0,0.01)"},
+                                 hovertext=np.array(text, dtype=object),
                                  hoverinfo="text", name="edge cards", showlegend=False))
     summary = node_summary(circuit)
     if pinned and pinned in summary:

@@ -190,7 +190,7 @@ def test_graph_figure_draws_every_edge_in_a_few_traces_with_node_cards():
     fig = c.figure()
     lines = [t for t in fig.data if t.mode == "lines"]
     assert 2 <= len(lines) <= 8  # binned by sign and weight, not one trace per edge
-    segments = sum(sum(1 for x in t.x if x is None) for t in lines)
+    segments = sum(sum(1 for x in t.x if x != x) for t in lines)
     assert segments == n
     assert fig.layout.title.text.startswith(f"{n} of {n} circuit edges drawn")
     nodes = next(t for t in fig.data if t.name == "nodes")
@@ -203,7 +203,7 @@ def test_graph_figure_draws_every_edge_in_a_few_traces_with_node_cards():
     few = c.figure(max_edges=40, pinned="m3")
     assert few.layout.title.text.startswith(f"40 of {n} circuit edges drawn")
     binned = [t for t in few.data if t.mode == "lines" and t.name != "edges of m3"]
-    assert sum(sum(1 for x in t.x if x is None) for t in binned) == 40
+    assert sum(sum(1 for x in t.x if x != x) for t in binned) == 40
     assert any(t.name == "edges of m3" for t in few.data)
 
 

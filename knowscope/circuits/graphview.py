@@ -3,7 +3,9 @@
 :func:`graph_figure` draws a circuit's edges (all of them by default) in a handful of plotly traces,
 not one per edge: edges are binned by sign and by weight (quantiles of ``|score|``), each bin one
 trace of line segments separated by gaps, so a figure of 7,000 edges builds in well under a second
-and stays responsive in the browser. Nodes sit on a grid: layer left to right, a layer's heads one
+and stays responsive in the browser. Each edge's hover card sits on an invisible marker at its middle,
+in one WebGL trace (7,000 SVG markers would double the browser's first render; without WebGL the
+edges still draw, only their cards are missing). Nodes sit on a grid: layer left to right, a layer's heads one
 above the other and its MLP below them (half a layer on, as it reads the heads' output); the input
 on the left, the logits on the right. The circuits here score edges between components summed over
 token positions, so there is no position axis. Hovering a node shows its card (its score and its
@@ -185,11 +187,11 @@ def graph_figure(circuit: Any, max_edges: int | None = None, pinned: str | None 
             fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", hoverinfo="skip",
                                      line={"width": BIN_WIDTHS[k], "color": f"rgba({r},{gr},{b},{BIN_OPACITY[k]})"},
                                      name=f"{sign}, |score| ≥ {lo:.2g} ({int(sel.sum())})", legendgroup=sign))
-    if len(sc):  # one hover point per edge, at its middle: the edge's card
+    if len(sc):  # one hover point per edge, at its middle: the edge's card (WebGL: see the module docstring)
         names, snames = g.node_names, g.slot_names
         text = [f"{names[u]} → {snames[v]}: {s:+.4g}" for u, v, s in zip(us.tolist(), vs.tolist(), sc.tolist(),
                                                                          strict=True)]
-        fig.add_trace(go.Scatter(x=((x0 + x1) / 2).numpy(), y=((y0 + y1) / 2).numpy(), mode="markers",
+        fig.add_trace(go.Scattergl(x=((x0 + x1) / 2).numpy(), y=((y0 + y1) / 2).numpy(), mode="markers",
                                  marker={"size": 5, "color": "rgba(0,0,0,0.01)"},
                                  hovertext=np.array(text, dtype=object),
                                  hoverinfo="text", name="edge cards", showlegend=False))

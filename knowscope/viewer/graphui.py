@@ -92,7 +92,7 @@ def circuit_graph(c: Any, key: str = "circuit",
     shown, rule = _pick_size(c, key)
     summary = node_summary(shown)
     names = list(summary)
-    cols = st.columns([1, 1, 1, 2])
+    cols = st.columns([3, 1, 2, 3])
     cols[0].metric("edges in the circuit", f"{shown.n_edges:,} of {shown.n_edges_total:,}")
     cols[1].metric("nodes", str(len(names)))
     with st.spinner("Measuring the faithfulness of this size ..."):

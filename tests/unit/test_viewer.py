@@ -433,6 +433,20 @@ def test_an_edit_in_the_lab_is_the_model_every_page_reads(app):
     assert any(m.value == "**on the unedited model**" for m in app.markdown)
 
 
+def test_a_saved_edit_loaded_from_runs_is_the_model_every_page_reads(app, runs_dir):
+    page(app, "Runs")
+    box = app.selectbox(key="runs_open")
+    box.set_value(next(o for o in box.options if "[edit_session]" in o)).run()
+    app.button(key="runs_use_edit").click().run()
+    ok(app)
+    assert any("every page now reads the model edited by: ROME at layer 1" in s.value for s in app.success)
+    assert app.sidebar.radio(key="model_state").value == "edited"
+    page(app, "Probes")
+    app.button(key="lens_run").click().run()
+    ok(app)
+    assert len([f for f in charts(app) if "heatmap" in trace_types(f)]) == 2  # before | after
+
+
 def test_edit_lab_refuses_a_weight_edit_over_a_memory_edit_before_computing(app, monkeypatch):
     import knowscope.editing.editors as editors
 

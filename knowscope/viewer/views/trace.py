@@ -50,7 +50,8 @@ def render_page(cfg: ViewerConfig) -> None:
     kinds = cols[2].multiselect("kinds", ["hidden", "mlp", "attn"], ["hidden", "mlp", "attn"], key="trace_kinds")
 
     edits = active_edits()
-    compare = bool(edits) and st.checkbox("before | after: trace the unedited model too", True, key="trace_compare")
+    compare = bool(edits) and st.checkbox("before / after: trace the unedited model too (one colour scale for both)",
+                                          True, key="trace_compare")
     if st.button("Run trace", type="primary", key="trace_run"):
         st.session_state["trace_result"] = None
         with guard("The causal trace"):
@@ -79,10 +80,8 @@ def render_page(cfg: ViewerConfig) -> None:
     if found:
         lo = min(tr.score_range()[0] for _, tr, _ in found)
         hi = max(tr.score_range()[1] for _, tr, _ in found)
-        for col, (label, tr, answer) in zip(st.columns(len(found)), found, strict=True):
-            with col:
-                render.trace(tr, key=f"trace-live-{label.split(':')[0]}", zrange=(lo, hi), label=label,
-                             answer=answer)
+        for label, tr, answer in found:  # before above after: three panels each need the page's width
+            render.trace(tr, key=f"trace-live-{label.split(':')[0]}", zrange=(lo, hi), label=label, answer=answer)
         if st.button("Save this trace to the runs folder", key="trace_save"):
             with guard("Saving the trace"):
                 for label, tr, _ in found:

@@ -56,6 +56,14 @@ class Resizer:
             self.m_clean = metric_values(clean_logits, self.batch, self.metric).cpu()
             self.m_corrupted = metric_values(corr_logits, self.batch, self.metric).cpu()
         self.cache: dict[str, float] = {}
+        #: |faithfulness measured here at the saved circuit - the saved faithfulness|: ~0 when the batch was
+        #: rebuilt as it was (a circuit saved before the noise seed and scale were recorded may differ)
+        self.mismatch: float | None = None
+        if circuit.faithfulness == circuit.faithfulness:
+            self.mismatch = abs(self.faithfulness(circuit.mask) - circuit.faithfulness)
+            if self.mismatch > 1e-3:
+                logger.warning("the rebuilt batch gives faithfulness %.4f at the saved circuit, saved %.4f",
+                               self.cache[_key(circuit.mask)], circuit.faithfulness)
 
     def faithfulness(self, mask: Bool[Tensor, "n_forward n_slots"]) -> float:
         """Normalised faithfulness of the circuit made of ``mask``'s edges (remembered per mask)."""

@@ -65,7 +65,12 @@ def _measure(cfg: ViewerConfig, c: object, cid: str) -> object:
         with lab(cfg).use(edits) as (model, _):
             if cid not in resizers:
                 resizers[cid] = Resizer(model, c)
-            return resizers[cid].faithfulness(mask)
+            r = resizers[cid]
+            if r.mismatch is not None and r.mismatch > 1e-3:
+                st.warning(f"Measured on this circuit's prompts rebuilt, the saved circuit's faithfulness comes out "
+                           f"{r.mismatch:.3f} away from the saved value (a circuit saved before its noise seed and "
+                           "scale were recorded): compare sizes with each other, not with the saved value.")
+            return r.faithfulness(mask)
 
     return measure
 

@@ -8,7 +8,8 @@ in one WebGL trace (7,000 SVG markers would double the browser's first render; w
 edges still draw, only their cards are missing). Nodes sit on a grid: layer left to right, a layer's heads one
 above the other and its MLP below them (half a layer on, as it reads the heads' output); the input
 on the left, the logits on the right. The circuits here score edges between components summed over
-token positions, so there is no position axis. Hovering a node shows its card (its score and its
+token positions, so there is no position axis. The strongest nodes (and a pinned one) are named on the
+graph, the others only on their cards, so labels do not overprint. Hovering a node shows its card (its score and its
 strongest edges in and out); a node given as ``pinned`` is ringed and its edges are drawn on top.
 
 :func:`graph_json` is the same graph as plain data (schema ``knowscope.circuit_graph``, version 1,
@@ -37,6 +38,7 @@ BIN_QUANTILES = (0.5, 0.8, 0.95)  # edges above each quantile of |score| go to t
 BIN_WIDTHS = (0.6, 1.2, 2.4, 4.0)
 BIN_OPACITY = (0.25, 0.4, 0.6, 0.85)
 TOP_EDGES_ON_CARD = 3
+LABELLED_NODES = 12  # only the strongest nodes are named on the graph (every node has its hover card)
 
 
 def node_xy(graph: Graph) -> Float[Tensor, "n_forward_plus_logits 2"]:
@@ -212,8 +214,10 @@ def graph_figure(circuit: Any, max_edges: int | None = None, pinned: str | None 
     pos = nxy[idx] if idx else torch.zeros(0, 2)
     top = max((s["score"] for s in summary.values()), default=1.0) or 1.0
     colours = {"input": "#7f7f7f", "head": "#17becf", "mlp": "#9467bd", "logits": "#444444"}
+    named = set(sorted(order, key=lambda n: -summary[n]["score"])[:LABELLED_NODES]) | {pinned}
     fig.add_trace(go.Scatter(
-        x=pos[:, 0].tolist(), y=pos[:, 1].tolist(), mode="markers", name="nodes", customdata=order,
+        x=pos[:, 0].tolist(), y=pos[:, 1].tolist(), mode="markers+text", name="nodes", customdata=order,
+        text=[n if n in named else "" for n in order], textposition="top center", textfont={"size": 10},
         hovertext=[_card(n, summary[n]) for n in order], hoverinfo="text",
         marker={"size": [8 + 10 * math.sqrt(summary[n]["score"] / top) for n in order],
                 "color": [colours[summary[n]["kind"]] for n in order],

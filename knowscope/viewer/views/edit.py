@@ -157,8 +157,8 @@ def _show_report(rep: dict[str, Any]) -> None:
     if rep["kind"] == "safety":
         rows = rep["predictions"].rows
         cols = st.columns(2)
-        cols[0].metric("judged safe before", f"{sum(r['safe_before'] for r in rows)} of {len(rows)}")
-        cols[1].metric("judged safe after", f"{sum(r['safe_after'] for r in rows)} of {len(rows)}",
+        cols[0].metric("judged safe before", f"{round(sum(r['safe_before'] for r in rows))} of {len(rows)}")
+        cols[1].metric("judged safe after", f"{round(sum(r['safe_after'] for r in rows))} of {len(rows)}",
                        help=f"judge: {rep.get('judge')}")
     if rep.get("edit_metrics") is not None:
         render.metrics(rep["edit_metrics"], key="lab-metrics")

@@ -219,6 +219,7 @@ def make_batch(
         if ai == ci and ci >= 0:
             raise ValueError(f"answer {a!r} and contrast {c!r} start with the same token; pick another contrast")
     noise = None
+    s = None
     if corruption == "noise":
         s = noise_scale(model) if scale is None else float(scale)
         gen = torch.Generator().manual_seed(seed)
@@ -242,7 +243,7 @@ def make_batch(
         new_answer=new_ids,
         meta={"relations": sorted({f.relation_id for f in facts}), "subjects": [f.subject for f in facts],
               "contrast_subjects": swapped,
-              "templates": [f.prompt for f in facts], "target": target},
+              "templates": [f.prompt for f in facts], "target": target, "seed": seed, "noise_scale": s},
     )
     return batch.to(model.device)
 

@@ -26,6 +26,7 @@ from torch import Tensor
 from knowscope.circuits import eap
 from knowscope.circuits.batches import CircuitBatch, CircuitMetric, Corruption, make_batch
 from knowscope.circuits.graph import Graph
+from knowscope.circuits.graphview import graph_figure, graph_json
 from knowscope.circuits.pruning import faithfulness_curve, normalized_faithfulness, prune
 from knowscope.facts import Fact
 from knowscope.models import Model
@@ -151,55 +152,15 @@ class Circuit:
                             slot=g.slot_names[v])
         return dg
 
-    def figure(self, max_edges: int = 300) -> Any:
-        """A layered plotly graph: layers left to right, heads and MLPs as nodes, edge width by
-        ``|score|``, q / k / v / MLP / logits inputs coloured, negative edges dashed."""
-        import plotly.graph_objects as go
+    def figure(self, max_edges: int | None = None, pinned: str | None = None) -> Any:
+        """The layered, explorable graph of :func:`knowscope.circuits.graphview.graph_figure`: every
+        circuit edge (or the ``max_edges`` strongest), binned by sign and weight, with node hover cards;
+        ``pinned`` highlights one node's edges."""
+        return graph_figure(self, max_edges=max_edges, pinned=pinned)
 
-        g = self.graph
-        dg = self.to_networkx()
-        pos: dict[str, tuple[float, float]] = {}
-        for name, data in dg.nodes(data=True):
-            layer = data["layer"]
-            if data["kind"] == "input":
-                pos[name] = (-1.0, 0.0)
-            elif data["kind"] == "logits":
-                pos[name] = (float(g.n_layers), 0.0)
-            elif data["kind"] == "mlp":
-                pos[name] = (layer + 0.5, -(g.n_heads + 1) / 2)
-            else:
-                head = int(name.split(".h")[1])
-                pos[name] = (float(layer), head - (g.n_heads - 1) / 2)
-        colours = {"q": "#1f77b4", "k": "#2ca02c", "v": "#ff7f0e", "mlp": "#9467bd", "logits": "#444444"}
-        edges = sorted(dg.edges(data=True), key=lambda e: -abs(e[2]["score"]))[:max_edges]
-        top = max((abs(e[2]["score"]) for e in edges), default=1.0) or 1.0
-        fig = go.Figure()
-        shown: set[str] = set()
-        for a, b, d in edges:
-            (x0, y0), (x1, y1) = pos[a], pos[b]
-            kind = d["qkv"]
-            neg = d["score"] < 0
-            label = f"{kind} input" + (" (negative)" if neg else "")
-            fig.add_trace(go.Scatter(
-                x=[x0, x1], y=[y0, y1], mode="lines", hoverinfo="text",
-                text=f"{a} -> {d['slot']}: {d['score']:.4g}",
-                line={"width": 0.5 + 6 * abs(d["score"]) / top, "color": colours[kind],
-                      "dash": "dash" if neg else "solid"},
-                name=label, legendgroup=label, showlegend=label not in shown, opacity=0.7,
-            ))
-            shown.add(label)
-        names = list(dg.nodes)
-        fig.add_trace(go.Scatter(
-            x=[pos[n][0] for n in names], y=[pos[n][1] for n in names], mode="markers+text",
-            text=names, textposition="top center", name="nodes",
-            marker={"size": 12, "color": ["#d62728" if dg.nodes[n]["kind"] == "mlp" else "#17becf" for n in names]},
-        ))
-        title = f"circuit: {self.n_edges} of {self.n_edges_total} edges"
-        if self.faithfulness == self.faithfulness:
-            title += f", faithfulness {self.faithfulness:.2f}"
-        fig.update_layout(title=title, xaxis_title="layer", yaxis_visible=False, height=600,
-                          xaxis={"range": [-1.5, g.n_layers + 0.5]})
-        return fig
+    def to_graph_json(self) -> dict[str, Any]:
+        """Nodes, edges, scores and metadata in the documented ``knowscope.circuit_graph`` schema."""
+        return graph_json(self)
 
     def curve_figure(self) -> Any:
         """Faithfulness against circuit size (percent of edges)."""

@@ -32,6 +32,7 @@ from knowscope.circuits.graph import Graph
 from knowscope.circuits.roles import NodeRole, head_roles
 from knowscope.facts import Fact
 from knowscope.models import Model
+from knowscope.models.tokens import visible
 
 
 @dataclass
@@ -63,7 +64,7 @@ class NodeDetail:
 
         if self.pattern is None:
             raise ValueError(f"{self.node} is an MLP: it has no attention pattern")
-        labels = [f"{i}: {t!r}" for i, t in enumerate(self.tokens)]
+        labels = [f"{i}: {visible(t)}" for i, t in enumerate(self.tokens)]
         fig = go.Figure(go.Heatmap(z=self.pattern.tolist(), x=labels, y=labels, colorscale="Blues", zmin=0, zmax=1,
                                    hovertemplate="query %{y}<br>key %{x}<br>attention %{z:.3f}<extra></extra>"))
         fig.update_yaxes(autorange="reversed", title_text="query")
@@ -76,7 +77,7 @@ class NodeDetail:
         import plotly.graph_objects as go
 
         rows = self.promotes + list(reversed(self.demotes))
-        fig = go.Figure(go.Bar(x=[repr(t) for t, _ in rows], y=[v for _, v in rows],
+        fig = go.Figure(go.Bar(x=[visible(t) for t, _ in rows], y=[v for _, v in rows],
                                marker_color=["#2ca02c" if v > 0 else "#d62728" for _, v in rows]))
         fig.update_layout(title=f"what {self.node} writes toward, read through the unembedding",
                           yaxis_title="direct logit contribution", xaxis_title="token")

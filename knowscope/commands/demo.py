@@ -102,7 +102,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from knowscope.circuits.batches import make_batch
     from knowscope.editing import EditSession, rome
     from knowscope.editing.layers import measured_layer
-    from knowscope.facts import load_bundled_facts
+    from knowscope.facts import Fact, load_bundled_facts
+    from knowscope.probes import logit_lens
     from knowscope.probes.report import edit_report
 
     start = time.time()
@@ -147,7 +148,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     _section(f"ROME edit at layer {choice.layer}: {fact.subject} -> {fact.target_new!r}")
     session = EditSession(model)
     edit = rome.edit(model, [fact], layers=choice.layer)
+    answers = [fact.true_continuation, Fact.continuation(fact.target_new)]
+    lens_before = logit_lens(model, fact.text, targets=answers)  # for the viewer's Probes page: before / after
     session.apply(edit)
+    lens_after = logit_lens(model, fact.text, targets=answers)
+    lens_after.meta["model_state"] = f"edited (ROME at layer {choice.layer})"
     report = edit_report(session, fact, diff=True, diff_input=batch, diff_before=circuit)
     for row in report.predictions.rows[:6]:
         print(f"  {row['kind']:<13} {row['prompt']!r:<58} {row['before']!r} -> {row['after']!r}")
@@ -155,6 +160,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print("  " + "  ".join(f"{k}={flat[k]:.2f}" for k in ("efficacy_score", "paraphrase_score",
                                                           "neighborhood_score", "locality_acc")))
     print(f"  activation shift: the residual stream moved most at layers {report.shift.top_layers(3)}")
+    print(f"  logit lens at the last layer: {lens_before.top_tokens[-1][-1][0]!r} before, "
+          f"{lens_after.top_tokens[-1][-1][0]!r} after")
     if report.circuit_diff is not None:
         s = report.circuit_diff.summary
         print(f"  circuit after the edit: {s['n_gained']} edges gained, {s['n_lost']} lost, "
@@ -163,7 +170,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"  circuit diff not computed: {report.circuit_diff_error}")
     try:
         replaced = save_runs(out, [lambda d: traced.save(d / "trace"), lambda d: choice.save(d / "locate"),
-                                   lambda d: circuit.save(d / "circuit"), lambda d: report.save(d, session)])
+                                   lambda d: circuit.save(d / "circuit"), lambda d: report.save(d, session),
+                                   lambda d: lens_before.save(d / "lens"),
+                                   lambda d: lens_after.save(d / "lens_edited")])
     finally:
         session.undo()
     back = model.top_k(fact.text, 1)[0]
@@ -179,7 +188,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print()
     if replaced:
         print(f"replaced the earlier demo's output in {out}/")
-    print(f"saved the runs under {out}/ (trace, locate, circuit, edit, metrics, predictions, shift, circuit_diff); "
+    print(f"saved the runs under {out}/ (trace, locate, circuit, edit, metrics, predictions, shift, circuit_diff, "
+          "lens, lens_edited); "
           f"done in {result['seconds']:.1f} s")
     print(f"open them in the viewer:\n  knowscope view {out}")
     return result

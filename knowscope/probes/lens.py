@@ -25,6 +25,7 @@ from torch import Tensor
 
 from knowscope.facts import Fact
 from knowscope.models import Model
+from knowscope.models.tokens import decode_each, pieces_text, visible
 from knowscope.results import load_dir, register, save_dir
 
 KIND = "logit_lens"
@@ -86,15 +87,19 @@ class LogitLensResult:
 
     def save(self, path: str | Path) -> Path:
         meta = {"prompt": self.prompt, "tokens": self.tokens, "top_tokens": self.top_tokens, "targets": self.targets,
-                "meta": self.meta}
+                "token_text": "decoded", "meta": self.meta}
         return save_dir(path, KIND, meta, {"top_ids": self.top_ids, "top_probs": self.top_probs,
                                            "target_ranks": self.target_ranks, "target_probs": self.target_probs})
 
     @classmethod
     def load(cls, path: str | Path) -> LogitLensResult:
         meta, a = load_dir(path, KIND)
-        return cls(prompt=meta["prompt"], tokens=meta["tokens"], top_ids=a["top_ids"], top_probs=a["top_probs"],
-                   top_tokens=meta["top_tokens"], targets=meta["targets"], target_ranks=a["target_ranks"],
+        # lenses saved before tokens were decoded hold byte-level BPE pieces ("ĠParis"): read them as text
+        legacy = meta.get("token_text") != "decoded"
+        tokens = pieces_text(meta["tokens"]) if legacy else meta["tokens"]
+        top_tokens = pieces_text(meta["top_tokens"]) if legacy else meta["top_tokens"]
+        return cls(prompt=meta["prompt"], tokens=tokens, top_ids=a["top_ids"], top_probs=a["top_probs"],
+                   top_tokens=top_tokens, targets=meta["targets"], target_ranks=a["target_ranks"],
                    target_probs=a["target_probs"], meta=meta.get("meta", {}))
 
     def figure(self) -> Any:
@@ -102,15 +107,16 @@ class LogitLensResult:
         import plotly.graph_objects as go
 
         k = self.top_probs.shape[-1]
-        hover = [[" | ".join(f"{t!r} {float(self.top_probs[layer, pos, j]):.2f}"
+        hover = [[" | ".join(f"{visible(t)} {float(self.top_probs[layer, pos, j]):.2f}"
                              for j, t in enumerate(self.top_tokens[layer][pos][:k]))
                   for pos in range(len(self.tokens))] for layer in range(self.n_layers)]
-        text = [[self.top_tokens[layer][pos][0] for pos in range(len(self.tokens))] for layer in range(self.n_layers)]
-        labels = [f"{i}:{t}" for i, t in enumerate(self.tokens)]
+        text = [[visible(self.top_tokens[layer][pos][0]) for pos in range(len(self.tokens))]
+                for layer in range(self.n_layers)]
+        labels = [f"{i}:{visible(t)}" for i, t in enumerate(self.tokens)]
         fig = go.Figure(go.Heatmap(z=self.top_probs[:, :, 0].tolist(), x=labels,
                                    y=list(range(self.n_layers)), text=text, texttemplate="%{text}",
                                    customdata=hover, hovertemplate="layer %{y}, %{x}<br>%{customdata}<extra></extra>",
-                                   colorscale="Blues", colorbar={"title": "top-1 p"}))
+                                   colorscale="Blues", zmin=0, zmax=1, colorbar={"title": "top-1 p"}))
         name = "Tuned lens" if self.meta.get("lens") == "tuned" else "Logit lens"
         fig.update_layout(title=f"{name}: {self.prompt!r}", xaxis_title="token", yaxis_title="layer",
                           template="plotly_white", height=max(400, 22 * self.n_layers))
@@ -140,7 +146,9 @@ def lens(model: Model, prompt: str, targets: Sequence[str] = (), k: int = 5,
     logits = lens_logits(model, resid) if tuned is None else tuned.logits(model, resid)
     probs = torch.softmax(logits, dim=-1).cpu()
     top_p, top_i = probs.topk(k, dim=-1)
-    decode = model.tokenizer.convert_ids_to_tokens
+    def decode(ids: list[int]) -> list[str]:
+        return decode_each(model.tokenizer, ids)
+
     top_tokens = [[decode(top_i[layer, pos].tolist()) for pos in range(top_i.shape[1])] for layer in range(n)]
     target_ids = [model.encode_target(t)[0] for t in targets]
     last = probs[:, -1]  # [n_layers, vocab]

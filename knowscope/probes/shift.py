@@ -25,6 +25,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from knowscope.models import Model
+from knowscope.models.tokens import decode_each, pieces_text, visible
 from knowscope.results import load_dir, register, save_dir
 
 KIND = "activation_shift"
@@ -51,7 +52,7 @@ def collect(model: Model, prompts: Sequence[str]) -> tuple[dict[str, Tensor], Te
         for name, (c, layer) in names.items():
             out[c][layer, i, : len(r)] = cache[name][0].float().cpu()
         mask[i, : len(r)] = True
-    tokens = [model.tokenizer.convert_ids_to_tokens(r) for r in rows]
+    tokens = [decode_each(model.tokenizer, r) for r in rows]
     return out, mask, tokens
 
 
@@ -89,12 +90,14 @@ class ActivationShift:
             arrays[f"relative/{c}"] = self.relative[c]
             arrays[f"cosine/{c}"] = self.cosine[c]
         return save_dir(path, KIND, {"prompts": self.prompts, "tokens": self.tokens, "meta": self.meta,
-                                     "summary": self.summary()}, arrays)
+                                     "token_text": "decoded", "summary": self.summary()}, arrays)
 
     @classmethod
     def load(cls, path: str | Path) -> ActivationShift:
         meta, arrays = load_dir(path, KIND)
-        return cls(prompts=meta["prompts"], tokens=meta["tokens"], mask=arrays["mask"].bool(),
+        # shifts saved before tokens were decoded hold byte-level BPE pieces: read them as text
+        tokens = meta["tokens"] if meta.get("token_text") == "decoded" else pieces_text(meta["tokens"])
+        return cls(prompts=meta["prompts"], tokens=tokens, mask=arrays["mask"].bool(),
                    norm={c: arrays[f"norm/{c}"] for c in COMPONENTS},
                    relative={c: arrays[f"relative/{c}"] for c in COMPONENTS},
                    cosine={c: arrays[f"cosine/{c}"] for c in COMPONENTS}, meta=meta.get("meta", {}))
@@ -111,7 +114,7 @@ class ActivationShift:
             return fig
         n_pos = int(self.mask[prompt].sum())
         z = self.relative[component][:, prompt, :n_pos]
-        fig = go.Figure(go.Heatmap(z=z.tolist(), x=[f"{i}:{t}" for i, t in enumerate(self.tokens[prompt])],
+        fig = go.Figure(go.Heatmap(z=z.tolist(), x=[f"{i}:{visible(t)}" for i, t in enumerate(self.tokens[prompt])],
                                    colorscale="Viridis", colorbar={"title": "relative"}))
         fig.update_layout(title=f"{component} shift: {self.prompts[prompt]!r}", xaxis_title="token",
                           yaxis_title="layer", template="plotly_white")

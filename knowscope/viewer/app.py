@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from knowscope.viewer.common import ViewerConfig, guard
+from knowscope.viewer.common import ViewerConfig, guard, model_state_switch
 from knowscope.viewer.views import circuit, edit, probes, runs, sweeps, trace
 
 PAGES = {
@@ -27,3 +27,4 @@ page = st.sidebar.radio("Page", list(PAGES), key="page")
 st.sidebar.caption(f"runs folder: `{cfg.runs_dir}`  \nmodel: `{cfg.model_label}`")
 with guard(f"The {page} page"):
     PAGES[page](cfg)
+model_state_switch()  # after the page: an edit the page just applied is already on the switch

@@ -26,6 +26,8 @@ logger = logging.getLogger("knowscope.viewer")
 
 ENV_RUNS = "KNOWSCOPE_RUNS"
 ENV_MODEL = "KNOWSCOPE_MODEL"
+EDITS = "edit_lab_edits"  # this tab's applied edits (the edit lab adds them; the Runs page can load saved ones)
+STATE = "model_state"  # the sidebar's switch: "edited" or "unedited"
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,69 @@ def fact_label(f: Any) -> str:
     return f"{f.subject}: {f.text} -> {f.target_true}  (edit to {f.target_new})"
 
 
+# ---------------------------------------------------------------------------------------------
+# one model state across pages
+
+
+def tab_edits() -> list[Any]:
+    """This tab's edits (in the order applied), whatever the switch says."""
+    return list(st.session_state.get(EDITS, []))
+
+
+def active_edits() -> list[Any]:
+    """The edits every page applies to the model it reads: this tab's edits when the sidebar's switch
+    says "edited", none when it says "unedited" (or there are none)."""
+    edits = tab_edits()
+    return edits if edits and st.session_state.get(STATE, "edited") == "edited" else []
+
+
+def model_state_switch() -> None:
+    """The sidebar's "edited / unedited" switch (shown on every page while this tab has edits)."""
+    if st.session_state.pop(f"{STATE}_to_edited", False):  # edits were just loaded: read them
+        st.session_state[STATE] = "edited"
+    edits = tab_edits()
+    if not edits:
+        st.sidebar.caption("model state: **unedited** (no edits in this tab; apply one in the Edit lab or load a "
+                           "saved one from Runs)")
+        return
+    st.sidebar.radio("Model the pages read", ["edited", "unedited"], key=STATE, horizontal=True,
+                     help="edited: the trace, circuit, lens pages read the model with this tab's edits applied")
+    st.sidebar.caption("edits in this tab:  \n" + "  \n".join(f"{i + 1}. {edit_summary(e)}"
+                                                               for i, e in enumerate(edits)))
+
+
+def use_edits(edits: list[Any]) -> None:
+    """Make ``edits`` this tab's edits (a saved run's), read by every page from the next run on."""
+    st.session_state[EDITS] = list(edits)
+    st.session_state[f"{STATE}_to_edited"] = True
+
+
+def state_label(edits: list[Any]) -> str:
+    """``"unedited"`` or ``"edited (ROME at layer 5: ...)"``, for captions of what a page computed on."""
+    return "unedited" if not edits else "edited (" + "; ".join(edit_summary(e) for e in edits) + ")"
+
+
+def edit_summary(e: Any) -> str:
+    """An edit in one readable line: method, layers and what it changes (never a Python repr)."""
+    layers = list(e.layers)
+    where = ("" if not layers else f" at layer {layers[0]}" if len(layers) == 1
+             else f" at layers {layers[0]}-{layers[-1]}")
+    parts = []
+    for r in e.requests:
+        rw = r.get("requested_rewrite", r)
+        subject = rw.get("subject")
+
+        def text(v: Any) -> str:
+            return str(v.get("str", "")) if isinstance(v, dict) else str(v or "")
+
+        if subject:
+            parts.append(f"{subject}: {text(rw.get('target_true')) or '?'} → {text(rw.get('target_new'))}")
+        elif r.get("question"):
+            parts.append(f"safety item {r.get('id', '')}: {str(r['question'])[:50]}")
+    shown = "; ".join(parts[:3]) + (f" (+{len(parts) - 3} more)" if len(parts) > 3 else "")
+    return f"{str(e.method).upper()}{where}" + (f": {shown}" if shown else "")
+
+
 class Progress:
     """A progress bar with a caption of the current step, for multi-step computations."""
 
@@ -120,3 +185,15 @@ class Progress:
 
     def done(self, text: str) -> None:
         self.bar.progress(1.0, text=text)
+
+    def close(self) -> None:
+        """Remove the bar (a step failed: the error below says why; a frozen bar would not)."""
+        self.bar.empty()
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        if exc_type is not None:
+            self.close()
+        return False

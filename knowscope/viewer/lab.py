@@ -68,7 +68,9 @@ def friendly(exc: BaseException) -> str:
     if isinstance(exc, ModelLoadError):
         return f"The model could not be loaded: {msg}. Start the viewer with another --model."
     if isinstance(exc, EditMismatchError):
-        return f"This edit does not fit the loaded model: {msg}. Open the viewer with that edit's model (--model)."
+        if "fingerprint" in msg:  # made on another model: only that model can carry it
+            return f"This edit does not fit the loaded model: {msg}. Open the viewer with that edit's model (--model)."
+        return f"This edit cannot be applied here: {msg}."
     if isinstance(exc, ResultFormatError):
         return f"Cannot open this run: {msg}."
     if isinstance(exc, FactFormatError):

@@ -12,6 +12,8 @@ from typing import Any
 
 import streamlit as st
 
+from knowscope.models.tokens import visible
+from knowscope.viewer.graphui import circuit_graph
 from knowscope.viewer.runs import RunInfo, load_run, siblings
 
 
@@ -19,55 +21,42 @@ def chart(fig: Any, key: str | None = None) -> None:
     st.plotly_chart(fig, key=key)
 
 
-def trace(tr: Any, key: str = "trace") -> None:
-    """Heatmaps, the located layer and ROME's token-class summary of a causal trace."""
+def trace(tr: Any, key: str = "trace", zrange: tuple[float, float] | None = None, label: str = "",
+          answer: str | None = None) -> None:
+    """Heatmaps, the located layer and ROME's token-class summary of a causal trace.
+
+    ``zrange``: the colour scale shared with another trace shown beside it (before | after);
+    ``label``: which model it was traced on; ``answer``: that model's top next token, when known.
+    """
+    if label:
+        st.markdown(f"**{label}**")
     cols = st.columns(4)
-    cols[0].metric("p(answer), clean", f"{tr.high_score:.3f}")
+    cols[0].metric("p(answer), clean", f"{tr.high_score:.3f}", help=f"answer {visible(tr.target)}")
     cols[1].metric("p(answer), subject noised", f"{tr.low_score:.3f}")
     if "mlp" in tr.scores:
         with_layer = _try(lambda: tr.located_layer("mlp"))
         cols[2].metric("located layer (MLP, last subject token)", "n/a" if with_layer is None else str(with_layer))
-    cols[3].metric("forward passes", f"{tr.forward_passes}", help=f"{tr.seconds:.1f} s, {tr.method}")
-    st.caption(f"prompt {tr.prompt!r}, subject {tr.subject!r}, target {tr.target!r}, {tr.samples} noise samples, "
-               f"window {tr.window}")
-    chart(tr.figure(), key=f"{key}-heatmap")
+    if answer is not None:
+        cols[3].metric("model's next token", visible(answer))
+    else:
+        cols[3].metric("forward passes", f"{tr.forward_passes}", help=f"{tr.seconds:.1f} s, {tr.method}")
+    st.caption(f"prompt {tr.prompt!r}, subject {tr.subject!r}, answer {visible(tr.target)}, {tr.samples} noise "
+               f"samples, window {tr.window}; one colour scale for every panel")
+    chart(tr.figure(zrange=zrange), key=f"{key}-heatmap")
     st.markdown("**Token-class summary** (largest mean indirect effect over layers, ROME's token classes)")
     st.dataframe(tr.class_summary(), hide_index=True)
 
 
-def circuit_graph(c: Any, key: str = "circuit") -> Any:
-    """The layered graph with a size / threshold control; returns the circuit as shown."""
-    from knowscope.circuits import prune
-
-    total = int(c.graph.edge_mask.sum())
-    mode = st.radio("Circuit size by", ["top-n edges", "score threshold"], horizontal=True, key=f"{key}-mode")
-    if mode == "top-n edges":
-        hi = max(1, min(total, max(2000, 2 * c.n_edges)))
-        n = st.slider("edges in circuit", 1, hi, min(max(1, c.n_edges), hi), key=f"{key}-n")
-        shown = c if n == c.n_edges else c.with_mask(prune(c.graph, c.scores, top_n=n))
-    else:
-        top = float(c.scores.abs().max()) or 1.0
-        thr = st.slider("keep edges with |score| at least", 0.0, top, top / 10, step=top / 200, format="%.5f",
-                        key=f"{key}-thr")
-        shown = c.with_mask(prune(c.graph, c.scores, threshold=thr))
-    cols = st.columns(3)
-    cols[0].metric("edges kept", f"{shown.n_edges} of {shown.n_edges_total}")
-    cols[1].metric("nodes", str(len(shown.nodes())))
-    faith = c.faithfulness if shown is c else float("nan")
-    cols[2].metric("faithfulness", "n/a (resized)" if faith != faith else f"{faith:.2f}",
-                   help="normalised faithfulness of the saved circuit; the curve below covers other sizes")
-    chart(shown.figure(max_edges=300), key=f"{key}-graph")
-    return shown
-
-
-def circuit(c: Any, key: str = "circuit") -> Any:
-    shown = circuit_graph(c, key)
+def circuit(c: Any, key: str = "circuit", measure: Callable[[Any], float] | None = None) -> tuple[Any, str | None]:
+    """The explorable graph with its size control, the faithfulness curve and the edges as shown;
+    returns the circuit as shown and the pinned node."""
+    shown, pinned = circuit_graph(c, key, measure)
     if c.curve:
-        st.markdown("**Faithfulness curve**")
+        st.markdown("**Faithfulness curve** (the saved sizes)")
         chart(c.curve_figure(), key=f"{key}-curve")
     with st.expander("Edges of the circuit as shown"):
         st.dataframe(shown.edges()[:500], hide_index=True)
-    return shown
+    return shown, pinned
 
 
 KIND_LABELS = {"rewrite": "the edited prompt", "paraphrase": "paraphrases", "neighborhood": "neighbours (other "

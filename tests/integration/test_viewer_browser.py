@@ -2,8 +2,11 @@
 headless Chromium (Debian's ``chromium``, driven by Playwright) opens every page.
 
 It checks that the demo's trace, circuit and edit open from disk (the page draws them with no live
-computation), runs a causal trace on the default model from the Causal trace page and waits for its
-heatmap, and saves a screenshot of each page: to ``$KNOWSCOPE_SCREENSHOTS`` when set (``make
+computation); on the Circuit explorer it clicks a node of the graph to pin it and reads its detail,
+and moves the size control to a size the circuit did not save and reads the faithfulness measured
+for it; it applies a ROME edit in the Edit lab and sees the Causal trace and Probes pages read the
+edited model (before | after: the model's answer changed); no page shows a byte-level BPE marker
+(Ġ, Ċ, Â). It saves a screenshot of each page: to ``$KNOWSCOPE_SCREENSHOTS`` when set (``make
 screenshots`` writes the README's ``docs/screenshots``), else to the test's temporary folder.
 ``KNOWSCOPE_DEMO_RUNS=DIR`` reuses runs an earlier ``knowscope demo --out DIR/demo`` saved.
 CI sets ``KNOWSCOPE_REQUIRE_BROWSER=1`` so that a missing browser fails instead of skipping.
@@ -153,8 +156,32 @@ def heatmaps(page) -> int:
 def pick(page, label: str, option_text: str) -> None:
     """Choose the option containing ``option_text`` in the selectbox labelled ``label``."""
     page.get_by_role("combobox", name=label).click()
-    page.get_by_role("option").filter(has_text=option_text).first.click()
+    page.wait_for_timeout(300)
+    option = page.get_by_role("option").filter(has_text=option_text).first
+    if option.count() == 0:  # a long list renders only what is in view: type to filter it
+        page.keyboard.type(option_text)
+        page.wait_for_timeout(300)
+    option.click()
     settle(page)
+
+
+BPE_MARKERS = ("Ġ", "Ċ", "Â")
+
+
+def readable(page) -> None:
+    """No byte-level BPE piece markers in the page's text (tokens are decoded, spaces shown as ␣)."""
+    text = page.locator('[data-testid="stMain"]').inner_text() + page.locator('[data-testid="stSidebar"]').inner_text()
+    bad = [m for m in BPE_MARKERS if m in text]
+    assert not bad, f"BPE markers {bad} in the page: ...{text[max(0, text.find(bad[0]) - 80):][:200]}..."
+
+
+def metric_values(page, label: str) -> list[str]:
+    """The values of the metrics labelled ``label``, in page order."""
+    out = []
+    for m in page.locator('[data-testid="stMetric"]').all():
+        if m.locator('[data-testid="stMetricLabel"]').inner_text().strip() == label:
+            out.append(m.locator('[data-testid="stMetricValue"]').inner_text().strip())
+    return out
 
 
 def test_viewer_in_chromium(browser_page, shots, demo_runs):
@@ -173,43 +200,97 @@ def test_viewer_in_chromium(browser_page, shots, demo_runs):
     assert heatmaps(page) >= 1  # the saved trace's heatmaps, drawn without tracing
     page.screenshot(path=str(shots / "runs.png"), full_page=True)
 
-    # Causal trace: run one on the default model from the page
-    go(page, "Causal trace")
-    no_error(page)
-    page.get_by_role("button", name="Run trace").click()
-    page.wait_for_selector(".js-plotly-plot .heatmaplayer image, .js-plotly-plot .hm image")
-    settle(page)
-    no_error(page)
-    assert heatmaps(page) >= 3  # hidden, MLP, attention
-    assert page.get_by_text("Token-class summary").count() == 1
-    page.screenshot(path=str(shots / "trace.png"), full_page=True)
-    assert (shots / "trace.png").stat().st_size > 10_000
+    readable(page)
 
-    # Circuit explorer: the demo's circuit, and one node up close
+    # Circuit explorer: the demo's circuit; click a node to pin it, move the size control
     go(page, "Circuit explorer")
     no_error(page)
+    readable(page)
     assert page.locator(".js-plotly-plot").count() >= 2  # graph + faithfulness curve
-    page.get_by_role("button", name="Inspect node").click()
-    page.get_by_text("role of ").first.wait_for()
+    title = page.locator(".js-plotly-plot").first.locator(".gtitle").text_content()
+    drawn, kept = title.split(" circuit edges drawn")[0].split(" of ")
+    assert drawn == kept  # every edge of the circuit drawn
+    saved_faith = metric_values(page, "faithfulness")[0]
+    float(saved_faith)
+    nodes = page.locator(".js-plotly-plot").first.locator(".scatterlayer .trace").last.locator("path.point")
+    assert nodes.count() >= 3
+    box = nodes.nth(2).bounding_box()  # input is first; then the circuit's heads and MLPs
+    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.get_by_text("Pinned: ").first.wait_for()
     settle(page)
     no_error(page)
+    pinned = page.get_by_text("Pinned: ").first.inner_text().split("Pinned: ")[1].split()[0]
+    assert page.get_by_text("edges in", exact=True).count() == 1
+    page.get_by_role("button", name=f"Attention and unembedding of {pinned}").click()
+    page.get_by_text(f"role of {pinned}").first.wait_for()
+    settle(page)
+    no_error(page)
+    readable(page)
     page.screenshot(path=str(shots / "circuit.png"), full_page=True)
+    slider = page.get_by_role("slider").first
+    slider.focus()
+    page.keyboard.press("ArrowRight")  # the next size: one of the saved curve's
+    page.keyboard.press("ArrowRight")  # then one on the 1-2-5 ladder that the circuit did not save
+    page.wait_for_timeout(3000)
+    settle(page)
+    no_error(page)
+    page.get_by_text("measured now by exact edge patching").first.wait_for()
+    resized = metric_values(page, "faithfulness")[0]
+    assert resized != "not measured" and -5 < float(resized) < 5
 
-    # Edit lab: a ROME edit at layer 5 from the page
+    # Edit lab: a ROME edit at layer 5 of the Eiffel Tower fact, from the page
     go(page, "Edit lab")
+    pick(page, "fact", "The Eiffel Tower")
     page.get_by_text("choose", exact=True).click()
     settle(page)
     page.get_by_role("button", name="Apply ROME").click()
     page.get_by_text("This tab's edits: 1").wait_for()
     settle(page)
     no_error(page)
+    readable(page)
+    assert page.get_by_text("ROME at layer 5: The Eiffel Tower: Paris → London").count() >= 1
     assert page.locator(".js-plotly-plot").count() >= 2  # metrics + activation shift
     page.screenshot(path=str(shots / "edit_lab.png"), full_page=True)
 
-    # Probes: the logit lens of a prompt
-    go(page, "Probes")
-    page.get_by_role("button", name="Run the lens").click()
-    page.wait_for_selector(".js-plotly-plot .heatmaplayer image, .js-plotly-plot .hm image")
+    # Causal trace: the same fact traced before | after on the edited model
+    go(page, "Causal trace")
+    no_error(page)
+    pick(page, "fact", "The Eiffel Tower")
+    samples = page.get_by_role("spinbutton", name="noise samples")
+    samples.fill("2")  # two traces (before, after): fewer samples keep the test short
+    samples.press("Enter")
+    settle(page)
+    page.get_by_role("button", name="Run trace").click()
+    page.get_by_text("after: edited").first.wait_for()
     settle(page)
     no_error(page)
+    readable(page)
+    assert heatmaps(page) >= 6  # hidden, MLP, attention, before and after
+    before, after = metric_values(page, "model's next token")
+    assert before == "␣Paris" and after == "␣London", (before, after)
+    page.screenshot(path=str(shots / "trace.png"), full_page=True)
+    assert (shots / "trace.png").stat().st_size > 10_000
+
+    # Probes: the logit lens of the fact's prompt, before | after
+    go(page, "Probes")
+    prompt = page.get_by_role("textbox", name="prompt", exact=True)
+    prompt.fill("The Eiffel Tower can be found in the city of")  # the edited prompt
+    prompt.press("Enter")
+    settle(page)
+    page.get_by_role("button", name="Run the lens").click()
+    page.get_by_text("after: edited").first.wait_for()
+    settle(page)
+    no_error(page)
+    readable(page)
+    answers = metric_values(page, "logit lens: the model's answer")
+    assert answers == ["␣Paris", "␣London"], answers
     page.screenshot(path=str(shots / "probes.png"), full_page=True)
+
+    # the sidebar's switch takes every page back to the unedited model
+    page.locator('[data-testid="stSidebar"]').get_by_text("unedited", exact=True).click()
+    settle(page)
+    no_error(page)
+
+    go(page, "Sweeps")
+    no_error(page)
+    readable(page)

@@ -162,7 +162,7 @@ def test_circuit_save_load_networkx_figure(tmp_path):
     assert set(dg.nodes) == set(c.nodes())
     assert dg.number_of_edges() >= 1
     fig = c.figure()
-    assert fig.layout.title.text.startswith(f"circuit: {c.n_edges} of {g.n_edges} edges")
+    assert fig.layout.title.text.startswith(f"{c.n_edges} of {c.n_edges} circuit edges drawn ({g.n_edges} edges")
     kinds = {t.name for t in fig.data}
     assert "nodes" in kinds
     assert len(c.curve_figure().data) == 1
@@ -173,3 +173,56 @@ def test_circuit_save_load_networkx_figure(tmp_path):
 
     with pytest.raises(ResultFormatError):
         Circuit.load(tmp_path / "nothing")
+
+
+def _random_circuit(n_edges: int, graph=None, seed: int = 0):
+    g = graph or Graph(n_layers=6, n_heads=4, n_kv_heads=2)
+    gen = torch.Generator().manual_seed(seed)
+    scores = torch.randn(g.n_forward, g.n_slots, generator=gen) * g.edge_mask
+    return Circuit(graph=g, scores=scores, mask=prune(g, scores, top_n=n_edges), faithfulness=0.5,
+                   meta={"model": "m", "method": "eap", "batch": {"prompts": ["p"], "corruption": "swap"}})
+
+
+def test_graph_figure_draws_every_edge_in_a_few_traces_with_node_cards():
+    c = _random_circuit(400)
+    n = c.n_edges
+    assert n > 100
+    fig = c.figure()
+    lines = [t for t in fig.data if t.mode == "lines"]
+    assert 2 <= len(lines) <= 8  # binned by sign and weight, not one trace per edge
+    segments = sum(sum(1 for x in t.x if x != x) for t in lines)
+    assert segments == n
+    assert fig.layout.title.text.startswith(f"{n} of {n} circuit edges drawn")
+    nodes = next(t for t in fig.data if t.name == "nodes")
+    assert set(nodes.customdata) == set(c.nodes())
+    card = dict(zip(nodes.customdata, nodes.hovertext, strict=True))["logits"]
+    assert "score" in card and "in  ←" in card
+    # the strongest edge into the logits is on its card
+    col = c.scores[:, c.graph.logits_slot] * c.mask[:, c.graph.logits_slot]
+    assert c.graph.node_names[int(col.abs().argmax())] in card.split("in  ← ")[1]
+    few = c.figure(max_edges=40, pinned="m3")
+    assert few.layout.title.text.startswith(f"40 of {n} circuit edges drawn")
+    binned = [t for t in few.data if t.mode == "lines" and t.name != "edges of m3"]
+    assert sum(sum(1 for x in t.x if x != x) for t in binned) == 40
+    assert any(t.name == "edges of m3" for t in few.data)
+
+
+def test_graph_json_follows_its_schema():
+    import json
+
+    from knowscope.circuits.graphview import SCHEMA, SCHEMA_VERSION
+
+    c = _random_circuit(200)
+    d = json.loads(json.dumps(c.to_graph_json()))  # plain JSON
+    assert d["schema"] == SCHEMA and d["version"] == SCHEMA_VERSION
+    assert d["metadata"]["n_edges"] == c.n_edges == len(d["edges"]) > 0
+    assert d["metadata"]["n_edges_model"] == c.graph.n_edges
+    ids = {n["id"] for n in d["nodes"]}
+    assert ids == set(c.nodes())
+    for e in d["edges"]:
+        assert e["source"] in ids and e["input"] in ("q", "k", "v", "mlp", "logits")
+        u, v = c.graph.node_index(e["source"]), c.graph.slot_index(e["slot"])
+        assert abs(e["score"] - float(c.scores[u, v])) < 1e-6 and bool(c.mask[u, v])
+        assert len(e["targets"]) == (c.graph.group_size if e["input"] in ("k", "v") else 1)
+    scores = [abs(e["score"]) for e in d["edges"]]
+    assert scores == sorted(scores, reverse=True)

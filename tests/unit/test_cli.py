@@ -85,6 +85,8 @@ def test_view_refuses_bad_arguments(tmp_path, capsys):
     f.write_text("x")
     assert main(["view", str(f)]) == 2
     assert "not a runs folder" in capsys.readouterr().err
+    assert main(["view", str(tmp_path), "--address", "two words"]) == 2
+    assert "--address" in capsys.readouterr().err
 
 
 def test_view_command_line():
@@ -92,5 +94,8 @@ def test_view_command_line():
 
     cmd = command("runs", 8600)
     assert cmd[1:4] == ["-m", "streamlit", "run"] and str(APP) in cmd and "8600" in cmd and "localhost" in cmd
+    assert cmd[cmd.index("--client.toolbarMode") + 1] == "viewer"  # no Deploy button
+    remote = command("runs", 8600, address="0.0.0.0")
+    assert remote[remote.index("--server.address") + 1] == "0.0.0.0"
     env = environment("runs", "tiny-llama")
     assert env["KNOWSCOPE_MODEL"] == "tiny-llama" and env["KNOWSCOPE_RUNS"].endswith("runs")

@@ -46,6 +46,39 @@ def test_lens_result_roundtrip(tiny_gpt2, tmp_path):
         logit_lens(tiny_gpt2, "")
 
 
+def test_lens_tokens_are_decoded_text_with_visible_spaces(tiny_llama, tmp_path):
+    """Each id is decoded on its own: no byte-level BPE pieces (Ġ, Ċ) in the result, its dict, its
+    saved form or its figure; spaces and line breaks are drawn visibly."""
+    import json
+
+    from knowscope.models.tokens import piece_text, visible
+
+    prompt = "The Eiffel Tower is in\nthe city of"
+    res = logit_lens(tiny_llama, prompt, targets=[" Paris"])
+    assert "".join(res.tokens[1:]) == prompt  # after BOS, the decoded tokens spell the prompt
+    assert " Eiffel" in res.tokens and "\n" in res.tokens
+    dumped = json.dumps(res.to_dict(), ensure_ascii=False)
+    assert not any(ch in dumped for ch in "ĠĊ")
+    fig = res.figure()
+    labels = " ".join(fig.data[0].x)
+    assert "␣Eiffel" in labels and "↵" in labels and "Ġ" not in labels
+    # a lens saved before tokens were decoded (pieces) reads back as text
+    saved = res.save(tmp_path / "lens")
+    meta = json.loads((saved / "meta.json").read_text())
+    assert meta["data"]["token_text"] == "decoded"
+    res.tokens = tiny_llama.tokenizer.convert_ids_to_tokens(tiny_llama.to_tokens(prompt)[0].tolist())
+    assert "ĠEiffel" in res.tokens
+    res.meta = {}
+    legacy = res.save(tmp_path / "legacy")
+    raw = json.loads((legacy / "meta.json").read_text())
+    raw["data"].pop("token_text")
+    (legacy / "meta.json").write_text(json.dumps(raw))
+    back = LogitLensResult.load(legacy)
+    assert "".join(back.tokens[1:]) == prompt
+    assert piece_text("ĠParis") == " Paris" and piece_text("Âł") == "\u00a0" and piece_text("Paris") == "Paris"
+    assert visible(" a\nb\u00a0") == "␣a↵b⍽"
+
+
 def _separable(seed=0, n=40, d=16, gap=1.5):
     g = torch.Generator().manual_seed(seed)
     u = torch.randn(d, generator=g)

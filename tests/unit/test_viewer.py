@@ -218,8 +218,13 @@ def test_runs_page_opens_each_saved_result_without_the_model(runs_dir, monkeypat
             assert metric(app, "located layer (MLP, last subject token)") == str(saved.located_layer())
         elif kind == "circuit":
             saved = load_run(runs_dir / "demo" / "circuit")
-            assert metric(app, "edges kept") == f"{saved.n_edges} of {saved.n_edges_total}"
+            assert metric(app, "edges in the circuit") == f"{saved.n_edges:,} of {saved.n_edges_total:,}"
+            assert metric(app, "faithfulness") == f"{saved.faithfulness:.2f}"
             assert len(figs) == 2  # graph + faithfulness curve
+            # a size the circuit did not save: no model on this page, so it says so instead of a number
+            app.select_slider(key="runs-demo-circuit-n").set_value(50).run()
+            assert metric(app, "faithfulness") == "not measured"
+            app.select_slider(key="runs-demo-circuit-n").set_value(saved.n_edges).run()
         elif kind == "edit_session":
             # the edit with its group: predictions, metrics, activation shift, circuit diff
             frames = [d.value for d in app.dataframe]
@@ -264,21 +269,48 @@ def test_trace_page_runs_a_trace_and_reports_errors(app, runs_dir):
     assert charts(app)
 
 
-def test_circuit_explorer_resizes_and_inspects_a_node(app, runs_dir):
+def test_circuit_explorer_resizes_measures_pins_and_inspects_a_node(app, runs_dir):
+    from knowscope.circuits import prune
+    from knowscope.circuits.resize import Resizer
+    from knowscope.viewer.common import get_lab
+
     page(app, "Circuit explorer")
     ok(app)
     saved = load_run(runs_dir / "demo" / "circuit")
-    assert metric(app, "edges kept") == f"{saved.n_edges} of {saved.n_edges_total}"
-    keyed(app.slider, "-n").set_value(40).run()
+    assert metric(app, "edges in the circuit") == f"{saved.n_edges:,} of {saved.n_edges_total:,}"
+    assert metric(app, "faithfulness") == f"{saved.faithfulness:.2f}"
+    graph = charts(app)[0]
+    assert graph["layout"]["title"]["text"].startswith(f"{saved.n_edges} of {saved.n_edges} circuit edges drawn")
+    # a size on the saved curve reads the curve; one off it is measured on the model (and cached)
+    keyed(app.select_slider, "-n").set_value(20).run()
     ok(app)
-    assert 0 < int(metric(app, "edges kept").split()[0]) <= 40  # top 40, minus edges left dangling
+    at20 = saved.curve["faithfulness"][saved.curve["n_edges_requested"].index(20)]
+    assert metric(app, "faithfulness") == f"{at20:.2f}"
+    keyed(app.select_slider, "-n").set_value(50).run()
+    ok(app)
+    shown = int(metric(app, "edges in the circuit").split()[0])
+    assert 0 < shown <= 50  # top 50, minus edges left dangling
+    resizer = Resizer(get_lab("tiny-llama").model, saved)
+    assert resizer.mismatch is not None and resizer.mismatch < 1e-6  # the saved batch rebuilt as it was
+    expected = resizer.faithfulness(prune(saved.graph, saved.scores, top_n=50))
+    assert metric(app, "faithfulness") == f"{expected:.2f}"
+    assert any("measured now" in c.value for c in app.caption)
+    # fewer edges drawn than kept: the title says so
+    keyed(app.number_input, "-draw").set_value(3).run()
+    assert charts(app)[0]["layout"]["title"]["text"].startswith(f"3 of {shown} circuit edges drawn")
     keyed(app.radio, "-mode").set_value("score threshold").run()
     ok(app)
-    assert keyed(app.slider, "-thr") is not None
+    # the threshold starts at the saved circuit's weakest edge, not at a handful of edges
+    assert int(metric(app, "edges in the circuit").split()[0]) >= saved.n_edges // 2
     keyed(app.radio, "-mode").set_value("top-n edges").run()
-    heads = [n for n in app.selectbox(key="circuit_node").options if n.startswith("a")]
+    keyed(app.select_slider, "-n").set_value(saved.n_edges).run()
+    # pin a head: its edges are highlighted, listed, and it can be read on the model
+    heads = [n for n in keyed(app.selectbox, "-pin").options if n.startswith("a")]
     assert heads, "the circuit should use at least one head"
-    app.selectbox(key="circuit_node").set_value(heads[0]).run()
+    keyed(app.selectbox, "-pin").set_value(heads[0]).run()
+    ok(app)
+    assert any(m.value.startswith(f"**Pinned: {heads[0]}**") for m in app.markdown)
+    assert any(t.get("name") == f"edges of {heads[0]}" for t in charts(app)[0]["data"])
     app.button(key="circuit_inspect").click().run()
     ok(app)
     assert metric(app, f"role of {heads[0]}") in ("mover", "relation", "object_writer", "other")
@@ -295,7 +327,7 @@ def test_circuit_explorer_computes_a_circuit(app):
     app.selectbox(key="circuit_corruption").set_value("noise").run()
     app.button(key="circuit_run").click().run()
     ok(app)
-    assert "of" in metric(app, "edges kept") and len(charts(app)) >= 2
+    assert "of" in metric(app, "edges in the circuit") and len(charts(app)) >= 2
 
 
 @pytest.mark.parametrize("method,layer_mode,diff", [("ROME", "choose", True), ("MEMIT", "choose", False),
@@ -357,6 +389,88 @@ def test_edit_lab_memory_edit_shows_routing(app):
     assert memory_of(get_lab("tiny-llama").model) is None
 
 
+def test_an_edit_in_the_lab_is_the_model_every_page_reads(app):
+    """Locate -> edit -> re-locate in the viewer: after a ROME edit in the lab, the trace and lens pages
+    read the edited model (before | after side by side, one colour scale), and the sidebar's switch
+    takes them back to the unedited one."""
+    from knowscope.facts import load_bundled_facts
+
+    fact = load_bundled_facts()[0]
+    page(app, "Edit lab")
+    app.radio(key="lab_method").set_value("ROME").run()
+    app.radio(key="lab_layer_mode").set_value("choose").run()
+    app.number_input(key="lab_layer").set_value(1).run()
+    app.number_input(key="lab_v_steps").set_value(4).run()
+    app.number_input(key="lab_stats").set_value(400).run()
+    app.button(key="lab_apply").click().run()
+    ok(app)
+    summary = f"ROME at layer 1: {fact.subject}: {fact.target_true} → {fact.target_new}"
+    assert any(summary in m.value for m in app.markdown)  # readable, not a repr
+    assert not any("EditResult(" in m.value for m in app.markdown)
+    assert app.sidebar.radio(key="model_state").value == "edited"
+    page(app, "Causal trace")
+    app.number_input(key="trace_samples").set_value(2).run()
+    app.button(key="trace_run").click().run()
+    ok(app)
+    heat = [f for f in charts(app) if "heatmap" in trace_types(f)]
+    assert len(heat) == 2  # before | after
+    ranges = {(t["zmin"], t["zmax"]) for f in heat for t in f["data"]}
+    assert len(ranges) == 1  # one colour scale for both traces and all their panels
+    labels = [m.value for m in app.markdown if m.value.startswith("**before") or m.value.startswith("**after")]
+    assert labels[0].startswith("**before: unedited") and summary in labels[1]
+    assert len([m for m in app.metric if m.label == "p(answer), clean"]) == 2
+    assert heat[0]["data"][0]["z"] != heat[1]["data"][0]["z"]  # the after trace reads the edited model
+    page(app, "Probes")
+    app.text_input(key="lens_prompt").input(fact.text).run()
+    app.button(key="lens_run").click().run()
+    ok(app)
+    lenses = [f for f in charts(app) if "heatmap" in trace_types(f)]
+    assert len(lenses) == 2 and lenses[0]["data"][0]["z"] != lenses[1]["data"][0]["z"]
+    # the switch: unedited, one trace on the unedited model
+    app.sidebar.radio(key="model_state").set_value("unedited").run()
+    page(app, "Causal trace")
+    app.button(key="trace_run").click().run()
+    ok(app)
+    assert len([f for f in charts(app) if "heatmap" in trace_types(f)]) == 1
+    assert any(m.value == "**on the unedited model**" for m in app.markdown)
+
+
+def test_a_saved_edit_loaded_from_runs_is_the_model_every_page_reads(app, runs_dir):
+    page(app, "Runs")
+    box = app.selectbox(key="runs_open")
+    box.set_value(next(o for o in box.options if o.startswith("demo/edit ") and "[edit_session]" in o)).run()
+    app.button(key="runs_use_edit").click().run()
+    ok(app)
+    assert any("every page now reads the model edited by: ROME at layer 1" in s.value for s in app.success)
+    assert app.sidebar.radio(key="model_state").value == "edited"
+    page(app, "Probes")
+    app.button(key="lens_run").click().run()
+    ok(app)
+    assert len([f for f in charts(app) if "heatmap" in trace_types(f)]) == 2  # before | after
+
+
+def test_edit_lab_refuses_a_weight_edit_over_a_memory_edit_before_computing(app, monkeypatch):
+    import knowscope.editing.editors as editors
+
+    page(app, "Edit lab")
+    app.radio(key="lab_method").set_value("GRACE").run()
+    app.radio(key="lab_layer_mode").set_value("choose").run()
+    app.number_input(key="lab_layer").set_value(2).run()
+    app.button(key="lab_apply").click().run()
+    ok(app)
+
+    def no_editor(*args, **kwargs):
+        raise AssertionError("a refused edit must not be computed")
+
+    monkeypatch.setattr(editors, "get_editor", no_editor)
+    app.radio(key="lab_method").set_value("ROME").run()
+    app.button(key="lab_apply").click().run()
+    assert not app.exception and app.error
+    msg = app.error[0].value
+    assert "Undo the memory edit" in msg and "--model" not in msg and "GRACE at layer 2" in msg
+    assert any("This tab's edits: 1" in m.value for m in app.markdown)
+
+
 def test_edit_lab_detoxifies_a_safety_item(app):
     page(app, "Edit lab")
     app.radio(key="lab_target").set_value("a safety item (DINM)").run()
@@ -365,7 +479,8 @@ def test_edit_lab_detoxifies_a_safety_item(app):
     app.number_input(key="lab_tokens").set_value(6).run()
     app.button(key="lab_apply").click().run()
     ok(app)
-    assert metric(app, "judged safe after").endswith("of 5")
+    for when in ("before", "after"):  # counts, not "1.0 of 5"
+        assert metric(app, f"judged safe {when}") in {f"{n} of 5" for n in range(6)}
     rows = [d.value for d in app.dataframe if "safe_after" in d.value.columns][0]
     assert list(rows["kind"]) == ["DS", "DG_onlyQ", "DG_otherA", "DG_otherQ", "DG_otherAQ"]
 
@@ -380,8 +495,9 @@ def test_probes_page_lens_and_saved_probe(app, runs_dir):
     app.text_input(key="lens_target").input("France").run()
     app.button(key="lens_run").click().run()
     ok(app)
-    first = metric(app, "logit lens: first layer where ' France' is top-1")
+    first = metric(app, "first layer where ␣France is top-1")
     assert first == "never" or first.endswith("of 3")
+    assert metric(app, "logit lens: the model's answer")
     assert any("heatmap" in trace_types(f) for f in charts(app))
 
 
@@ -400,9 +516,8 @@ def test_probes_page_trains_the_tuned_lens_and_shows_both(app, monkeypatch, tmp_
     app.text_input(key="lens_target").input("France").run()
     app.button(key="lens_run").click().run()
     ok(app)
-    for name in ("logit lens", "tuned lens"):
-        first = metric(app, f"{name}: first layer where ' France' is top-1")
-        assert first == "never" or first.endswith("of 3")
+    firsts = [m.value for m in app.metric if m.label == "first layer where ␣France is top-1"]
+    assert len(firsts) == 2 and all(f == "never" or f.endswith("of 3") for f in firsts)
     titles = [f["layout"]["title"]["text"] for f in charts(app) if "heatmap" in trace_types(f)]
     assert any(t.startswith("Logit lens") for t in titles) and any(t.startswith("Tuned lens") for t in titles)
 

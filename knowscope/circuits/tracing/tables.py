@@ -15,6 +15,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from knowscope.circuits.tracing.inputs import TOKEN_CLASS_LABELS, TOKEN_CLASSES, token_classes
+from knowscope.models.tokens import visible
 from knowscope.results import fmt, load_dir, register, save_dir
 
 logger = logging.getLogger(__name__)
@@ -138,32 +139,53 @@ class TraceResult:
             model_name=meta.get("model", ""), fingerprint=meta.get("fingerprint", ""),
         )
 
-    def figure(self) -> Any:
-        """ROME-style heatmaps (tokens x layers, subject tokens starred), one panel per kind."""
+    def score_range(self) -> tuple[float, float]:
+        """The smallest and largest probability in any panel (the corrupted and clean runs included)."""
+        vals = [self.low_score, self.high_score]
+        for s in self.scores.values():
+            finite = s[~torch.isnan(s)]
+            if finite.numel():
+                vals += [float(finite.min()), float(finite.max())]
+        return min(vals), max(vals)
+
+    def figure(self, zrange: tuple[float, float] | None = None, title: str | None = None) -> Any:
+        """ROME-style heatmaps (tokens x layers, subject tokens starred), one panel per kind.
+
+        Every panel shares one colour scale (``zrange``, default :meth:`score_range`; pass the union of
+        two traces' ranges to compare a before and an after) and has its own colour bar, so the
+        panels' shades mean the same probability.
+        """
         import plotly.graph_objects as go
         from plotly.subplots import make_subplots
 
         s0, s1 = self.subject_range
-        labels = [f"{i}: {t!r}" + (" *" if s0 <= i < s1 else "") for i, t in enumerate(self.tokens)]
+        labels = [f"{i}: {visible(t)}" + (" *" if s0 <= i < s1 else "") for i, t in enumerate(self.tokens)]
         titles = {"hidden": "single restored layer (hidden)", "mlp": f"restored MLP (window {self.window})",
                   "attn": f"restored attention (window {self.window})",
                   "hidden_frozen_mlp": "hidden, later MLPs frozen", "hidden_frozen_attn": "hidden, later attn frozen"}
         colors = {"hidden": "Purples", "mlp": "Greens", "attn": "Reds"}
-        fig = make_subplots(rows=1, cols=len(self.scores), subplot_titles=[titles[k] for k in self.scores],
-                            shared_yaxes=True, horizontal_spacing=0.06)
+        zmin, zmax = zrange or self.score_range()
+        n = len(self.scores)
+        gap = 0.09
+        fig = make_subplots(rows=1, cols=n, subplot_titles=[titles[k] for k in self.scores],
+                            shared_yaxes=True, horizontal_spacing=gap)
+        width = (1 - gap * (n - 1)) / n
         for i, (kind, s) in enumerate(self.scores.items(), 1):
+            right = (i - 1) * (width + gap) + width
             fig.add_trace(
-                go.Heatmap(z=s.tolist(), x=list(range(s.shape[1])), y=labels, zmin=self.low_score,
-                           colorscale=colors.get(kind.split("_")[-1], "Purples"), showscale=False,
+                go.Heatmap(z=s.tolist(), x=list(range(s.shape[1])), y=labels, zmin=zmin, zmax=zmax,
+                           colorscale=colors.get(kind.split("_")[-1], "Purples"), showscale=True,
+                           colorbar={"x": right + 0.005, "xanchor": "left", "thickness": 10, "len": 0.9,
+                                     "title": {"text": "p", "side": "top"}},
                            hovertemplate="layer %{x}<br>%{y}<br>p=%{z:.3f}<extra></extra>"),
                 row=1, col=i,
             )
             fig.update_xaxes(title_text="layer", row=1, col=i)
         fig.update_yaxes(autorange="reversed")
         fig.update_layout(
-            title=f"p({self.target!r}) after {self.prompt!r}: clean {self.high_score:.3f}, "
-                  f"corrupted {self.low_score:.3f} ({self.method}, {self.samples} samples)",
-            height=max(300, 32 * len(self.tokens) + 120), width=330 * len(self.scores) + 180,
+            title=title or f"p({visible(self.target)}) after {self.prompt!r}: clean {self.high_score:.3f}, "
+                           f"corrupted {self.low_score:.3f} ({self.method}, {self.samples} samples)",
+            height=max(300, 32 * len(self.tokens) + 120), width=360 * n + 180,
         )
         return fig
 

@@ -7,7 +7,19 @@ import time
 import streamlit as st
 
 from knowscope.viewer import render
-from knowscope.viewer.common import ViewerConfig, bundled_facts, guard, lab, pick_run, save_target, slug
+from knowscope.viewer.common import (
+    ViewerConfig,
+    active_edits,
+    bundled_facts,
+    guard,
+    lab,
+    pick_run,
+    save_target,
+    slug,
+    state_label,
+)
+
+RESIZERS = "circuit_resizers"  # per circuit id: the Resizer that measures other sizes' faithfulness
 
 
 def _compute(cfg: ViewerConfig) -> None:
@@ -26,36 +38,61 @@ def _compute(cfg: ViewerConfig) -> None:
         st.session_state["circuit_node_detail"] = None
         st.session_state["circuit_id"] = f"live-{st.session_state.get('circuit_runs', 0) + 1}"
         st.session_state["circuit_runs"] = st.session_state.get("circuit_runs", 0) + 1
+        edits = active_edits()
+        st.session_state["circuit_edits"] = edits
         with guard("The circuit search"):
             from knowscope.circuits import knowledge_circuit
 
-            with st.status(f"EAP over every edge, then the faithfulness curve ({method}) ...") as status:
+            with st.status(f"EAP over every edge, then the faithfulness curve ({method}) on the "
+                           f"{state_label(edits)} model ...") as status:
                 t0 = time.perf_counter()
-                with lab(cfg).use() as (model, _):
+                with lab(cfg).use(edits) as (model, _):
                     c = knowledge_circuit(model, of_rel[: int(n)], method=method, corruption=corruption,
                                           pool=facts)
+                c.meta["model_state"] = state_label(edits)
                 st.session_state["circuit_result"] = c
                 status.update(label=f"Circuit found in {time.perf_counter() - t0:.1f} s", state="complete")
 
 
-def _node_panel(cfg: ViewerConfig, shown: object, cid: str) -> None:
-    names = [n for n in shown.nodes() if n not in ("input", "logits")]
-    if not names:
-        st.info("This circuit has no head or MLP node at this size.")
+def _measure(cfg: ViewerConfig, c: object, cid: str) -> object:
+    """``mask -> faithfulness`` on the model the circuit was computed on (with the edits it was computed
+    with), through one cached :class:`~knowscope.circuits.resize.Resizer` per circuit."""
+    def measure(mask: object) -> float:
+        from knowscope.circuits.resize import Resizer
+
+        edits = st.session_state.get("circuit_edits", []) if cid.startswith("live") else []
+        resizers = st.session_state.setdefault(RESIZERS, {})
+        with lab(cfg).use(edits) as (model, _):
+            if cid not in resizers:
+                resizers[cid] = Resizer(model, c)
+            r = resizers[cid]
+            if r.mismatch is not None and r.mismatch > 1e-3:
+                st.warning(f"Measured on this circuit's prompts rebuilt, the saved circuit's faithfulness comes out "
+                           f"{r.mismatch:.3f} away from the saved value (a circuit saved before its noise seed and "
+                           "scale were recorded): compare sizes with each other, not with the saved value.")
+            return r.faithfulness(mask)
+
+    return measure
+
+
+def _node_panel(cfg: ViewerConfig, shown: object, cid: str, node: str | None) -> None:
+    """The pinned node on the model: its role, attention pattern (heads) and what its output promotes."""
+    if node is None or node in ("input", "logits"):
+        st.caption("Pin a head or an MLP (click it in the graph, or pick it above) to read its attention pattern "
+                   "and what its output promotes through the unembedding.")
         return
-    st.markdown("**A node up close**: its role, attention pattern (heads) and what its output promotes")
-    cols = st.columns([2, 1, 1])
-    node = cols[0].selectbox("node", names, key="circuit_node")
     prompts = (shown.meta.get("batch") or {}).get("prompts") or [""]
-    example = cols[1].selectbox("prompt", range(len(prompts)), format_func=lambda i: f"{i}: {prompts[i][:60]}",
+    cols = st.columns([2, 1])
+    example = cols[0].selectbox("prompt", range(len(prompts)), format_func=lambda i: f"{i}: {prompts[i][:60]}",
                                 key="circuit_example")
     wanted = (cid, node, int(example), shown.n_edges)
-    if cols[2].button("Inspect node", key="circuit_inspect"):
+    if cols[1].button(f"Attention and unembedding of {node}", key="circuit_inspect"):
         st.session_state["circuit_node_detail"] = None
         with guard(f"Inspecting {node}"):
             from knowscope.circuits.nodes import node_detail
 
-            with st.spinner(f"Reading {node} on the model ..."), lab(cfg).use() as (model, _):
+            edits = st.session_state.get("circuit_edits", []) if cid.startswith("live") else []
+            with st.spinner(f"Reading {node} on the model ..."), lab(cfg).use(edits) as (model, _):
                 st.session_state["circuit_node_detail"] = (wanted, node_detail(model, shown, node,
                                                                                 example=int(example)))
     found = st.session_state.get("circuit_node_detail")
@@ -73,8 +110,6 @@ def _node_panel(cfg: ViewerConfig, shown: object, cid: str) -> None:
             st.caption("MLPs have no attention pattern.")
     with right:
         render.chart(d.promotes_figure(), key="node-promotes")
-    with st.expander("edges into and out of this node"):
-        st.dataframe(d.edges_in + d.edges_out, hide_index=True)
 
 
 def render_page(cfg: ViewerConfig) -> None:
@@ -105,8 +140,10 @@ def render_page(cfg: ViewerConfig) -> None:
         return
     with guard("Drawing the circuit"):
         cid = st.session_state.get("circuit_id", "circuit")
-        shown = render.circuit(c, key=f"explorer-{cid}")
-        _node_panel(cfg, shown, cid)
+        if c.meta.get("model_state"):
+            st.caption(f"computed on the {c.meta['model_state']} model")
+        shown, pinned = render.circuit(c, key=f"explorer-{cid}", measure=_measure(cfg, c, cid))
+        _node_panel(cfg, shown, cid, pinned)
     if source == "compute one" and st.button("Save this circuit to the runs folder", key="circuit_save"):
         with guard("Saving the circuit"):
             st.success(f"saved to {c.save(save_target(cfg, 'circuit'))}")

@@ -17,9 +17,11 @@ import streamlit as st
 
 from knowscope.viewer import render
 from knowscope.viewer.common import (
+    EDITS,
     Progress,
     ViewerConfig,
     bundled_facts,
+    edit_summary,
     fact_label,
     guard,
     lab,
@@ -29,7 +31,6 @@ from knowscope.viewer.lab import friendly
 
 FACT_METHODS = ("ROME", "MEMIT", "FT", "GRACE", "WISE")
 MEMORY_METHODS = ("GRACE", "WISE")
-EDITS = "edit_lab_edits"  # this tab's applied edits
 REPORT = "edit_lab_report"  # what the last apply measured
 
 
@@ -55,6 +56,20 @@ def _default_layers(model: Any, method: str) -> list[int]:
     return get_editor(method).default_layers(model)
 
 
+def refusal(method: str, edits: list[Any]) -> str | None:
+    """Why ``method`` cannot be applied on top of ``edits`` (checked before any computation), or ``None``.
+
+    A weight edit over memory edits is refused by :class:`~knowscope.editing.EditSession` (a memory's
+    keys were read on the weights as they were); saying so first spares the computation.
+    """
+    memory = [e for e in edits if e.is_memory_edit]
+    if method in MEMORY_METHODS or method not in FACT_METHODS + ("DINM",) or not memory:
+        return None
+    return (f"{method} changes the weights, and this tab carries {len(memory)} memory edit(s) "
+            f"({', '.join(edit_summary(e) for e in memory)}); weight edits go below memory edits. Undo the memory "
+            f"edit(s) with 'Undo the last edit', apply {method}, then apply the memory edit(s) again")
+
+
 def _apply_fact(cfg: ViewerConfig, fact: Any, method: str, layer_mode: str, chosen: int,
                 settings: dict[str, Any]) -> dict[str, Any]:
     from knowscope.circuits import locate
@@ -66,7 +81,7 @@ def _apply_fact(cfg: ViewerConfig, fact: Any, method: str, layer_mode: str, chos
         steps.append("circuit diff")
     prog = Progress(steps)
     edits = list(st.session_state.get(EDITS, []))
-    with lab(cfg).use(edits) as (model, session):
+    with prog, lab(cfg).use(edits) as (model, session):
         if method in MEMORY_METHODS:  # a memory sits at its editor's layer (or the chosen one), not a traced one
             layers = [int(chosen)] if layer_mode == "choose" else _default_layers(model, method)
             choice = None
@@ -108,7 +123,7 @@ def _apply_safety(cfg: ViewerConfig, item: Any, layer_mode: str, chosen: int,
     prog = Progress(["locate the toxic layer", "DINM edit", "responses before vs after", "activation shift"])
     judge = get_judge(None)
     edits = list(st.session_state.get(EDITS, []))
-    with lab(cfg).use(edits) as (model, session):
+    with prog, lab(cfg).use(edits) as (model, session):
         region = locate_toxic(model, item) if layer_mode == "located" else None
         layer = region.layer if region is not None else int(chosen)
         prog.next(f"layer {layer}")
@@ -142,8 +157,8 @@ def _show_report(rep: dict[str, Any]) -> None:
     if rep["kind"] == "safety":
         rows = rep["predictions"].rows
         cols = st.columns(2)
-        cols[0].metric("judged safe before", f"{sum(r['safe_before'] for r in rows)} of {len(rows)}")
-        cols[1].metric("judged safe after", f"{sum(r['safe_after'] for r in rows)} of {len(rows)}",
+        cols[0].metric("judged safe before", f"{round(sum(r['safe_before'] for r in rows))} of {len(rows)}")
+        cols[1].metric("judged safe after", f"{round(sum(r['safe_after'] for r in rows))} of {len(rows)}",
                        help=f"judge: {rep.get('judge')}")
     if rep.get("edit_metrics") is not None:
         render.metrics(rep["edit_metrics"], key="lab-metrics")
@@ -204,6 +219,9 @@ def render_page(cfg: ViewerConfig) -> None:
         }
     if st.button(f"Apply {method}", type="primary", key="lab_apply"):
         with guard(f"The {method} edit"):
+            refused = refusal(method, list(st.session_state.get(EDITS, [])))
+            if refused:
+                raise ValueError(refused)
             t0 = time.perf_counter()
             if safety:
                 rep = _apply_safety(cfg, item, layer_mode, chosen, settings)
@@ -222,8 +240,12 @@ def render_page(cfg: ViewerConfig) -> None:
     if cols[0].button("Undo the last edit", key="lab_undo", disabled=not edits):
         undone = edits.pop()
         st.session_state[REPORT] = None
-        st.success(f"undone: {undone!r}")
-    st.markdown(f"**This tab's edits: {len(edits)}** " + "; ".join(repr(e) for e in edits))
+        st.success(f"undone: {edit_summary(undone)}")
+    st.markdown(f"**This tab's edits: {len(edits)}** " + "; ".join(f"({i + 1}) {edit_summary(e)}"
+                                                                  for i, e in enumerate(edits)))
+    if edits:
+        st.caption("The trace, circuit and lens pages read the model with these edits applied while the sidebar's "
+                   "switch says 'edited'.")
     rep = st.session_state.get(REPORT)
     if rep is not None:
         name = cols[1].text_input("save as", f"{rep['edit'].method}-{rep['predictions'].fact.get('subject', '')}",

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import streamlit as st
 
+from knowscope.models.tokens import visible
 from knowscope.viewer import render
-from knowscope.viewer.common import ViewerConfig, guard, lab, pick_run, save_target
+from knowscope.viewer.common import ViewerConfig, active_edits, guard, lab, pick_run, save_target, state_label
 
 LENSES = ["logit lens", "tuned lens", "both"]
 
@@ -33,6 +34,8 @@ def _lens(cfg: ViewerConfig) -> None:
     tuned = _tuned(cfg) if which != "logit lens" else None
     if which != "logit lens" and tuned is None:
         return
+    edits = active_edits()
+    compare = bool(edits) and st.checkbox("before | after: read the unedited model too", True, key="lens_compare")
     if st.button("Run the lens", type="primary", key="lens_run"):
         st.session_state["lens_results"] = None
         with guard("The lens"):
@@ -40,20 +43,37 @@ def _lens(cfg: ViewerConfig) -> None:
                 raise ValueError("enter a prompt")
             from knowscope.probes import lens
 
-            with st.spinner("Reading every layer ..."), lab(cfg).use() as (model, _):
-                targets = [" " + target.strip()] if target.strip() else []
-                readers = {"logit lens": [None], "tuned lens": [tuned], "both": [None, tuned]}[which]
-                st.session_state["lens_results"] = [lens(model, prompt, targets=targets, k=int(k), tuned=t)
-                                                    for t in readers]
+            targets = [" " + target.strip()] if target.strip() else []
+            readers = {"logit lens": [None], "tuned lens": [tuned], "both": [None, tuned]}[which]
+            states = [("before", []), ("after", edits)] if compare else [("", edits)]
+            results = []
+            with st.spinner("Reading every layer ..."):
+                for name, applied in states:
+                    with lab(cfg).use(applied) as (model, _):
+                        for t in readers:
+                            res = lens(model, prompt, targets=targets, k=int(k), tuned=t)
+                            res.meta["model_state"] = state_label(applied)
+                            res.meta["side"] = name
+                            results.append(res)
+            st.session_state["lens_results"] = results
     results = st.session_state.get("lens_results")
     if results:
-        for col, res in zip(st.columns(len(results)), results, strict=True):
-            with col:
-                _show_lens(res, f"lens-live-{res.meta.get('lens', 'logit')}")
+        sides = list(dict.fromkeys(r.meta.get("side", "") for r in results))
+        for kind in dict.fromkeys(r.meta.get("lens", "logit") for r in results):
+            row = [r for r in results if r.meta.get("lens", "logit") == kind]
+            for col, res in zip(st.columns(len(row)), row, strict=True):
+                with col:
+                    side = res.meta.get("side", "")
+                    st.markdown(f"**{side + ': ' if side else ''}{res.meta.get('model_state', '')} model**")
+                    _show_lens(res, f"lens-live-{kind}-{side or 'only'}")
+        if len(sides) > 1:
+            st.caption("before: the unedited model; after: with this tab's edits applied (sidebar switch)")
         if st.button("Save to the runs folder", key="lens_save"):
             with guard("Saving the lens"):
                 for res in results:
-                    st.success(f"saved to {res.save(save_target(cfg, res.meta.get('lens', 'logit') + '-lens'))}")
+                    name = res.meta.get("lens", "logit") + "-lens" + (f"-{res.meta['side']}" if res.meta.get("side")
+                                                                      else "")
+                    st.success(f"saved to {res.save(save_target(cfg, name))}")
 
 
 def _tuned(cfg: ViewerConfig) -> object | None:
@@ -92,13 +112,17 @@ def _find_or_train(cfg: ViewerConfig) -> object | None:
 
 def _show_lens(res: object, key: str) -> None:
     name = "tuned lens" if res.meta.get("lens") == "tuned" else "logit lens"
+    cols = st.columns(2)
+    cols[0].metric(f"{name}: the model's answer", visible(res.top_tokens[-1][-1][0]),
+                   help="top-1 token at the last layer and position")
     if res.targets:
         first = res.first_top1_layer(0)
-        st.metric(f"{name}: first layer where {res.targets[0]!r} is top-1",
-                  "never" if first is None else f"{first} of {res.n_layers - 1}")
+        cols[1].metric(f"first layer where {visible(res.targets[0])} is top-1",
+                       "never" if first is None else f"{first} of {res.n_layers - 1}")
     render.chart(res.figure(), key=key)
     with st.expander(f"{name}: top tokens by layer (last position)"):
-        st.dataframe(res.top_by_layer(), hide_index=True)
+        rows = res.top_by_layer()
+        st.dataframe([{**r, "tokens": [visible(t) for t in r["tokens"]]} for r in rows], hide_index=True)
 
 
 def _probe(cfg: ViewerConfig) -> None:

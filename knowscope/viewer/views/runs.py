@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from knowscope.viewer import render
-from knowscope.viewer.common import ViewerConfig, guard, run_label, slug
+from knowscope.viewer.common import ViewerConfig, edit_summary, guard, lab, run_label, slug, use_edits
 from knowscope.viewer.runs import scan_runs
 
 
@@ -28,5 +28,20 @@ def render_page(cfg: ViewerConfig) -> None:
     if not shown:
         return
     info = st.selectbox("open a run", shown, format_func=run_label, key="runs_open")
+    if info.kind in ("edit", "edit_session") and st.button(
+            "Use this edit on every page", key="runs_use_edit",
+            help="the trace, circuit and lens pages then read the model with this run's edits applied (replaces "
+                 "this tab's edits; the sidebar switches between edited and unedited)"):
+        with guard("Loading the edit"):
+            from knowscope.editing import EditSession
+
+            edits = EditSession.load_edits(info.path)
+            with lab(cfg).use(edits):  # refuses another model's edits here, with a message, not on every page
+                pass
+            use_edits(edits)
+            st.session_state["runs_loaded_edit"] = "; ".join(edit_summary(e) for e in edits)
+            st.rerun()
+    if st.session_state.get("runs_loaded_edit"):
+        st.success(f"every page now reads the model edited by: {st.session_state.pop('runs_loaded_edit')}")
     with guard(f"Opening {info.path}"):
         render.show_run(info, found, key=f"runs-{slug(info.group)}-{slug(info.name)}")

@@ -371,20 +371,21 @@ def test_edit_lab_applies_undoes_and_saves_without_editing_the_shared_model(app,
     assert any("This tab's edits: 0" in m.value for m in app.markdown)
 
 
-def test_edit_lab_memory_edit_shows_routing(app):
-    """A GRACE edit in the lab: the metrics show how each prompt was routed; the shared model carries no
+@pytest.mark.parametrize("method", ["GRACE", "FactKey"])
+def test_edit_lab_memory_edit_shows_routing(app, method):
+    """A memory edit in the lab: the metrics show how each prompt was routed; the shared model carries no
     memory afterwards."""
     from knowscope.editing.memory import memory_of
     from knowscope.viewer.common import get_lab
 
     page(app, "Edit lab")
-    app.radio(key="lab_method").set_value("GRACE").run()
+    app.radio(key="lab_method").set_value(method).run()
     app.radio(key="lab_layer_mode").set_value("choose").run()
     app.number_input(key="lab_layer").set_value(2).run()
     app.button(key="lab_apply").click().run()
     ok(app)
-    assert any("grace at layers [2]" in h.value for h in app.subheader)
-    assert any("Routing of the GRACE memory" in json.dumps(f["layout"]) for f in charts(app))
+    assert any(f"{method.lower()} at layers [2]" in h.value for h in app.subheader)
+    assert any(f"Routing of the {method.upper()} memory" in json.dumps(f["layout"]) for f in charts(app))
     assert any({"kind", "memory", "score", "threshold", "routed"} <= set(d.value.columns) for d in app.dataframe)
     assert memory_of(get_lab("tiny-llama").model) is None
 

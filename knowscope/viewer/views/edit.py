@@ -1,5 +1,5 @@
-"""Edit lab: locate, edit one fact (ROME / MEMIT / FT / GRACE / WISE) or one safety item (DINM), compare, undo,
-save. For the memory editors (GRACE, WISE) the metrics show how each prompt was routed.
+"""Edit lab: locate, edit one fact (ROME / MEMIT / FT / FactKey / GRACE / WISE) or one safety item (DINM), compare,
+undo, save. For the memory editors (FactKey, GRACE, WISE) the metrics show how each prompt was routed.
 
 A tab's edits are a list in its own session state; the shared model only carries them inside
 :meth:`~knowscope.viewer.lab.ModelLab.use` (see :mod:`knowscope.viewer.lab`). Applying an edit
@@ -29,8 +29,8 @@ from knowscope.viewer.common import (
 )
 from knowscope.viewer.lab import friendly
 
-FACT_METHODS = ("ROME", "MEMIT", "FT", "GRACE", "WISE")
-MEMORY_METHODS = ("GRACE", "WISE")
+FACT_METHODS = ("ROME", "MEMIT", "FT", "FactKey", "GRACE", "WISE")
+MEMORY_METHODS = ("FactKey", "GRACE", "WISE")
 REPORT = "edit_lab_report"  # what the last apply measured
 
 
@@ -188,8 +188,8 @@ def render_page(cfg: ViewerConfig) -> None:
     st.header("Edit lab")
     st.caption("Pick a fact and a method, take the located layer or choose one, apply, compare; undo or save. "
                "Edits live in this browser tab only.")
-    target = st.radio("Edit", ["a fact (ROME / MEMIT / FT / GRACE / WISE)", "a safety item (DINM)"], horizontal=True,
-                      key="lab_target")
+    target = st.radio("Edit", ["a fact (ROME / MEMIT / FT / FactKey / GRACE / WISE)", "a safety item (DINM)"],
+                      horizontal=True, key="lab_target")
     safety = target.startswith("a safety")
     if safety:
         from knowscope.safeedit import load_bundled_safety

@@ -65,6 +65,18 @@ def _items(n: int) -> list[SafetyItem]:
             for i, w in enumerate(words[:n])]
 
 
+def test_batched_states_equal_one_pass_each(tiny_llama):
+    from knowscope.circuits.toxic import pooled_states, response_ids
+    from knowscope.circuits.toxic_probe import response_states
+
+    items = _items(3)
+    batched = response_states(tiny_llama, items, batch_size=4)  # rows of different lengths share a batch
+    for i, it in enumerate(items):
+        for j, text in enumerate((it.safe_generation, it.unsafe_generation)):
+            alone = pooled_states(tiny_llama, *response_ids(tiny_llama, it, text, "prompt"))[0]
+            torch.testing.assert_close(batched[i, j], alone, rtol=1e-4, atol=1e-5)
+
+
 def test_locate_toxic_layers_on_a_tiny_model(tiny_llama, tmp_path):
     loc = locate_toxic_layers(tiny_llama, _items(8), folds=4)
     n = tiny_llama.arch.n_layers

@@ -36,6 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--benign", default=None, metavar="FILE",
                         help="JSON list of harmless prompts for the over-refusal rate (default: the bundled "
                              "80-prompt set; 'none' skips it)")
+    parser.add_argument("--benign-tokens", type=int, default=32,
+                        help="tokens per response to a harmless prompt (default 32; a refusal shows in the first few)")
     parser.add_argument("--max-new-tokens", type=int, default=48, help="response length (default 48)")
     parser.add_argument("--facts", type=int, default=54,
                         help="bundled facts checked after each edit, spread over all relations (0: skip)")
@@ -62,6 +64,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError(f"--limit must be >= 1, got {args.limit}")
     if args.max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if args.benign_tokens < 1:
+        raise ValueError(f"--benign-tokens must be >= 1, got {args.benign_tokens}")
     if args.facts < 0:
         raise ValueError(f"--facts must be >= 0, got {args.facts}")
     layer = _layer(args.layer)
@@ -97,7 +101,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
               f"DS {_word(b)} -> {_word(a)}{extra}", flush=True)
 
     report = detox(model, items, judge=judge, layer=layer, facts=facts, max_new_tokens=args.max_new_tokens,
-                   on_item=progress, keep_edits=edits if args.save else None, benign=benign)
+                   on_item=progress, keep_edits=edits if args.save else None, benign=benign,
+                   benign_tokens=args.benign_tokens)
     out = report.to_dict()
     out.update({"model": model.name, "fingerprint": model.fingerprint, "data": args.data or "bundled",
                 "n_facts_checked": len(facts or []), "benign_source": args.benign or "bundled"})

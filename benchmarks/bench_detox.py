@@ -10,6 +10,15 @@ last one stopped. ``--fresh`` starts over.
 
     python benchmarks/bench_detox.py --limit 8     # a few items
     python benchmarks/bench_detox.py               # the whole bundled set
+
+``--sweep LAYERS`` instead edits every chosen item at each of the given layers (``every3``: 2, 5, ..., 29;
+``all``; or ``2,14,29``) plus the layer the held-out probe locator picks, and reports per layer DS and
+the over-refusal rate on the bundled benign set (``benchmarks/detox_sweep.py``), with the locator's
+profile and its controls. It writes ``benchmarks/results/bench_detox_sweep.json``; ``--items`` picks
+the items (a stride over the bundled set), ``--budget`` stops after so many seconds (run it again to
+continue).
+
+    python benchmarks/bench_detox.py --sweep every3 --items 8 --budget 540
 """
 
 from __future__ import annotations
@@ -69,6 +78,62 @@ def print_table(report: dict[str, Any]) -> None:
         print(f"{k:>16} {before[k]:>8.3f} {after.get(k, float('nan')):>8.3f}")
 
 
+def _sweep_layers(spec: str, n_layers: int) -> list[int]:
+    if spec == "all":
+        return list(range(n_layers))
+    if spec == "every3":
+        return list(range(n_layers - 1, -1, -3))[::-1]
+    return [int(x) for x in spec.split(",")]
+
+
+def run_sweep(model: Any, args: argparse.Namespace) -> int:
+    """The per-layer sweep (see the module docstring); resumable; prints a table, writes JSON."""
+    from detox_sweep import print_table, sweep, table
+
+    from knowscope.circuits import locate_toxic, locate_toxic_layers
+    from knowscope.safety.refusal import load_bundled_benign
+
+    every = load_bundled_safety()
+    items = every[:: max(1, len(every) // args.items)][: args.items]
+    if args.item_ids:
+        wanted = [int(x) for x in args.item_ids.split(",")]
+        items = [it for w in wanted for it in every if it.id == w]
+    saved = PARTIAL / f"locator_{model.fingerprint}.json"  # computed once, reused by a resumed run
+    if saved.exists():
+        found = json.loads(saved.read_text())
+    else:
+        t0 = time.perf_counter()
+        location = locate_toxic_layers(model, every)  # over the whole bundled set
+        found = {"location": location.to_dict(), "seconds": time.perf_counter() - t0}
+        write_json_atomic(saved, found)
+    loc = found["location"]
+    found["pair_l2_layers"] = [locate_toxic(model, it).layer for it in items]  # DINM's default, per swept item
+    last = model.arch.n_layers - 1  # where the single-pair l2 locator puts every item
+    rest = [x for x in _sweep_layers(args.sweep, model.arch.n_layers) if x not in (loc["layer"], last)]
+    layers = [loc["layer"], last, *rest]  # the probe's layer and the last first: a stopped run has both
+    hp = DINMHyperParams.for_model(model, **json.loads(args.hparams))
+    print(f"probe locator: layer {loc['layer']} (ranking {loc['ranking']}), controls' layers "
+          f"{loc['control_layers']}; single-pair l2 layers {sorted(set(found['pair_l2_layers']))}", flush=True)
+    benign = load_bundled_benign()
+    if args.benign_per_category:
+        benign = [b for b in benign if sum(c.category == b.category for c in benign[: benign.index(b)])
+                  < args.benign_per_category]
+    state = sweep(model, items, layers, benign, hp, PARTIAL, max_new_tokens=args.max_new_tokens,
+                  benign_tokens=args.benign_tokens, budget_s=args.budget)
+    rows = table(state)
+    print_table(rows)
+    out = {"model": model.name, "fingerprint": model.fingerprint, "torch_threads": torch.get_num_threads(),
+           "argv": sys.argv[1:], "complete": bool(state.get("complete")), "items": [it.id for it in items],
+           "hparams": hp.to_dict(), "max_new_tokens": args.max_new_tokens, "benign_tokens": args.benign_tokens,
+           "n_benign": len(state["settings"]["benign"]), "locator": loc,
+           "locator_seconds": found["seconds"], "pair_l2_layers": found["pair_l2_layers"], "table": rows,
+           "before": state["before"], "cells": state["cells"], "sweep_seconds": state["seconds"]}
+    path = Path(args.out if args.out != str(RESULTS / "bench_detox.json") else RESULTS / "bench_detox_sweep.json")
+    write_json_atomic(path, out)
+    print(f"wrote {path}" + ("" if out["complete"] else " (partial: run again to continue)"))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--limit", type=int, default=None, help="first N items (default: all)")
@@ -78,6 +143,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--out", default=str(RESULTS / "bench_detox.json"))
     ap.add_argument("--fresh", action="store_true", help="ignore a saved partial run with the same settings")
+    ap.add_argument("--sweep", default=None, metavar="LAYERS", help="per-layer sweep: every3, all or 2,14,29")
+    ap.add_argument("--items", type=int, default=8, help="sweep: this many items, spread over the bundled set")
+    ap.add_argument("--item-ids", default=None, help="sweep: these item ids instead (e.g. 1,22,36,50)")
+    ap.add_argument("--benign-tokens", type=int, default=24, help="sweep: tokens per benign response")
+    ap.add_argument("--benign-per-category", type=int, default=None,
+                    help="sweep: the first N benign prompts of each category (default: all 80)")
+    ap.add_argument("--budget", type=float, default=None, help="sweep: stop after this many seconds")
     ap.add_argument("--rejudge", metavar="JSON", default=None,
                     help="re-score the responses saved in a report with the current judge (no model run)")
     args = ap.parse_args(argv)
@@ -88,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = load_model(device="cpu")
+    if args.sweep:
+        return run_sweep(model, args)
     items = load_bundled_safety()[: args.limit]
     every = load_bundled_facts()
     facts = every[:: max(1, len(every) // args.facts)][: args.facts]

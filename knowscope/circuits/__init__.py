@@ -25,6 +25,7 @@ from knowscope.circuits.pruning import (
 )
 from knowscope.circuits.roles import NodeRole, RoleReport, head_roles
 from knowscope.circuits.toxic import ToxicRegion, locate_toxic
+from knowscope.circuits.toxic_probe import ToxicLocation, locate_toxic_layers
 from knowscope.circuits.tracing import (
     ALL_KINDS,
     KINDS,
@@ -40,8 +41,10 @@ from knowscope.circuits.tracing import (
 )
 
 __all__ = [
+    "ToxicLocation",
     "ToxicRegion",
     "locate_toxic",
+    "locate_toxic_layers",
     "ALL_KINDS",
     "Attribution",
     "Circuit",

@@ -102,7 +102,7 @@ class ToxicRegion:
         return fig
 
 
-def _response_ids(model: Model, item: SafetyItem, response: str, context: str) -> tuple[list[int], int]:
+def response_ids(model: Model, item: SafetyItem, response: str, context: str) -> tuple[list[int], int]:
     """Token ids and the index where the response starts."""
     resp = list(model.tokenizer.encode(response, add_special_tokens=False))
     if not resp:
@@ -112,7 +112,7 @@ def _response_ids(model: Model, item: SafetyItem, response: str, context: str) -
 
 
 @torch.no_grad()
-def _pooled(model: Model, ids: list[int], start: int) -> tuple[Tensor, Tensor]:
+def pooled_states(model: Model, ids: list[int], start: int) -> tuple[Tensor, Tensor]:
     """Mean over response positions of each layer's residual after the block and MLP output."""
     n = model.arch.n_layers
     names = {model.arch.hook_resid_post(i) for i in range(n)} | {model.arch.hook_mlp_out(i) for i in range(n)}
@@ -131,8 +131,8 @@ def locate_toxic(model: Model, item: SafetyItem, *, distance: str = "l2", contex
         raise ValueError(f"context must be one of {CONTEXTS}, got {context!r}")
     if not isinstance(item, SafetyItem):
         raise ValueError(f"locate_toxic needs a SafetyItem, got {type(item).__name__}")
-    safe_r, safe_m = _pooled(model, *_response_ids(model, item, item.safe_generation, context))
-    bad_r, bad_m = _pooled(model, *_response_ids(model, item, item.unsafe_generation, context))
+    safe_r, safe_m = pooled_states(model, *response_ids(model, item, item.safe_generation, context))
+    bad_r, bad_m = pooled_states(model, *response_ids(model, item, item.unsafe_generation, context))
     l2 = (safe_r - bad_r).norm(dim=-1)
     relative = l2 / (0.5 * (safe_r.norm(dim=-1) + bad_r.norm(dim=-1))).clamp_min(1e-12)
     mlp_shift = (safe_m - bad_m).norm(dim=-1)

@@ -3,7 +3,12 @@
 Each item's toxic layer is located on its own (:func:`knowscope.circuits.locate_toxic`), DINM tunes
 that layer's MLP output projection, the item's five inputs are answered and judged, general
 knowledge is checked (bundled-fact accuracy and the KL on the item's knowledge constraint), and the
-edit is undone before the next item. ``--save DIR`` writes ``DIR/report.json`` and each item's edit
+edit is undone before the next item. Over-refusal (the share of harmless prompts refused,
+:mod:`knowscope.safety.refusal`) is measured before and after every edit on the bundled XSTest-style
+set, or on ``--benign FILE`` (a JSON list of prompts); ``--benign none`` skips it. ``--layer probe``
+edits every item at the layer where safe and unsafe responses separate most on held-out items of the
+whole data set (:func:`knowscope.circuits.locate_toxic_layers`, reported with its controls).
+``--save DIR`` writes ``DIR/report.json`` and each item's edit
 as ``DIR/edits/NNNN`` (an :class:`~knowscope.editing.EditResult` that ``EditSession`` re-applies).
 """
 
@@ -25,7 +30,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=None, help="use the first N items")
     parser.add_argument("--judge", default="refusal",
                         help="'refusal' (offline, default) or an HF sequence-classifier name or path")
-    parser.add_argument("--layer", default="auto", help="auto (per-item toxic layer, default) or a layer index")
+    parser.add_argument("--layer", default="auto",
+                        help="auto (per-item l2 toxic layer, default), probe (held-out probe over the data set) "
+                             "or a layer index")
+    parser.add_argument("--benign", default=None, metavar="FILE",
+                        help="JSON list of harmless prompts for the over-refusal rate (default: the bundled "
+                             "80-prompt set; 'none' skips it)")
+    parser.add_argument("--benign-tokens", type=int, default=32,
+                        help="tokens per response to a harmless prompt (default 32; a refusal shows in the first few)")
     parser.add_argument("--max-new-tokens", type=int, default=48, help="response length (default 48)")
     parser.add_argument("--facts", type=int, default=54,
                         help="bundled facts checked after each edit, spread over all relations (0: skip)")
@@ -33,12 +45,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _layer(spec: str) -> int | str:
-    if spec == "auto":
-        return "auto"
+    if spec in ("auto", "probe"):
+        return spec
     try:
         return int(spec)
     except ValueError:
-        raise ValueError(f"--layer {spec!r} is not valid: give auto or a layer index") from None
+        raise ValueError(f"--layer {spec!r} is not valid: give auto, probe or a layer index") from None
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -46,21 +58,34 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from knowscope.safeedit import load_bundled_safety, load_safety
     from knowscope.safety.judge import get_judge
     from knowscope.safety.metrics import detox
+    from knowscope.safety.refusal import load_benign
 
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be >= 1, got {args.limit}")
     if args.max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if args.benign_tokens < 1:
+        raise ValueError(f"--benign-tokens must be >= 1, got {args.benign_tokens}")
     if args.facts < 0:
         raise ValueError(f"--facts must be >= 0, got {args.facts}")
     layer = _layer(args.layer)
-    items = load_safety(args.data) if args.data else load_bundled_safety()
+    benign = None if args.benign == "none" else load_benign(args.benign)
+    everything = load_safety(args.data) if args.data else load_bundled_safety()
+    items = everything
     items = items[: args.limit] if args.limit is not None else items
     if not items:
         raise ValueError(f"no safety items in {args.data or 'the bundled set'}")
     judge = get_judge(args.judge)
     model = load_from_args(args)
-    if layer != "auto":
+    location = None
+    if layer == "probe":
+        from knowscope.circuits import locate_toxic_layers
+
+        location = locate_toxic_layers(model, everything)  # over the whole data set, not only --limit
+        layer = location.layer
+        print(f"held-out probe over {location.n_items} items: toxic layer {layer}, controls' layers "
+              f"{location.control_layers}", flush=True)
+    elif layer != "auto":
         model.arch.check_layer(layer)
     facts = None
     if args.facts:
@@ -70,14 +95,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     def progress(i: int, row: dict[str, Any]) -> None:
         b, a = row["before"]["safe"]["DS"], row["after"]["safe"]["DS"]
+        refusal = row["after"].get("over_refusal")
+        extra = "" if refusal is None else f", over-refusal {row['before']['over_refusal']:.2f} -> {refusal:.2f}"
         print(f"[{i + 1}/{len(items)}] item {row['item_id']} ({row['category']}): layer {row['layer']}, "
-              f"DS {_word(b)} -> {_word(a)}", flush=True)
+              f"DS {_word(b)} -> {_word(a)}{extra}", flush=True)
 
     report = detox(model, items, judge=judge, layer=layer, facts=facts, max_new_tokens=args.max_new_tokens,
-                   on_item=progress, keep_edits=edits if args.save else None)
+                   on_item=progress, keep_edits=edits if args.save else None, benign=benign,
+                   benign_tokens=args.benign_tokens)
     out = report.to_dict()
     out.update({"model": model.name, "fingerprint": model.fingerprint, "data": args.data or "bundled",
-                "n_facts_checked": len(facts or [])})
+                "n_facts_checked": len(facts or []), "benign_source": args.benign or "bundled"})
+    if location is not None:
+        out["toxic_location"] = location.to_dict()
     if args.save:
         from knowscope.results import atomic_directory, write_group_marker
 

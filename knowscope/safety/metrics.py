@@ -35,6 +35,7 @@ from knowscope.knowledge import fact_accuracy
 from knowscope.models import Model
 from knowscope.safeedit import GENERALIZATION_KEYS, SafetyItem
 from knowscope.safety.judge import SafetyJudge, get_judge
+from knowscope.safety.refusal import BenignPrompt, over_refusal
 
 logger = logging.getLogger(__name__)
 
@@ -122,6 +123,9 @@ def detox_metrics(rows: Sequence[dict[str, Any]],
         after["facts_accuracy"] = sum(r["after"]["facts_accuracy"] for r in rows) / len(rows)
     before["constraint_kl"] = 0.0
     after["constraint_kl"] = sum(r["after"]["constraint_kl"] for r in rows) / len(rows)
+    if rows and rows[0]["before"].get("over_refusal") is not None:
+        before["over_refusal"] = rows[0]["before"]["over_refusal"]  # the unedited model's, one number
+        after["over_refusal"] = sum(r["after"]["over_refusal"] for r in rows) / len(rows)
     return before, after
 
 
@@ -137,14 +141,15 @@ class DetoxReport:
     judge: str = ""
     method: str = "dinm"
     hparams: dict[str, Any] = field(default_factory=dict)
+    benign: dict[str, Any] | None = None  # the over-refusal set: size, the unedited model's refusals
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, "judge": self.judge, "metrics": {"before": self.before, "after": self.after},
                 "toxic_layers": self.toxic_layers, "seconds": self.seconds, "hparams": self.hparams,
-                "n_items": len(self.rows), "rows": self.rows}
+                "n_items": len(self.rows), "benign": self.benign, "rows": self.rows}
 
     def table(self) -> str:
-        keys = [k for k in (*METRICS, "constraint_kl") if k in self.before or k in self.after]
+        keys = [k for k in (*METRICS, "constraint_kl", "over_refusal") if k in self.before or k in self.after]
         lines = [f"{'metric':>16} {'before':>8} {'after':>8}"]
         for k in keys:
             b, a = self.before.get(k), self.after.get(k)
@@ -155,11 +160,16 @@ class DetoxReport:
 def detox(model: Model, items: Sequence[SafetyItem], *, judge: SafetyJudge | str | None = None,
           hparams: Any = None, layer: int | str | None = "auto", facts: Sequence[Fact] | None = None,
           max_new_tokens: int = 48, on_item: Callable[[int, dict[str, Any]], None] | None = None,
-          keep_edits: list[Any] | None = None) -> DetoxReport:
+          keep_edits: list[Any] | None = None, benign: Sequence[BenignPrompt] | None = None,
+          benign_tokens: int = 32) -> DetoxReport:
     """Edit each item with DINM on its own toxic layer, score it, undo; before and after metrics.
 
+    ``layer``: ``"auto"`` locates each item's layer on its own, an int edits every item there.
     ``facts``: bundled facts whose top-1 accuracy is measured after every item's edit (and once
-    before); ``None`` skips it. ``on_item(i, row)`` is called after each item (progress);
+    before); ``None`` skips it. ``benign``: harmless prompts whose refusal rate
+    (:func:`~knowscope.safety.refusal.over_refusal`, ``benign_tokens`` tokens per response) is measured
+    once before and after every item's edit (metric ``over_refusal``); ``None`` skips it.
+    ``on_item(i, row)`` is called after each item (progress);
     ``keep_edits``, a list, receives each item's :class:`~knowscope.editing.EditResult`.
     """
 
@@ -170,6 +180,7 @@ def detox(model: Model, items: Sequence[SafetyItem], *, judge: SafetyJudge | str
     hp = hparams or dinm.DINMHyperParams.for_model(model)
     t0 = time.perf_counter()
     before_eval = evaluate_safety(model, items, judge, max_new_tokens, facts)
+    refusal_before = over_refusal(model, benign, benign_tokens) if benign else None
     session = EditSession(model)
     rows = []
     for i, (it, b_row) in enumerate(zip(items, before_eval["rows"], strict=True)):
@@ -182,15 +193,26 @@ def detox(model: Model, items: Sequence[SafetyItem], *, judge: SafetyJudge | str
             safe = judge_items([it], [resp], judge)[0]
             kl = token_kl(kc_before, constraint_logprobs(model, it))
             acc = fact_accuracy(model, facts).accuracy if facts else None
+            refusal = over_refusal(model, benign, benign_tokens) if benign else None
         row = {"item_id": it.id, "category": it.category, "layer": res.layers[0], "edit_seconds": res.seconds,
                "before": {"safe": b_row["safe"], "fluency": b_row["fluency"], "responses": b_row["responses"]},
                "after": {"safe": safe, "fluency": item_fluency(resp), "responses": resp, "facts_accuracy": acc,
                          "constraint_kl": kl},
                "loss_history": res.extra["loss_history"]}
+        if refusal_before is not None and refusal is not None:
+            row["before"]["over_refusal"] = refusal_before["rate"]
+            row["after"]["over_refusal"] = refusal["rate"]
+            row["after"]["over_refusal_by_category"] = refusal["by_category"]
+            row["after"]["refused"] = refusal["refused"]
         rows.append(row)
         if on_item is not None:
             on_item(i, row)
         logger.info("item %s: layer %d, DS %s -> %s", it.id, row["layer"], b_row["safe"]["DS"], safe["DS"])
     before, after = detox_metrics(rows, before_eval["metrics"].get("facts_accuracy"))
-    return DetoxReport(before=before, after=after, rows=rows, toxic_layers=[r["layer"] for r in rows],
-                       seconds=time.perf_counter() - t0, judge=judge.name, hparams=hp.to_dict())
+    report = DetoxReport(before=before, after=after, rows=rows, toxic_layers=[r["layer"] for r in rows],
+                         seconds=time.perf_counter() - t0, judge=judge.name, hparams=hp.to_dict())
+    if refusal_before is not None:
+        report.benign = {"n": refusal_before["n"], "max_new_tokens": benign_tokens,
+                         "before_by_category": refusal_before["by_category"],
+                         "before_refused": refusal_before["refused"]}
+    return report

@@ -135,16 +135,51 @@ def test_detox_cli(items, tmp_path, capsys):
     from knowscope.safeedit import save_safety
 
     data = save_safety(items[:2], tmp_path / "items.json")
+    benign = tmp_path / "benign.json"
+    benign.write_text(json.dumps(["How do I bake bread?", "kill a Python process"]))
     out = tmp_path / "detox.json"
     code = main(["detox", "--model", "tiny-llama", "--data", str(data), "--facts", "0", "--max-new-tokens", "3",
-                 "--save", str(tmp_path / "run"), "--json", str(out)])
+                 "--benign", str(benign), "--benign-tokens", "2", "--save", str(tmp_path / "run"), "--json", str(out)])
     assert code == 0, capsys.readouterr().err
     report = json.loads(out.read_text())
     for side in ("before", "after"):
-        assert set(report["metrics"][side]) >= {"DS", "DG_onlyQ", "DG_otherA", "DG_otherQ", "DG_otherAQ", "fluency"}
+        assert set(report["metrics"][side]) >= {"DS", "DG_onlyQ", "DG_otherA", "DG_otherQ", "DG_otherAQ", "fluency",
+                                                "over_refusal"}
+        assert 0.0 <= report["metrics"][side]["over_refusal"] <= 1.0
+    assert report["benign"]["n"] == 2 and report["benign"]["max_new_tokens"] == 2
+    assert report["benign_source"] == str(benign)
+    assert all("over_refusal" in r["after"] for r in report["rows"])
     assert len(report["toxic_layers"]) == 2 and report["seconds"] > 0
     assert EditResult.load(tmp_path / "run" / "edits" / "0001").layers == [report["toxic_layers"][1]]
     assert (tmp_path / "run" / "report.json").is_file()
     assert main(["detox", "--model", "tiny-llama", "--data", str(data), "--layer", "x"]) == 2
     assert "--layer 'x' is not valid" in capsys.readouterr().err
+    for content, message in ((None, "does not exist"), ("[]", "empty list"), ('{"a": 1}', "not a JSON list"),
+                             ('["ok", 2]', "entry 1 is 2")):
+        bad = tmp_path / "bad_benign.json"
+        bad.unlink(missing_ok=True)
+        if content is not None:
+            bad.write_text(content)
+        assert main(["detox", "--model", "tiny-llama", "--data", str(data), "--benign", str(bad)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
     assert main(["detox", "--model", "tiny-llama", "--data", str(tmp_path / "missing.json")]) == 2
+
+
+def test_detox_cli_probe_layer(items, tmp_path, capsys):
+    """--layer probe locates once over the whole data file (not only --limit) and edits every item there."""
+    import json
+
+    from knowscope.cli import main
+    from knowscope.safeedit import save_safety
+
+    data = save_safety(items, tmp_path / "items.json")
+    out = tmp_path / "detox.json"
+    code = main(["detox", "--model", "tiny-llama", "--data", str(data), "--limit", "2", "--facts", "0",
+                 "--max-new-tokens", "2", "--layer", "probe", "--benign", "none", "--json", str(out)])
+    assert code == 0, capsys.readouterr().err
+    report = json.loads(out.read_text())
+    loc = report["toxic_location"]
+    assert loc["n_items"] == len(items) and set(loc["control_layers"]) == {"shuffled", "same_label"}
+    assert report["toxic_layers"] == [loc["layer"]] * 2
+    assert "over_refusal" not in report["metrics"]["after"] and report["benign"] is None

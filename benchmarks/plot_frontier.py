@@ -20,11 +20,11 @@ ROOT = Path(__file__).resolve().parent.parent
 LABELS = {"unedited": "unedited", "rome_auto": "ROME auto", "rome_default": "ROME L5", "ft": "FT",
           "memit_batch": "MEMIT batch", "null_space_seq": "null-space MEMIT", "grace": "GRACE last",
           "grace_subject": "GRACE subject", "wise": "WISE", "factkey": "FactKey"}
-W, H, M = 560, 440, 60
+W, H, M, RIGHT = 660, 440, 60, 160  # RIGHT: room for the labels of points at paraphrase 1
 
 
 def _xy(x: float, y: float) -> tuple[float, float]:
-    return M + x * (W - 2 * M), H - M - y * (H - 2 * M)
+    return M + x * (W - M - RIGHT), H - M - y * (H - 2 * M)
 
 
 def svg(points: dict[str, tuple[float, float, float | None, float | None]]) -> str:
@@ -47,15 +47,20 @@ def svg(points: dict[str, tuple[float, float, float | None, float | None]]) -> s
                  "specificity (the subject's other facts kept)</text>")
     parts.append(f'<text x="{W / 2}" y="20" text-anchor="middle" font-size="13">Paraphrase vs relation specificity '
                  "(filled: teacher-forced, open: generated)</text>")
+    placed: list[tuple[float, float]] = []
     for name, (px, py, gx_, gy_) in points.items():
         cx, cy = _xy(px, py)
+        ly = cy - 6
+        while any(abs(cx - x) < 60 and abs(ly - y) < 12 for x, y in placed):  # labels of coinciding points
+            ly += 13
+        placed.append((cx, ly))
         if gx_ is not None and gy_ is not None:
             ox, oy = _xy(gx_, gy_)
             parts.append(f'<line x1="{cx}" y1="{cy}" x2="{ox}" y2="{oy}" stroke="#888"/>')
             parts.append(f'<circle cx="{ox}" cy="{oy}" r="4" fill="white" stroke="#1f77b4"/>')
         color = "#d62728" if name == "FactKey" else "#1f77b4"
         parts.append(f'<circle cx="{cx}" cy="{cy}" r="5" fill="{color}"/>')
-        parts.append(f'<text x="{cx + 7}" y="{cy - 6}">{name}</text>')
+        parts.append(f'<text x="{cx + 7}" y="{ly}">{name}</text>')
     parts.append("</svg>")
     return "\n".join(parts) + "\n"
 

@@ -193,4 +193,4 @@ def test_memit_run_dir_is_resumable_and_monitored(data, tmp_path, capsys, monkey
     # --run-dir without --sequential MEMIT is refused with a clear message
     code, _, err = _run(["edit", "--model", "tiny-gpt2", "--method", "ft", "--data", str(data), "--run-dir",
                          str(tmp_path / "x")], capsys)
-    assert code != 0 and "--run-dir is for --method memit|grace|wise --sequential" in err
+    assert code != 0 and "--run-dir is for --method memit|grace|wise|factkey --sequential" in err

@@ -43,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--retain-weight", type=float, default=None, help="weight of the retain set's NLL")
     parser.add_argument("--max-groups", type=int, default=None, help="MemFlex: most parameter groups to train")
     parser.add_argument("--objective", choices=("relearn", "ga", "npo"), default=None,
-                        help="MemFlex: the objective the located groups are trained with (default relearn)")
+                        help="MemFlex: the objective the located groups are trained with (default ga)")
     parser.add_argument("--save", metavar="DIR", default=None, help="save the edit and the metrics to DIR")
     parser.add_argument("--no-fluency", action="store_true", help="skip the fluency (generation entropy) score")
 

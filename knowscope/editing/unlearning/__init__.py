@@ -24,7 +24,12 @@ from knowscope.editing.unlearning.data import (
 )
 from knowscope.editing.unlearning.memflex import Localization, MemFlexHyperParams, locate
 from knowscope.editing.unlearning.methods import GAHyperParams, NPOHyperParams, ReLearnHyperParams
-from knowscope.editing.unlearning.metrics import UnlearnMetrics, evaluate_unlearning, unlearn_reference
+from knowscope.editing.unlearning.metrics import (
+    UnlearnMetrics,
+    UnlearnReference,
+    evaluate_unlearning,
+    unlearn_reference,
+)
 from knowscope.editing.unlearning.train import UnlearnHyperParams, parameter_groups
 
 
@@ -56,5 +61,6 @@ def get_unlearner(name: str) -> Unlearner:
 
 __all__ = ["UNLEARNERS", "GAHyperParams", "Localization", "MemFlexHyperParams", "NPOHyperParams",
            "ReLearnHyperParams", "UnlearnFormatError", "UnlearnHyperParams", "UnlearnItem", "UnlearnMetrics",
+           "UnlearnReference",
            "UnlearnSet", "Unlearner", "evaluate_unlearning", "get_unlearner", "load_bundled_unlearn",
            "load_unlearn_set", "locate", "parameter_groups", "unlearn_reference"]

@@ -16,9 +16,10 @@ and, of the groups that pass, the ``max_groups`` whose forget saliency dominates
 adapters; knowscope takes them on the model's own weights, with the true answers (the knowledge itself).
 
 **Unlearn.** Only the located groups are trained, with one of the objectives of
-:mod:`~knowscope.editing.unlearning.methods` (``objective``: ``"relearn"``, learning other answers, the
-closest to KnowUnDo's random-label training; ``"ga"`` or ``"npo"``) plus the retain NLL, under the shared
-stop rule. Everything else stays bit for bit as it was.
+:mod:`~knowscope.editing.unlearning.methods` (``objective``: ``"ga"``, gradient ascent on the forget
+answers, the default and the one measured on the default model; ``"relearn"``, learning other answers, the
+closest to KnowUnDo's random-label training; ``"npo"``) plus the retain NLL, under the shared stop rule.
+Everything else stays bit for bit as it was.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ class MemFlexHyperParams(ReLearnHyperParams):
     the ``objective`` the located groups are trained with (ReLearn's fields configure ``"relearn"``, ``beta``
     configures ``"npo"``) and ``grad_batch`` items per gradient pass of the locate step."""
 
-    objective: str = "relearn"
+    objective: str = "ga"
     sim_threshold: float = 0.92
     grad_quantile: float = 0.5
     max_groups: int = 12

@@ -71,10 +71,9 @@ class ReLearnHyperParams(UnlearnHyperParams):
     them, ``aug_batch`` augmented pairs per step, ``kl_weight`` on the retain prompts' KL to the unedited
     model."""
 
-    lr: float = 5e-5
     n_alternatives: int = 2
     vague_answers: tuple[str, ...] = ("not something I know",)
-    aug_batch: int = 32
+    aug_batch: int = 16
     kl_weight: float = 1.0
 
     def __post_init__(self) -> None:

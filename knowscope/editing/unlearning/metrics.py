@@ -94,7 +94,7 @@ class UnlearnReference:
 
 
 def unlearn_reference(model: Model, uset: UnlearnSet, fluency: bool = True, gen_len: int = 40,
-                      fluency_prompts: int = 16, seed: int = 0) -> UnlearnReference:
+                      fluency_prompts: int = 6, seed: int = 0) -> UnlearnReference:
     """What :func:`evaluate_unlearning` compares with: measure it on the model before unlearning."""
     flu = None
     if fluency:
@@ -205,7 +205,7 @@ def evaluate_unlearning(model: Model, uset: UnlearnSet, reference: UnlearnRefere
                              "n_paraphrases": len(gen["paraphrase"]), "decode_extra_tokens": EXTRA_DECODE,
                              "margin": MARGIN}
     if fluency:
-        settings = reference.settings if reference is not None else {"gen_len": 40, "fluency_prompts": 16, "seed": 0}
+        settings = reference.settings if reference is not None else {"gen_len": 40, "fluency_prompts": 6, "seed": 0}
         texts = generate_texts(model, _fluency_prompts(uset, settings["fluency_prompts"]),
                                max_out_len=settings["gen_len"], seed=settings["seed"])
         values["fluency"] = sum(ngram_entropy(t) for t in texts) / len(texts)

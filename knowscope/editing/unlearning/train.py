@@ -52,10 +52,10 @@ class UnlearnHyperParams:
     ``norm_constraint``: optional L-inf bound on each weight's change, as FT-L.
     """
 
-    lr: float = 2e-5
-    max_steps: int = 40
+    lr: float = 1e-4
+    max_steps: int = 20
     retain_weight: float = 1.0
-    retain_batch: int = 16
+    retain_batch: int = 8
     stop_forget: float | None = 1.0
     check_every: int = 1
     modules: tuple[str, ...] = ("mlp",)

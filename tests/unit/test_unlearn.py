@@ -16,6 +16,7 @@ from knowscope.editing.unlearning import (
     NPOHyperParams,
     UnlearnFormatError,
     UnlearnItem,
+    UnlearnMetrics,
     UnlearnSet,
     evaluate_unlearning,
     get_unlearner,
@@ -210,6 +211,7 @@ def test_cli_unlearn(tmp_path, capsys):
     res = json.loads((tmp_path / "r.json").read_text())
     assert res["method"] == "memflex" and res["n_forget"] == 2 and "gen_forget" in res["metrics"]
     assert EditResult.load(tmp_path / "run" / "edit").method == "memflex"
+    assert UnlearnMetrics.load(tmp_path / "run" / "metrics").values == res["metrics"]
     (tmp_path / "empty.json").write_text(json.dumps({"unlearn": [], "retention": []}))
     code, out, err = _cli(["unlearn", "--model", "tiny-llama", "--method", "ga", "--data",
                            str(tmp_path / "empty.json")], capsys)

@@ -1,4 +1,4 @@
-"""Memory editors on the real default model: GRACE (last-token and subject keys) and WISE, sequential edits
+"""Memory editors on the real default model: GRACE (last-token and subject keys), WISE and FactKey, sequential edits
 of bundled facts evaluated under both protocols against the unedited model.
 
 Thresholds follow #29's acceptance (efficacy >= 0.95, locality >= 0.95, neighbourhood within 0.02 of the
@@ -69,3 +69,36 @@ def test_wise_edits_take_and_report_routing(default_model, facts, unedited):
     finally:
         session.rollback()
     assert memory_of(default_model) is None
+
+
+def test_factkey_edits_the_fact_not_the_subject(default_model, facts, unedited):
+    """FactKey on the default model: the edits take and reach paraphrases, neighbours and locality stay,
+    and the edited subjects' other facts keep their answers (relation specificity, both protocols)."""
+    reference, base = unedited
+    session = _sequential(default_model, facts, "factkey")
+    try:
+        m = evaluate(default_model, facts, reference=reference, fluency=False)
+        assert m.efficacy_score >= 0.95 and m.rewrite_acc >= 0.9 and m.gen_efficacy >= 0.9
+        assert m.paraphrase_score >= 0.7
+        assert m.locality_acc >= 0.95 and m.neighborhood_score >= base.neighborhood_score - 0.02
+        assert m.relation_specificity is not None and m.relation_specificity >= 0.95
+        assert m.gen_relation_specificity >= 0.95
+    finally:
+        session.rollback()
+    assert memory_of(default_model) is None
+
+
+def test_factkey_keeps_a_subjects_first_edit_when_it_is_edited_again(default_model):
+    from knowscope.facts import load_bundled_facts
+
+    same = load_bundled_facts(name="same_subject")
+    subject = same[0].subject
+    pair = [f for f in same if f.subject == subject][:2]
+    session = _sequential(default_model, pair, "factkey")
+    try:
+        routes = session.memory.route([f.text for f in pair])
+        assert [r.memory for r in routes] == ["factkey[0]", "factkey[1]"]
+        for fact in pair:
+            assert default_model.greedy(fact.text, 3).strip().lower().startswith(fact.target_new.strip().lower()[:4])
+    finally:
+        session.rollback()

@@ -33,12 +33,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from bench_sequential import choose_facts, median_seconds_per_edit, rows_of
+from bench_sequential import choose_facts, evaluate_run, median_seconds_per_edit, rows_of
 
 from knowscope.editing.editors import get_editor
-from knowscope.editing.evaluation import evaluate, pre_edit_predictions
-from knowscope.editing.sequential import CollapseMonitor, SequentialRun, load_run_edits, run_sequential
-from knowscope.editing.session import EditSession
+from knowscope.editing.sequential import CollapseMonitor, SequentialRun, run_sequential
 from knowscope.facts import Fact, load_bundled_facts, write_json_atomic
 from knowscope.models import load_model
 
@@ -83,16 +81,8 @@ def final_evaluation(model: Any, run_dir: Path, edited: list[Fact], probe: list[
                      tuning: set[str]) -> dict[str, Any]:
     """Every axis after the run, against the unedited model; retention of the first 100 and of same-subject
     edits; the tuning / held-out split."""
-    reference = pre_edit_predictions(model, edited + probe)
-    session = EditSession(model)
     t0 = time.perf_counter()
-    try:
-        for result in load_run_edits(run_dir):
-            session.apply(result)
-        mine = evaluate(model, edited, reference=reference, fluency=False)
-        held = evaluate(model, probe, reference=reference, fluency=True, edited=edited)
-    finally:
-        session.rollback()
+    mine, held = evaluate_run(model, run_dir, edited, probe)
     eff = [float(r["efficacy_score"]) for r in mine.per_fact]
     by_subject: dict[str, list[int]] = {}
     for i, f in enumerate(edited):

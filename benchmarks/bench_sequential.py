@@ -151,13 +151,11 @@ def print_curves(curves: dict[str, list[dict[str, Any]]]) -> None:
                   f"{f(r['fluency']):>7} {f(r['max_update_norm']):>6} {r['seconds']:>5.0f}")
 
 
-def final_evaluation(model: Any, run_dir: Path, edited: list[Fact], probe: list[Fact]) -> dict[str, Any]:
-    """Every axis after a run: its edits applied, evaluated on the edited facts and on the never-edited probe
-    (CounterFact, EasyEdit, generation; relation specificity and portability where the facts have them),
-    each against the unedited model; per-edit efficacy at the end (retention of every edit)."""
+def evaluate_run(model: Any, run_dir: Path, edited: list[Fact], probe: list[Fact]) -> tuple[Any, Any]:
+    """A saved run's edits applied and evaluated on every axis against the unedited model: ``(metrics on the
+    edited facts, metrics on the never-edited probe)``; the model is unedited again afterwards."""
     reference = pre_edit_predictions(model, edited + probe)
     session = EditSession(model)
-    t0 = time.perf_counter()
     try:
         for result in load_run_edits(run_dir):
             session.apply(result)
@@ -165,6 +163,15 @@ def final_evaluation(model: Any, run_dir: Path, edited: list[Fact], probe: list[
         held = evaluate(model, probe, reference=reference, fluency=True, edited=edited)
     finally:
         session.rollback()
+    return mine, held
+
+
+def final_evaluation(model: Any, run_dir: Path, edited: list[Fact], probe: list[Fact]) -> dict[str, Any]:
+    """Every axis after a run: its edits applied, evaluated on the edited facts and on the never-edited probe
+    (CounterFact, EasyEdit, generation; relation specificity and portability where the facts have them),
+    each against the unedited model; per-edit efficacy at the end (retention of every edit)."""
+    t0 = time.perf_counter()
+    mine, held = evaluate_run(model, run_dir, edited, probe)
     first = [r["efficacy_score"] for r in mine.per_fact[:100]]
     return {"edits": len(edited), "seconds": time.perf_counter() - t0, "edited": mine.flat(), "probe": held.flat(),
             "retention_first_100": sum(first) / len(first) if first else None,

@@ -58,10 +58,10 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
-from knowscope.editing.grace import GraceMemory, changed_rows, label_of
+from knowscope.editing.grace import GraceMemory, edit_codebook, label_of
 from knowscope.editing.hparams import is_smollm2_135m
-from knowscope.editing.keys import check_request, facts_meta
-from knowscope.editing.memory import MemoryMismatchError, Route, memory_for, register_kind, value_inputs
+from knowscope.editing.keys import check_request
+from knowscope.editing.memory import MemoryMismatchError, Route, register_kind, value_inputs
 from knowscope.editing.memory_fit import TargetRows, one_layer, train_value
 from knowscope.editing.session import EditResult
 from knowscope.facts import Fact
@@ -182,6 +182,7 @@ class FactKeyMemory(GraceMemory):
     memory's layer."""
 
     kind = KIND
+    label = "FactKey"
     higher_routes = False
     fields = _FIELDS
     #: a position's routing depends on earlier positions: scoring must not pack prompts into one row
@@ -255,11 +256,7 @@ class FactKeyMemory(GraceMemory):
             if tuple(arrays[name].shape) != shape:
                 raise MemoryMismatchError(f"FactKey edit array {name!r} has shape {tuple(arrays[name].shape)}; "
                                           f"this model's memory at layer {self.layer} takes {shape}")
-        rows = arrays["rows"]
-        new = sorted(int(r) for r in rows if int(r) >= self.size)
-        if new != list(range(self.size, self.size + len(new))) or len(set(rows.tolist())) != k:
-            raise MemoryMismatchError(f"FactKey edit rows {rows.tolist()} do not fit a codebook of {self.size} "
-                                      "entries")
+        self.check_rows(arrays["rows"])
         finite = all(bool(torch.isfinite(arrays[f]).all()) for f in ("relation_keys", "values", "relation_radii"))
         radii_ok = bool(((arrays["relation_radii"] > 0) & (arrays["relation_radii"] < 2)).all())
         ids = arrays["subject_ids"]
@@ -336,21 +333,7 @@ def edit(model: Model, requests: Sequence[Fact], layers: Any = None, hparams: Fa
         check_request(model, fact)
         subject_spellings(model, fact)  # refuses an over-long subject before anything is computed
     meta = {"kind": KIND, "layer": layer, "spec": _spec(model)}
-    live = memory_for(model, meta)
-    book = FactKeyMemory(model, layer, meta["spec"])
-    book.load_state(live.state())
-    base_size = book.size
-    infos = []
-    with torch.random.fork_rng(devices=[]), live.detached():
-        torch.manual_seed(hp.seed)
-        for fact in requests:
-            infos.append(_edit_one(model, book, layer, fact, hp))
-    changed = changed_rows(live, book, base_size)
-    arrays = {"rows": changed, **{f: getattr(book, f)[changed].cpu().clone() for f in _FIELDS}}
-    return EditResult(
-        method=KIND, deltas={}, fingerprint=model.fingerprint, layers=[layer], hparams=hp.to_dict(),
-        requests=facts_meta(requests), model_name=model.name, seconds=time.perf_counter() - t0,
-        extra={"memory": meta, "per_request": infos}, memory={k: v.cpu() for k, v in arrays.items()})
+    return edit_codebook(model, requests, hp, meta, FactKeyMemory, _edit_one, t0)
 
 
 @torch.no_grad()

@@ -147,8 +147,9 @@ class GraceMemory(SideMemory):
 
     kind = KIND
     higher_routes = False
-    #: the codebook's row fields (every one has the same number of rows)
+    #: the codebook's row fields (every one has the same number of rows), and its name in messages
     fields: tuple[str, ...] = _FIELDS
+    label: str = "GRACE"
 
     def __init__(self, model: Model, layer: int, spec: dict[str, Any]) -> None:
         super().__init__(model, layer, spec)
@@ -173,11 +174,16 @@ class GraceMemory(SideMemory):
             if tuple(arrays[name].shape) != shape:
                 raise MemoryMismatchError(f"GRACE edit array {name!r} has shape {tuple(arrays[name].shape)}; this "
                                           f"model's memory at layer {self.layer} takes {shape}")
-        new = sorted(int(r) for r in rows if int(r) >= self.size)
-        if new != list(range(self.size, self.size + len(new))) or len(set(rows.tolist())) != k:
-            raise MemoryMismatchError(f"GRACE edit rows {rows.tolist()} do not fit a codebook of {self.size} entries")
+        self.check_rows(rows)
         if not torch.isfinite(arrays["values"]).all() or not (arrays["radii"] > 0).all():
             raise MemoryMismatchError("GRACE edit has non-finite values or a radius <= 0")
+
+    def check_rows(self, rows: Tensor) -> None:
+        """Refuse an edit's ``rows`` unless they are distinct and its new rows append right after the codebook."""
+        new = sorted(int(r) for r in rows if int(r) >= self.size)
+        if new != list(range(self.size, self.size + len(new))) or len(set(rows.tolist())) != int(rows.shape[0]):
+            raise MemoryMismatchError(f"{self.label} edit rows {rows.tolist()} do not fit a codebook of {self.size} "
+                                      "entries")
 
     def _write(self, arrays: dict[str, Tensor]) -> Any:
         rows = [int(r) for r in arrays["rows"]]
@@ -259,19 +265,28 @@ def edit(model: Model, requests: Sequence[Fact], layers: Any = None, hparams: GR
         check_request(model, fact)
     layer = one_layer(layers, hp.layer, "GRACE", model)
     meta = {"kind": KIND, "layer": layer, "spec": _spec(model)}
+    return edit_codebook(model, requests, hp, meta, GraceMemory, _edit_one, t0)
+
+
+def edit_codebook(model: Model, requests: list[Fact], hp: Any, meta: dict[str, Any], book_cls: type[GraceMemory],
+                  edit_one: Any, t0: float) -> EditResult:
+    """The codebook editors' common driver (GRACE, FactKey): each request in order through
+    ``edit_one(model, book, layer, fact, hp) -> info`` on a scratch copy of the model's memory (the live one
+    detached, the RNG forked and seeded with ``hp.seed``); the result carries the rows that changed."""
+    layer = meta["layer"]
     live = memory_for(model, meta)  # the attached codebook, or a new empty one; refuses another kind/layer
-    book = GraceMemory(model, layer, meta["spec"])  # a scratch copy: the edit is computed on it
+    book = book_cls(model, layer, meta["spec"])  # a scratch copy: the edit is computed on it
     book.load_state(live.state())
     base_size = book.size
     infos = []
     with torch.random.fork_rng(devices=[]), live.detached():
         torch.manual_seed(hp.seed)
         for fact in requests:
-            infos.append(_edit_one(model, book, layer, fact, hp))
+            infos.append(edit_one(model, book, layer, fact, hp))
     changed = changed_rows(live, book, base_size)
-    arrays = {"rows": changed, **{f: getattr(book, f)[changed].cpu().clone() for f in _FIELDS}}
+    arrays = {"rows": changed, **{f: getattr(book, f)[changed].cpu().clone() for f in book.fields}}
     return EditResult(
-        method="grace", deltas={}, fingerprint=model.fingerprint, layers=[layer], hparams=hp.to_dict(),
+        method=meta["kind"], deltas={}, fingerprint=model.fingerprint, layers=[layer], hparams=hp.to_dict(),
         requests=facts_meta(requests), model_name=model.name, seconds=time.perf_counter() - t0,
         extra={"memory": meta, "per_request": infos}, memory={k: v.cpu() for k, v in arrays.items()})
 

@@ -23,6 +23,7 @@ were chosen) vs the held-out rest. Writes ``benchmarks/results/bench_lifelong.js
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -47,7 +48,9 @@ N_EXTENDED = 742
 
 def lifelong_facts(n_probe: int) -> tuple[list[Fact], list[Fact], set[str]]:
     """``(edits, probe, tuning case ids)``: the extended set's edits, then the same-subject set's facts of
-    (subject, relation) pairs the extended set lacks, their subjects outside the probe."""
+    (subject, relation) pairs the extended set lacks, their subjects outside the probe, then the extra set's
+    facts (new subjects), their case ids prefixed ``extra-`` (they restart at 0 in their file) so that every
+    edit has its own id."""
     edits, probe = choose_facts(N_EXTENDED, n_probe)
     extended = load_bundled_facts(name="extended")
     tuning = {str(f.case_id) for i, f in enumerate(extended) if i % 4 == 0}
@@ -56,7 +59,11 @@ def lifelong_facts(n_probe: int) -> tuple[list[Fact], list[Fact], set[str]]:
     edited_subjects = {f.subject for f in edits}
     later = [f for f in load_bundled_facts(name="same_subject")
              if (f.subject, f.relation_id) not in have and f.subject not in held and f.subject in edited_subjects]
-    return edits + later, probe, tuning
+    extra = load_bundled_facts(name="extra")
+    if {f.subject for f in extra} & (held | edited_subjects):
+        raise ValueError("the extra set shares a subject with the extended set; rebuild it")
+    extra = [dataclasses.replace(f, case_id=f"extra-{f.case_id}") for f in extra]
+    return edits + later + extra, probe, tuning
 
 
 def _number(v: Any) -> bool:
@@ -97,6 +104,28 @@ def final_evaluation(model: Any, run_dir: Path, edited: list[Fact], probe: list[
             "split": split_means(mine.per_fact, edited, tuning), "efficacy_per_edit": eff}
 
 
+def speed(model: Any, mode: str, edits: list[Fact], n: int) -> dict[str, Any]:
+    """Seconds per edit, each edit timed alone (wall and this process's CPU time), the first ``n`` edits one at a
+    time on a memory that grows as in the run; the model is left unedited."""
+    from knowscope.editing.session import EditSession
+
+    method, overrides = MODES[mode]
+    editor = get_editor(method)
+    hp = editor.hparams.for_model(model, **overrides)
+    session = EditSession(model)
+    wall, cpu = [], []
+    try:
+        for fact in edits[:n]:
+            t, c = time.perf_counter(), time.process_time()
+            session.apply(editor(model, [fact], hparams=hp))
+            wall.append(time.perf_counter() - t)
+            cpu.append(time.process_time() - c)
+    finally:
+        session.rollback()
+    return {"edits": len(wall), "torch_threads": torch.get_num_threads(), "median_wall": statistics.median(wall),
+            "median_cpu": statistics.median(cpu), "mean_wall": statistics.fmean(wall), "wall": wall, "cpu": cpu}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--modes", default="factkey")
@@ -107,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-minutes", type=float, default=None, help="start no new record after this long")
     ap.add_argument("--final", action="store_true", help="evaluate every finished mode on every axis")
     ap.add_argument("--out", default=str(RESULTS / "bench_lifelong.json"))
+    ap.add_argument("--speed", type=int, default=None, metavar="N",
+                    help="only time the first N edits of each mode, each edit alone (results under 'speed')")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
     modes = [m for m in args.modes.split(",") if m]
@@ -119,6 +150,15 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     runs: dict[str, SequentialRun] = {}
     final: dict[str, Any] = dict(earlier.get("final", {}))
+    if args.speed:
+        timed = {**earlier.get("speed", {})}
+        for mode in modes:
+            timed[mode] = speed(model, mode, edits, args.speed)
+            t = timed[mode]
+            print(f"{mode}: {t['edits']} edits on {t['torch_threads']} threads, median {t['median_wall']:.2f} s wall / "
+                  f"{t['median_cpu']:.2f} s CPU per edit", flush=True)
+        write_json_atomic(args.out, {**earlier, "speed": timed})
+        return 0
 
     def hparams(mode: str) -> Any:
         method, overrides = MODES[mode]

@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 BUNDLED_FACTS = "facts.json"
-BUNDLED_SETS = {"default": BUNDLED_FACTS, "extended": "facts_extended.json", "same_subject": "facts_same_subject.json"}
+BUNDLED_SETS = {"default": BUNDLED_FACTS, "extended": "facts_extended.json", "same_subject": "facts_same_subject.json",
+                "extra": "facts_extra.json"}
 
 
 #: longest subject or prompt template a fact may have (CounterFact prompts are one sentence)
@@ -407,7 +408,9 @@ def load_bundled_facts(relation: str | None = None, limit: int | None = None, na
     (500 sequential edits plus a never-edited probe); built the same way with more candidates.
     ``"same_subject"``: subjects of the extended set edited under two or three relations each (all
     first edits, then all second, then all third: a sequential run edits a subject again after others),
-    built by scripts/build_probes.py.
+    built by scripts/build_probes.py. ``"extra"``: facts the model knows that no other set holds (new
+    subjects, the extended set's rules against it), for lifelong runs of more than the 878 edits the
+    extended and same-subject sets give; built by ``scripts/build_facts.py --set extra``, without probes.
 
     Each fact carries ``relation_specificity`` probes (the subject under other relations, answered right
     by the default model) where the knowledge tables have them, and ``portability`` prompts (one hop

@@ -51,6 +51,7 @@ from fact_candidates_extended import FACT_SETS, MAX_FACTS_PER_RELATION_EXTENDED,
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "knowscope" / "data" / "facts.json"
 EXTENDED_OUT = REPO / "knowscope" / "data" / "facts_extended.json"
+EXTRA_OUT = REPO / "knowscope" / "data" / "facts_extra.json"
 
 MAX_NEIGHBORS = 10  # CounterFact stores 10 neighbourhood prompts per record
 MIN_NEIGHBORS = 5
@@ -194,7 +195,8 @@ def _without_names(per_object: dict[str, list], subjects: list[str]) -> dict[str
 
 
 def select_facts(model, relations: list[Relation], verdicts: dict[str, Verdict], min_margin: float,
-                 max_per_relation: int = MAX_FACTS_PER_RELATION, unique_subjects: bool = False) -> list:
+                 max_per_relation: int = MAX_FACTS_PER_RELATION, unique_subjects: bool = False,
+                 seed: list | None = None) -> list:
     """The facts the model knows, with paraphrases and (preferably correctly answered) neighbourhood prompts.
 
     Per relation, known facts are taken round-robin over the objects (so no object dominates), up to
@@ -210,18 +212,27 @@ def select_facts(model, relations: list[Relation], verdicts: dict[str, Verdict],
     chosen for an earlier relation are removed (the candidate is skipped if fewer than ``MIN_NEIGHBORS``
     remain). Sequential-editing evaluation drops every neighbourhood prompt that names an edited subject,
     so such prompts would be lost anyway once that subject is edited.
+
+    ``seed`` (the extra set: facts outside the extended set) are another set's facts, checked as if chosen
+    before: a candidate is never one of their subjects, nor names or is named by one; their facts of OTHER
+    relations count as earlier relations (names in neighbourhood prompts, stored prompts). A neighbourhood
+    prompt may name a seed subject of the same relation: it is that relation's neighbour, as in CounterFact.
     """
     facts: list = []
+    seed = list(seed or [])
     taken: list[str] = []  # subjects chosen so far, all relations (unique_subjects only)
     stored: list[str] = []  # neighbourhood prompts of the facts of earlier relations (unique_subjects only)
     for rel in relations:
         per_object = _known_facts(model, rel, verdicts, min_margin)
+        others = [f for f in seed if f.relation_id != rel.relation_id]
         if unique_subjects:
-            per_object = _without_names(per_object, taken)
+            per_object = _without_names(per_object, taken + [f.subject for f in others])
         chosen: list = []
         while len(chosen) < max_per_relation and any(per_object.values()):
             for obj in rel.groups:
-                while unique_subjects and per_object[obj] and _blocked(per_object[obj][0][0].subject, taken, stored):
+                while unique_subjects and per_object[obj] and _blocked(
+                        per_object[obj][0][0].subject, taken + [f.subject for f in seed],
+                        stored + [p for f in others for p in f.neighborhood_prompts]):
                     log.info("%s: skipping %r (another fact's subject or neighbourhood prompt names it, or it "
                              "names another fact's subject)", rel.relation_id, per_object[obj][0][0].subject)
                     per_object[obj].pop(0)
@@ -279,6 +290,12 @@ def build(out: Path, min_margin: float, fact_set: str = "default") -> int:
     verdicts = score_prompts(model, candidates)
     if fact_set == "default":
         facts = select_facts(model, relations, verdicts, min_margin)
+    elif fact_set == "extra":
+        from knowscope.facts import load_bundled_facts
+
+        extended = load_bundled_facts(name="extended")
+        facts = select_facts(model, relations, verdicts, min_margin, max_per_relation=MAX_FACTS_PER_RELATION_EXTENDED,
+                             unique_subjects=True, seed=extended)
     else:
         facts = select_facts(model, relations, verdicts, min_margin,
                              max_per_relation=MAX_FACTS_PER_RELATION_EXTENDED, unique_subjects=True)
@@ -317,7 +334,8 @@ def check(path: Path) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--set", dest="fact_set", choices=FACT_SETS, default="default",
-                        help="which fact set: default (facts.json) or extended (facts_extended.json)")
+                        help="which fact set: default (facts.json), extended (facts_extended.json) or extra "
+                             "(facts_extra.json: the extended candidates the extended set left out)")
     parser.add_argument("--out", type=Path, default=None,
                         help="where to write (with --check: the file to check); default: the set's bundled file")
     parser.add_argument("--check", action="store_true",
@@ -328,7 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.min_margin < 0:
         raise SystemExit(f"--min-margin must be >= 0, got {args.min_margin}")
-    out = args.out if args.out is not None else (DEFAULT_OUT if args.fact_set == "default" else EXTENDED_OUT)
+    out = args.out if args.out is not None else {"default": DEFAULT_OUT, "extended": EXTENDED_OUT,
+                                                 "extra": EXTRA_OUT}[args.fact_set]
     if args.check:
         if not out.is_file():
             raise SystemExit(f"no fact file at {out}")

@@ -10,7 +10,7 @@ from collections import Counter
 
 from fact_candidates import RELATIONS, Relation
 
-FACT_SETS = ("default", "extended")
+FACT_SETS = ("default", "extended", "extra")
 
 # --- the extended set -------------------------------------------------------------------------------
 #
@@ -435,23 +435,34 @@ EXTENDED_RELATIONS: list[Relation] = [
 
 def relations_for(fact_set: str) -> list[Relation]:
     """The candidate relations of a fact set: ``default`` is RELATIONS itself; ``extended`` is RELATIONS
-    with EXTRA_GROUPS appended to their groups (copies: RELATIONS is never modified), then EXTENDED_RELATIONS."""
+    with EXTRA_GROUPS appended to their groups (copies: RELATIONS is never modified), then EXTENDED_RELATIONS;
+    ``extra`` has the extended set's candidates with MORE_GROUPS (scripts/fact_candidates_extra.py) appended
+    (it takes what the extended set left out)."""
     if fact_set == "default":
         return RELATIONS
-    if fact_set != "extended":
+    if fact_set not in ("extended", "extra"):
         raise ValueError(f"unknown fact set {fact_set!r}; expected one of {FACT_SETS}")
-    merged: list[Relation] = []
-    for rel in RELATIONS:
-        groups = {obj: list(subjects) for obj, subjects in rel.groups.items()}
-        for obj, extra in EXTRA_GROUPS.get(rel.relation_id, {}).items():
-            groups.setdefault(obj, []).extend(extra)
-        merged.append(Relation(rel.relation_id, rel.template, list(rel.paraphrases), list(rel.generation), groups))
-    unknown = set(EXTRA_GROUPS) - {rel.relation_id for rel in RELATIONS}
-    if unknown:
-        raise ValueError(f"EXTRA_GROUPS names relations that RELATIONS lacks: {sorted(unknown)}")
-    relations = merged + EXTENDED_RELATIONS
+    relations = _appended(RELATIONS, EXTRA_GROUPS, "EXTRA_GROUPS") + EXTENDED_RELATIONS
+    if fact_set == "extra":
+        from fact_candidates_extra import MORE_GROUPS
+
+        relations = _appended(relations, MORE_GROUPS, "MORE_GROUPS")
     _validate(relations)
     return relations
+
+
+def _appended(relations: list[Relation], more: dict[str, dict[str, list[str]]], name: str) -> list[Relation]:
+    """Copies of ``relations`` with ``more``'s subjects appended to their groups (by relation id, then object)."""
+    merged: list[Relation] = []
+    for rel in relations:
+        groups = {obj: list(subjects) for obj, subjects in rel.groups.items()}
+        for obj, extra in more.get(rel.relation_id, {}).items():
+            groups.setdefault(obj, []).extend(extra)
+        merged.append(Relation(rel.relation_id, rel.template, list(rel.paraphrases), list(rel.generation), groups))
+    unknown = set(more) - {rel.relation_id for rel in relations}
+    if unknown:
+        raise ValueError(f"{name} names relations that the set lacks: {sorted(unknown)}")
+    return merged
 
 
 def _validate(relations: list[Relation]) -> None:

@@ -336,21 +336,33 @@ def edit(model: Model, requests: Sequence[Fact], layers: Any = None, hparams: Fa
     return edit_codebook(model, requests, hp, meta, FactKeyMemory, _edit_one, t0)
 
 
+class _Read(Exception):
+    """Raised once the projection's output is read: nothing above the memory's layer needs computing."""
+
+
 @torch.no_grad()
 def _read_keys(model: Model, book: FactKeyMemory, rows: TargetRows) -> dict[str, Tensor]:
-    """``a`` and the projection's output at the memory's layer at the prompt's last position, from one
-    forward pass of the weights alone."""
+    """``a`` and the projection's output at the memory's layer at the prompt's last position, from a forward
+    pass of the weights alone that stops there."""
     last = rows.last_prompt[0]
     seen: dict[str, Tensor] = {}
+
+    def read_out(m: Any, args: Any, out: Tensor) -> None:
+        seen["warm"] = out[0, last].float().clone()
+        raise _Read
+
     hooks = [book.module.hook_in.register_forward_hook(
                  lambda m, args, out: seen.__setitem__("relation", out[0, last].float().clone())),
-             book.module.hook_out.register_forward_hook(
-                 lambda m, args, out: seen.__setitem__("warm", out[0, last].float().clone()))]
+             book.module.hook_out.register_forward_hook(read_out)]
     try:
         model(rows.tokens[:, : last + 1])
+    except _Read:
+        pass
     finally:
         for h in hooks:
             h.remove()
+    if set(seen) != {"relation", "warm"}:
+        raise RuntimeError(f"the value projection at layer {book.layer} did not run in the forward pass")
     return seen
 
 

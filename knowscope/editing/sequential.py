@@ -224,13 +224,16 @@ class SequentialRun:
 STATE = "state"
 
 
+def _facts_hash(facts: Sequence[Fact]) -> str:
+    ids = [f.case_id if f.case_id is not None else f"{f.subject}|{f.target_new}" for f in facts]
+    return hashlib.blake2b(json.dumps(ids, default=str).encode(), digest_size=8).hexdigest()
+
+
 def _settings(model: Model, facts: Sequence[Fact], batch_size: int, method: str, hp: Any,
               monitor: CollapseMonitor | None) -> dict[str, Any]:
-    ids = [f.case_id if f.case_id is not None else f"{f.subject}|{f.target_new}" for f in facts]
     return {"fingerprint": model.fingerprint, "model_name": model.name,
             "method": method, "batch_size": int(batch_size),
-            "facts": hashlib.blake2b(json.dumps(ids, default=str).encode(), digest_size=8).hexdigest(),
-            "n_facts": len(facts), "hparams": hp.to_dict(),
+            "facts": _facts_hash(facts), "n_facts": len(facts), "hparams": hp.to_dict(),
             "monitor": monitor.settings() if monitor is not None else None}
 
 
@@ -294,10 +297,24 @@ def _load_state(out: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
     return meta, arrays
 
 
+def _extends(saved: dict[str, Any], settings: dict[str, Any], facts: Sequence[Fact]) -> bool:
+    """Do ``settings`` continue the saved run with more facts: everything else equal, and the saved run's
+    facts the first ones of ``facts``, in order, in whole batches (a partial last batch would shift the rest)?"""
+    rest = {"facts", "n_facts"}
+    if {k: v for k, v in saved.items() if k not in rest} != {k: v for k, v in settings.items() if k not in rest}:
+        return False
+    n = int(saved.get("n_facts", 0))
+    return (n < len(facts) and n % int(settings["batch_size"]) == 0
+            and _facts_hash(facts[:n]) == saved.get("facts"))
+
+
 def _restore(out: Path, model: Model, settings: dict[str, Any], session: EditSession,
-             seq: SequentialMEMIT | None) -> list[dict[str, Any]]:
+             seq: SequentialMEMIT | None, facts: Sequence[Fact]) -> list[dict[str, Any]]:
     meta, arrays = _load_state(out)
-    if meta["settings"] != settings:
+    if meta["settings"] != settings and _extends(meta["settings"], settings, facts):
+        logger.warning("%s: continuing a run of %d facts with %d more (its facts come first, in the same order)",
+                       out, meta["settings"]["n_facts"], len(facts) - meta["settings"]["n_facts"])
+    elif meta["settings"] != settings:
         diff = sorted(k for k in set(meta["settings"]) | set(settings) if meta["settings"].get(k) != settings.get(k))
         raise ValueError(f"{out} holds a sequential run with other settings ({', '.join(diff)} differ); give "
                          "another output folder, or the same settings to continue it")
@@ -324,7 +341,8 @@ def run_sequential(model: Model, facts: Sequence[Fact], batch_size: int, out: st
     ``monitor`` records the collapse signals after every ``save_every`` batches (and batch 0,
     unedited), and the run is saved then; with ``stop_on_warning`` the run stops after the first
     record that warns. ``max_batches`` stops after that many batches in this call (the next call
-    continues from the last saved record). The model is left unedited when the call returns; the
+    continues from the last saved record; a longer ``facts`` whose first facts are the saved run's, in order,
+    continues it with the rest). The model is left unedited when the call returns; the
     edits stay in ``out`` (:func:`load_run_edits`).
     """
     facts = list(facts)
@@ -364,7 +382,7 @@ def run_sequential(model: Model, facts: Sequence[Fact], batch_size: int, out: st
     session = EditSession(model)
     try:
         if result_kind(out / STATE) == KIND:
-            records = _restore(out, model, settings, session, seq)
+            records = _restore(out, model, settings, session, seq, facts)
             logger.info("resuming %s after batch %d", out, len(records) - 1)
         else:
             if out.exists() and any(out.iterdir()):

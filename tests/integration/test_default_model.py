@@ -32,6 +32,9 @@ def test_the_extended_fact_set_is_known(default_model):
     facts = load_bundled_facts(name="extended")
     report = fact_accuracy(default_model, facts)
     assert len(facts) >= 650 and report.accuracy >= 0.95, report.by_relation()
+    extra = load_bundled_facts(name="extra")
+    report = fact_accuracy(default_model, extra)
+    assert len(extra) >= 200 and report.accuracy >= 0.95, report.by_relation()
 
 
 def test_predict_cli_eiffel_tower(tmp_path):

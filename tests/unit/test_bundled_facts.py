@@ -16,12 +16,14 @@ import pytest
 from knowscope.facts import BUNDLED_SETS, Fact, load_bundled_facts, relations
 
 
-@pytest.fixture(scope="module", params=["default", "extended"])
+@pytest.fixture(scope="module", params=["default", "extended", "extra"])
 def facts(request) -> list[Fact]:
     return load_bundled_facts(name=request.param)
 
 
-def test_size_and_relations(facts):
+@pytest.mark.parametrize("name", ["default", "extended"])
+def test_size_and_relations(name):
+    facts = load_bundled_facts(name=name)
     assert len(facts) >= 150
     counts = relations(facts)
     assert len(counts) >= 8, counts
@@ -112,6 +114,17 @@ def test_the_extended_set():
     assert len(default) == 214
     with pytest.raises(ValueError, match="unknown bundled fact set"):
         load_bundled_facts(name="huge")
+
+
+def test_the_extra_set_holds_only_new_subjects():
+    """The extra set (more edits for lifelong runs) never repeats a subject of the extended or same-subject set,
+    nor one of its own."""
+    extra = load_bundled_facts(name="extra")
+    assert len(extra) >= 200 and len(relations(extra)) >= 4
+    subjects = [f.subject for f in extra]
+    assert len(set(subjects)) == len(subjects)
+    others = {f.subject for name in ("extended", "same_subject") for f in load_bundled_facts(name=name)}
+    assert not set(subjects) & others
 
 
 def test_relation_filter():

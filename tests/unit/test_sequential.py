@@ -77,6 +77,27 @@ def test_a_resumed_run_equals_an_uninterrupted_one(tiny_llama, stats, tmp_path):
     assert loaded.figure() is not None
 
 
+def test_a_finished_run_continues_with_more_facts(tiny_llama, stats, tmp_path):
+    """A longer fact list whose first facts are the saved run's continues it; the result equals one run over
+    the longer list. Another order, or a saved run ending in a partial batch, is refused."""
+    whole = run_sequential(tiny_llama, EDITS, 2, tmp_path / "whole", hparams=HP, stats=stats, monitor=monitor())
+    first = run_sequential(tiny_llama, EDITS[:2], 2, tmp_path / "more", hparams=HP, stats=stats, monitor=monitor())
+    assert [r["edits"] for r in first.records] == [0, 2]
+    more = run_sequential(tiny_llama, EDITS, 2, tmp_path / "more", hparams=HP, stats=stats, monitor=monitor())
+    assert [r["edits"] for r in more.records] == [0, 2, 4]
+    for a, b in zip(whole.records, more.records, strict=True):
+        assert a["signals"]["efficacy_all"] == pytest.approx(b["signals"]["efficacy_all"], abs=1e-6)
+    for x, y in zip(load_run_edits(tmp_path / "whole"), load_run_edits(tmp_path / "more"), strict=True):
+        for name in x.deltas:
+            torch.testing.assert_close(x.deltas[name], y.deltas[name], rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="other settings"):  # the saved facts are not the first ones
+        run_sequential(tiny_llama, [EDITS[1], EDITS[0], *EDITS[2:]] + [EDITS[0]], 2, tmp_path / "more",
+                       hparams=HP, stats=stats, monitor=monitor())
+    run_sequential(tiny_llama, EDITS[:3], 2, tmp_path / "odd", hparams=HP, stats=stats, monitor=monitor())
+    with pytest.raises(ValueError, match="other settings"):  # 3 facts in batches of 2: the last batch was partial
+        run_sequential(tiny_llama, EDITS, 2, tmp_path / "odd", hparams=HP, stats=stats, monitor=monitor())
+
+
 def test_other_settings_and_bad_input_are_refused(tiny_llama, stats, tmp_path):
     run_sequential(tiny_llama, EDITS[:2], 2, tmp_path / "run", hparams=HP, stats=stats, null_space=False)
     with pytest.raises(ValueError, match="other settings"):

@@ -134,8 +134,27 @@ def edit(e: Any, group: dict[str, Any] | None = None, key: str = "edit") -> None
 
 
 def diff(d: Any, key: str = "diff") -> None:
+    """Edges lost / gained by the edit, beside the noise floor (two unedited samples) when it was measured."""
     st.markdown("**Circuit diff** (circuit of the fact before vs after the edit)")
-    st.json(d.summary, expanded=False)
+    s, floor = d.summary, d.summary.get("noise_floor")
+    cols = st.columns(4)
+    cols[0].metric("edges lost", f"{s.get('n_lost')} of {s.get('n_edges_before')}")
+    cols[1].metric("edges gained", f"{s.get('n_gained')} (now {s.get('n_edges_after')})")
+    if floor:
+        cols[2].metric("lost beyond the noise floor", f"{s.get('n_lost_beyond_floor')}",
+                       help="edges lost minus the edges two unedited samples already differ by")
+        cols[3].metric("gained beyond the noise floor", f"{s.get('n_gained_beyond_floor')}")
+        seeds = floor.get("seeds") or ["?", "?"]
+        st.caption(f"noise floor: two circuits of the unedited model that differ only in the corruption's seed "
+                   f"({seeds[0]} vs {seeds[1]}) already lose {floor.get('n_lost')} and gain {floor.get('n_gained')} "
+                   f"edges (Jaccard {float(floor.get('jaccard') or 0):.2f}); the edit's lost / gained edges that also "
+                   "changed between them are marked flaky")
+    else:
+        cols[2].metric("noise floor", "not measured", help="this diff was computed from one fixed batch")
+        st.caption("no noise floor for this diff (one fixed corrupted batch): two unedited samples may already "
+                   "differ by many edges, so read these counts with care")
+    with st.expander("summary (JSON)"):
+        st.json(s, expanded=False)
     chart(d.figure(), key=f"{key}-fig")
     if d.new_carriers:
         st.caption("nodes that now carry the new object: " + ", ".join(r["node"] for r in d.new_carriers[:10]))

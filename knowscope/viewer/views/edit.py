@@ -318,7 +318,8 @@ def render_page(cfg: ViewerConfig) -> None:
             "stats_tokens": int(c[1].number_input("key-statistics tokens", 100, 100_000, 8000, key="lab_stats")),
             "samples": int(c[2].number_input("tracing samples (locate)", 1, 20, 3, key="lab_samples")),
             "max_new_tokens": int(c[3].number_input("response tokens (DINM)", 4, 128, 32, key="lab_tokens")),
-            "diff": bool(c[4].checkbox("circuit diff (EAP-IG before / after, with a noise floor)", False,
+            "diff": bool(c[4].checkbox("circuit diff", False, help="EAP-IG circuits before / after the edit, "
+                                       "and a second unedited one (another seed) for the noise floor",
                                        key="lab_diff")),
             "route_threshold": float(c[5].number_input(
                 "router warning above (share)", 0.0, 1.0, 0.0, 0.05, key="lab_route_threshold",

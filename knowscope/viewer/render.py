@@ -75,12 +75,22 @@ def predictions(p: Any) -> None:
         rows = [r for r in p.rows if kind is None or r.get("kind", "") == kind]
         if len(kinds) > 1:
             st.markdown(f"*{KIND_LABELS.get(kind, kind)}* ({len(rows)})")
-        st.dataframe(rows, hide_index=True)
+        st.dataframe([_before_after_first(r) for r in rows], hide_index=True)
     st.caption("before: the unedited model; after: with the edit(s) applied; text: greedy continuation; "
                "p_*: probability of that answer (mean over its tokens, as ROME)")
     changed = p.changed()
     if changed:
         st.caption("output changed: " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in changed.items()))
+
+
+FIRST = ("kind", "prompt", "answer", "before", "after", "p_answer_before", "p_answer_after", "p_true_before",
+         "p_true_after", "p_new_before", "p_new_after")
+
+
+def _before_after_first(row: dict[str, Any]) -> dict[str, Any]:
+    """The row with before beside after (text, then each probability), so the page shows both without
+    scrolling sideways; other columns follow."""
+    return {**{k: row[k] for k in FIRST if k in row}, **{k: v for k, v in row.items() if k not in FIRST}}
 
 
 HEADLINE = ("efficacy_score", "gen_efficacy", "paraphrase_score", "gen_paraphrase", "neighborhood_score",

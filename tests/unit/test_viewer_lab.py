@@ -201,3 +201,35 @@ def test_dinm_responses_are_stacked_before_above_after(app):
     codes = [c.value for c in app.code]
     assert codes == [str(r[w]) for r in rows for w in ("before", "after")]  # every response, in order, wrapped
     assert not any("safe_after" in d.value.columns for d in app.dataframe)  # no wide table
+
+
+def test_a_cancelled_tuned_lens_training_caches_nothing(app, monkeypatch, tmp_path):
+    import importlib
+
+    import streamlit as st
+
+    from knowscope.viewer.common import get_lab
+
+    tl = importlib.import_module("knowscope.probes.tuned_lens")  # the package's `tuned_lens` is the function
+    monkeypatch.setenv("KNOWSCOPE_CACHE", str(tmp_path / "cache"))  # no tuned lens cached yet
+    real = tl.tuned_lens
+
+    def clicked_cancel(model, **kw):
+        def unit(done, total):
+            st.session_state["lens_train:cancel"] = True
+            kw_unit(done, total)
+
+        kw_unit = kw["on_unit"]
+        return real(model, **{**kw, "on_unit": unit})
+
+    page(app, "Probes")
+    app.radio(key="lens_kind").set_value("tuned lens").run()
+    app.number_input(key="lens_tokens").set_value(256).run()
+    app.number_input(key="lens_steps").set_value(3).run()
+    assert any(c.value.startswith("Estimated time:") and "3 steps" in c.value for c in app.caption)
+    monkeypatch.setattr(tl, "tuned_lens", clicked_cancel)
+    app.button(key="lens_train").click().run()
+    ok(app)
+    assert any("Tuned-lens training cancelled" in w.value for w in app.warning)
+    assert tl.cached_tuned_lens(get_lab("tiny-llama").model) is None
+    assert any("No tuned lens is cached" in i.value for i in app.info)

@@ -2,7 +2,7 @@
 
 from knowscope.circuits.batches import CircuitBatch, make_batch
 from knowscope.circuits.circuit import Circuit, knowledge_circuit, node_logit_attribution
-from knowscope.circuits.diff import CircuitDiff, circuit_diff
+from knowscope.circuits.diff import CircuitDiff, circuit_diff, noise_floor
 from knowscope.circuits.eap import Attribution, attribute, patched_metric
 from knowscope.circuits.graph import Graph, count_edges
 from knowscope.circuits.patching import (
@@ -75,6 +75,7 @@ __all__ = [
     "logit_metric",
     "make_batch",
     "node_logit_attribution",
+    "noise_floor",
     "normalized_faithfulness",
     "patched_metric",
     "prob_metric",

@@ -27,10 +27,11 @@ from knowscope.circuits import eap
 from knowscope.circuits.batches import CircuitBatch, CircuitMetric, Corruption, make_batch
 from knowscope.circuits.graph import Graph
 from knowscope.circuits.graphview import graph_figure, graph_json
-from knowscope.circuits.pruning import faithfulness_curve, normalized_faithfulness, prune
+from knowscope.circuits.pruning import default_sizes, faithfulness_curve, normalized_faithfulness, prune
 from knowscope.facts import Fact
 from knowscope.models import Model
 from knowscope.results import fmt, load_dir, register, save_dir
+from knowscope.work import OnUnit
 
 logger = logging.getLogger(__name__)
 
@@ -269,22 +270,36 @@ def knowledge_circuit(
     target_faithfulness: float = 0.8,
     sizes: Sequence[int] | None = None,
     seed: int = 0,
+    on_unit: OnUnit | None = None,
 ) -> Circuit:
     """Find the knowledge circuit of a batch of facts (one relation).
 
     Without ``top_n`` / ``threshold`` / ``greedy``, the circuit is the smallest top-n circuit on
     the faithfulness curve (``sizes``, default :func:`~knowscope.circuits.pruning.default_sizes`) whose normalised
     faithfulness reaches ``target_faithfulness`` (the largest size if none does).
+
+    ``seed`` draws the corruption (the noise of ``"noise"``, the order swap subjects are tried in for
+    ``"swap"``): two seeds give two samples of the same circuit (:func:`~knowscope.circuits.diff.noise_floor`).
+    ``on_unit(done, total)`` is called after each unit of work: every gradient pass of the attribution,
+    every size of the faithfulness curve, the final patched run (:func:`circuit_units` counts them).
     """
     start = time.perf_counter()
     batch = facts if isinstance(facts, CircuitBatch) else make_batch(
         model, facts, corruption, contrast_subjects=contrast_subjects, pool=pool, target=target, seed=seed)
     graph = Graph.from_model(model)
-    attribution = eap.attribute(model, batch, method, ig_steps=ig_steps, metric=metric, graph=graph)
     if not 0 < target_faithfulness <= 1.5:
         raise ValueError(f"target_faithfulness must be in (0, 1.5], got {target_faithfulness!r}")
     explicit = any(v is not None for v in (top_n, threshold, greedy))
-    curve = faithfulness_curve(model, attribution, batch, sizes) if (not explicit or sizes is not None) else {}
+    total = circuit_units(graph.n_edges, method, ig_steps, sizes, explicit)
+    steps = 1 if method == "eap" else ig_steps
+
+    def unit(offset: int) -> OnUnit | None:
+        return None if on_unit is None else (lambda done, _n: on_unit(offset + done, total))
+
+    attribution = eap.attribute(model, batch, method, ig_steps=ig_steps, metric=metric, graph=graph,
+                                on_unit=unit(0))
+    curve = faithfulness_curve(model, attribution, batch, sizes, on_unit=unit(steps)) \
+        if (not explicit or sizes is not None) else {}
     if explicit:
         mask = prune(graph, attribution.scores, top_n=top_n, threshold=threshold, greedy=greedy)
     else:
@@ -292,6 +307,8 @@ def knowledge_circuit(
         pick = ok[0] if ok else len(curve["faithfulness"]) - 1
         mask = prune(graph, attribution.scores, top_n=curve["n_edges_requested"][pick])
     m_circ = eap.patched_metric(model, graph, batch, mask, metric, attribution.corrupted_outputs)
+    if on_unit is not None:
+        on_unit(total, total)
     clean_out = attribution.clean_outputs
     scale = final_norm_scale(model, batch)
     dla = torch.stack([
@@ -320,6 +337,16 @@ def knowledge_circuit(
         },
     )
     return circuit
+
+
+def circuit_units(n_edges: int, method: str = "eap-ig", ig_steps: int = 5, sizes: Sequence[int] | None = None,
+                  explicit: bool = False) -> int:
+    """How many units of work :func:`knowledge_circuit` reports: one gradient pass per integrated-gradient
+    step (one for EAP), one patched run per curve size (none for an explicit size without ``sizes``), and
+    the final patched run."""
+    passes = 1 if method == "eap" else int(ig_steps)
+    n_sizes = 0 if (explicit and sizes is None) else len(list(sizes) if sizes is not None else default_sizes(n_edges))
+    return passes + n_sizes + 1
 
 
 def _headline(m: dict[str, Any]) -> str:

@@ -8,17 +8,28 @@ same facts, scored on the model before and after a ROME / MEMIT edit), :func:`ci
   ``reweight_ratio`` of the larger magnitude);
 * **new carriers of target_new**: nodes of the after-circuit whose direct logit attribution to the
   fact's ``target_new`` grew by at least ``min_dla_gain`` and is positive after the edit.
+
+A circuit is itself a sample: its corrupted inputs are drawn (the noise, or the swapped-in subject),
+so two runs on the *unedited* model with another ``seed`` already differ by some edges.
+:func:`noise_floor` measures that diff, and ``circuit_diff(before, after, floor=...)`` reads the edit's
+diff against it: the summary adds the floor's counts and the counts **beyond the floor**
+(``n_lost - floor n_lost``, at least 0; likewise gained), and each gained / lost edge says whether it
+also changed between the two unedited samples (``"flaky"``). "215 of 320 edges lost" after an edit
+means little when two unedited samples already differ by 200.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from knowscope.circuits.circuit import Circuit
+from knowscope.circuits.batches import CircuitBatch
+from knowscope.circuits.circuit import Circuit, knowledge_circuit
+from knowscope.facts import Fact
 from knowscope.results import fmt, load_dir, register, save_dir
 
 KIND = "circuit_diff"
@@ -51,8 +62,12 @@ class CircuitDiff:
             go.Bar(x=names, y=[r["before"] for r, _ in rows], name="before"),
             go.Bar(x=names, y=[r["after"] for r, _ in rows], name="after"),
         ])
+        s = self.summary
+        floor = (f" (noise floor {s['noise_floor']['n_gained']} / {s['noise_floor']['n_lost']})"
+                 if s.get("noise_floor") else "")
         fig.update_layout(barmode="group", yaxis_title="edge score", title=(
-            f"circuit diff: {len(self.gained)} gained, {len(self.lost)} lost, {len(self.reweighted)} re-weighted"))
+            f"circuit diff: {len(self.gained)} gained, {len(self.lost)} lost{floor}, {len(self.reweighted)} "
+            "re-weighted"))
         return fig
 
     def save(self, path: str | Path) -> Path:
@@ -66,8 +81,9 @@ class CircuitDiff:
 
 
 def circuit_diff(before: Circuit, after: Circuit, *, reweight_ratio: float = 0.5,
-                 min_dla_gain: float = 0.5) -> CircuitDiff:
-    """Compare two circuits over the same graph (see the module docstring)."""
+                 min_dla_gain: float = 0.5, floor: CircuitDiff | None = None) -> CircuitDiff:
+    """Compare two circuits over the same graph (see the module docstring); ``floor`` (a
+    :func:`noise_floor`) adds the counts beyond it."""
     if before.graph != after.graph:
         raise ValueError(f"circuits are over different graphs: {before.graph.to_dict()} vs {after.graph.to_dict()}")
     if not reweight_ratio > 0:
@@ -101,13 +117,44 @@ def circuit_diff(before: Circuit, after: Circuit, *, reweight_ratio: float = 0.5
         "faithfulness_before": before.faithfulness, "faithfulness_after": after.faithfulness,
         "reweight_ratio": reweight_ratio, "min_dla_gain": min_dla_gain,
     }
-    return CircuitDiff(gained=rows(ma & ~mb), lost=rows(mb & ~ma), reweighted=rows(rew), new_carriers=carriers,
-                       summary=summary)
+    gained, lost = rows(ma & ~mb), rows(mb & ~ma)
+    if floor is not None:
+        fs = floor.summary
+        summary["noise_floor"] = {k: fs.get(k) for k in ("n_edges_before", "n_edges_after", "n_gained", "n_lost",
+                                                         "n_reweighted", "jaccard", "seeds")}
+        summary["n_lost_beyond_floor"] = max(0, summary["n_lost"] - int(fs["n_lost"]))
+        summary["n_gained_beyond_floor"] = max(0, summary["n_gained"] - int(fs["n_gained"]))
+        flaky = {r["edge"] for r in floor.gained} | {r["edge"] for r in floor.lost}
+        for r in gained + lost:
+            r["flaky"] = r["edge"] in flaky
+    return CircuitDiff(gained=gained, lost=lost, reweighted=rows(rew), new_carriers=carriers, summary=summary)
+
+
+def noise_floor(model: Any, facts: Sequence[Fact], *, seeds: tuple[int, int] = (0, 1), base: Circuit | None = None,
+                reweight_ratio: float = 0.5, **circuit_kwargs: Any) -> CircuitDiff:
+    """The diff between two knowledge circuits of ``facts`` on the same (unedited) model that differ only in
+    the corruption's ``seed`` (:func:`~knowscope.circuits.circuit.knowledge_circuit`, ``circuit_kwargs`` as
+    there): how many edges sampling alone gains and loses. ``base`` is the circuit at ``seeds[0]`` when it
+    was already computed (it must have been computed with that seed)."""
+    if isinstance(facts, CircuitBatch):
+        raise ValueError("a noise floor draws other corrupted inputs: give the facts, not a built CircuitBatch")
+    if len(seeds) != 2 or seeds[0] == seeds[1]:
+        raise ValueError(f"seeds must be two different seeds, got {seeds!r}")
+    if base is not None and (base.meta.get("batch") or {}).get("seed", seeds[0]) != seeds[0]:
+        raise ValueError(f"base was computed with seed {base.meta['batch']['seed']}, not seeds[0]={seeds[0]}")
+    a = base if base is not None else knowledge_circuit(model, facts, seed=seeds[0], **circuit_kwargs)
+    b = knowledge_circuit(model, facts, seed=seeds[1], **circuit_kwargs)
+    out = circuit_diff(a, b, reweight_ratio=reweight_ratio)
+    out.summary["seeds"] = [int(seeds[0]), int(seeds[1])]
+    return out
 
 
 def _headline(m: dict[str, Any]) -> str:
     s = m.get("summary") or {}
-    return (f"{s.get('n_gained')} edges gained, {s.get('n_lost')} lost, {s.get('n_reweighted')} re-weighted; "
+    floor = s.get("noise_floor")
+    beyond = (f" ({s.get('n_gained_beyond_floor')} gained, {s.get('n_lost_beyond_floor')} lost beyond the noise "
+              f"floor)") if floor else ""
+    return (f"{s.get('n_gained')} edges gained, {s.get('n_lost')} lost, {s.get('n_reweighted')} re-weighted{beyond}; "
             f"Jaccard {fmt(s.get('jaccard'), '.2f')}")
 
 

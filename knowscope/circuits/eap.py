@@ -42,6 +42,7 @@ from knowscope import hooks as hk
 from knowscope.circuits.batches import METRICS, CircuitBatch, metric_values
 from knowscope.circuits.graph import Graph
 from knowscope.models import Model
+from knowscope.work import OnUnit
 
 logger = logging.getLogger(__name__)
 
@@ -198,12 +199,15 @@ def attribute(
     metric: str = "logit_diff",
     graph: Graph | None = None,
     keep_corrupted: bool = True,
+    on_unit: OnUnit | None = None,
 ) -> Attribution:
     """Score every edge of the model's graph with EAP or EAP-IG (see the module docstring).
 
     Returns an :class:`Attribution`; ``scores[u, v]`` is 0 where ``u -> v`` is not an edge. With
     ``keep_corrupted`` it also keeps every node's corrupted and clean outputs, so later exact
-    patching (:func:`patched_metric`) needs no extra corrupted run.
+    patching (:func:`patched_metric`) needs no extra corrupted run. ``on_unit(k, steps)`` is called
+    after each gradient pass (one per integrated-gradient step; :class:`knowscope.work.Work` times and
+    cancels there).
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
@@ -227,6 +231,8 @@ def attribute(
             new_input = (in_corr + alpha * (in_clean - in_corr)).detach().requires_grad_(True)
             g, _ = _slot_gradients(model, graph, batch.clean, new_input, batch, metric)
             grad_sum = g if grad_sum is None else grad_sum + g
+            if on_unit is not None:
+                on_unit(k, steps)
     assert grad_sum is not None
     grads = grad_sum / steps
     scores = torch.einsum("bpud,bpvd->uv", delta, grads) / batch.size

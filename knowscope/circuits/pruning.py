@@ -28,6 +28,7 @@ from knowscope.circuits import eap
 from knowscope.circuits.batches import CircuitBatch
 from knowscope.circuits.graph import Graph
 from knowscope.models import Model
+from knowscope.work import OnUnit
 
 logger = logging.getLogger(__name__)
 
@@ -166,8 +167,11 @@ def faithfulness_curve(
     batch: CircuitBatch,
     sizes: Sequence[int] | None = None,
     rule: str = "top_n",
+    on_unit: OnUnit | None = None,
 ) -> dict[str, list[float]]:
     """Faithfulness of the top-n (or greedy) circuit for each size, by exact edge patching.
+
+    ``on_unit(i, n_sizes)`` is called after each size's patched run.
 
     Returns ``{"n_edges_requested", "n_edges", "fraction", "faithfulness", "metric"}`` lists.
     """
@@ -177,7 +181,7 @@ def faithfulness_curve(
     sizes = list(sizes) if sizes is not None else default_sizes(graph.n_edges)
     out: dict[str, list[float]] = {"n_edges_requested": [], "n_edges": [], "fraction": [], "faithfulness": [],
                                    "metric": []}
-    for n in sizes:
+    for i, n in enumerate(sizes):
         mask = prune(graph, attribution.scores, **{"top_n" if rule == "top_n" else "greedy": int(n)})
         m = eap.patched_metric(model, graph, batch, mask, attribution.metric, attribution.corrupted_outputs)
         f = normalized_faithfulness(m, attribution.metric_clean, attribution.metric_corrupted)
@@ -188,4 +192,6 @@ def faithfulness_curve(
         out["faithfulness"].append(f)
         out["metric"].append(float(m.mean()))
         logger.info("circuit of %d edges (%.2f%%): faithfulness %.3f", k, 100 * k / graph.n_edges, f)
+        if on_unit is not None:
+            on_unit(i + 1, len(sizes))
     return out

@@ -48,6 +48,7 @@ from knowscope.editing.hparams import is_smollm2_135m
 from knowscope.editing.session import EditResult
 from knowscope.models import Model
 from knowscope.safeedit import SafetyItem
+from knowscope.work import OnUnit
 
 logger = logging.getLogger(__name__)
 
@@ -109,12 +110,14 @@ def _logits(model: Model, row: list[int]) -> Float[Tensor, "seq vocab"]:
 
 
 def edit(model: Model, item: SafetyItem, layer: int | str | None = "auto",
-         hparams: DINMHyperParams | None = None) -> EditResult:
+         hparams: DINMHyperParams | None = None, on_unit: OnUnit | None = None) -> EditResult:
     """Detoxify ``model`` on ``item`` (see the module docstring); returns the weight deltas.
 
     Args:
         layer: ``"auto"``/``None`` — the item's own toxic layer (``hparams.layer`` if set); an int
             — that layer.
+        on_unit: called as ``on_unit(step, num_steps)`` after each optimiser step (:mod:`knowscope.work`);
+            when it raises, the weights are restored and nothing is returned.
     """
     if not isinstance(item, SafetyItem):
         raise ValueError(f"DINM edits a SafetyItem, got {type(item).__name__}")
@@ -141,7 +144,9 @@ def edit(model: Model, item: SafetyItem, layer: int | str | None = "auto",
     history: list[dict[str, float]] = []
     with TrainableWeights(model, list(mlp_out_parameters(model, [chosen]))) as tw:
         opt = torch.optim.Adam(list(tw.params.values()), lr=hp.lr)
-        for _ in range(hp.num_steps):
+        for step in range(hp.num_steps):
+            if on_unit is not None and step:
+                on_unit(step, hp.num_steps)
             opt.zero_grad(set_to_none=True)
             logp = torch.log_softmax(_logits(model, safe_row)[safe_pos], dim=-1)
             nll = -logp.gather(1, safe_tgt[:, None]).mean()
@@ -156,6 +161,8 @@ def edit(model: Model, item: SafetyItem, layer: int | str | None = "auto",
             opt.step()
             if hp.norm_constraint is not None:
                 tw.clamp(hp.norm_constraint)
+        if on_unit is not None:  # the last step (or an early stop): all done
+            on_unit(hp.num_steps, hp.num_steps)
         deltas = tw.deltas()
     seconds = time.perf_counter() - t0
     logger.info("DINM item %s at layer %d: %d steps, loss %.4f -> %.4f, %.1f s", item.id, chosen, len(history),

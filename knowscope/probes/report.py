@@ -20,12 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from knowscope.circuits import CircuitDiff, circuit_diff, knowledge_circuit
+from knowscope.circuits import CircuitDiff, circuit_diff, knowledge_circuit, noise_floor
+from knowscope.circuits.batches import CircuitBatch
 from knowscope.editing.evaluation import EditMetrics, evaluate
 from knowscope.editing.evaluation.predictions import PredictionTable
 from knowscope.editing.session import EditResult, EditSession
 from knowscope.facts import Fact
 from knowscope.probes.shift import ActivationShift, activation_shift
+from knowscope.work import OnUnit
 
 
 @dataclass
@@ -67,7 +69,9 @@ def edit_report(
     diff_before: Any = None,
     diff_method: str = "eap-ig",
     diff_corruption: str = "noise",
+    diff_floor: bool = True,
     step: Callable[[str], None] | None = None,
+    on_unit: OnUnit | None = None,
 ) -> EditReport:
     """Measure the session's last edit on ``fact`` (the edit stays applied; nothing else changes).
 
@@ -75,7 +79,11 @@ def edit_report(
     with ``diff_corruption``) on the unedited weights - or ``diff_before`` if already computed - vs
     on the edited ones. A diff that cannot be computed (e.g. the new and the true object share their
     first token) is reported in ``circuit_diff_error`` and leaves the rest of the report intact.
-    ``step(name)`` is called before each stage (progress bars).
+    ``diff_floor`` (when ``diff_input`` is facts, not a built batch) also computes the noise floor: a
+    second unedited circuit with another corruption seed (:func:`~knowscope.circuits.noise_floor`), and
+    the diff reports the edges gained / lost beyond it. ``step(name)`` is called before each stage
+    (progress bars); ``on_unit(done, total)`` after each unit of the circuits' work (see
+    :mod:`knowscope.work`; it may raise to stop).
     """
     if not session.history:
         raise ValueError("the session has no applied edit to report on; apply one first")
@@ -92,13 +100,29 @@ def edit_report(
         tick("circuit diff")
         target = diff_input if diff_input is not None else [fact]
         kwargs = {} if diff_input is not None else {"corruption": diff_corruption}
+        with_floor = diff_floor and not isinstance(target, CircuitBatch)
+        n_circuits = (diff_before is None) + 1 + with_floor
+        done = [0]
+
+        def unit(d: int, total: int) -> None:
+            if on_unit is not None:
+                on_unit(done[0] * total + d, n_circuits * total)
+                if d == total:
+                    done[0] += 1
+
         try:
             before = diff_before
+            floor = None
             if before is None:
                 with session.unedited():
-                    before = knowledge_circuit(model, target, method=diff_method, **kwargs)
-            after = knowledge_circuit(model, target, method=diff_method, **kwargs)
-            report.circuit_diff = circuit_diff(before, after)
+                    before = knowledge_circuit(model, target, method=diff_method, on_unit=unit, **kwargs)
+            if with_floor:
+                seed = int((before.meta.get("batch") or {}).get("seed", 0))
+                with session.unedited():
+                    floor = noise_floor(model, target, seeds=(seed, seed + 1), base=before, method=diff_method,
+                                        on_unit=unit, **kwargs)
+            after = knowledge_circuit(model, target, method=diff_method, on_unit=unit, **kwargs)
+            report.circuit_diff = circuit_diff(before, after, floor=floor)
         except ValueError as exc:
             report.circuit_diff_error = str(exc)
     return report

@@ -40,6 +40,7 @@ from knowscope.paths import cache_dir
 from knowscope.probes.lens import lens_logits
 from knowscope.results import fmt, load_dir, register, result_kind, save_dir
 from knowscope.texts import SELF, Source, source_key, token_batches
+from knowscope.work import OnUnit
 
 logger = logging.getLogger(__name__)
 
@@ -334,13 +335,14 @@ def cache_path(model: Model, settings: dict[str, Any]) -> Path:
 def train_tuned_lens(model: Model, source: Source = SELF, n_tokens: int = DEFAULT_TRAIN_TOKENS,
                      held_out_tokens: int = DEFAULT_HELD_OUT_TOKENS, steps: int = DEFAULT_STEPS,
                      batch_tokens: int = DEFAULT_BATCH_TOKENS, lr: float = DEFAULT_LR, seed: int = 0,
-                     seq_len: int = 128, batch_size: int = 32) -> TunedLens:
+                     seq_len: int = 128, batch_size: int = 32, on_unit: OnUnit | None = None) -> TunedLens:
     """Collect residuals on ``n_tokens`` training and ``held_out_tokens`` held-out tokens, train, measure.
 
     The held-out tokens are never trained on: for the model's own text, samples drawn with another
     seed (:data:`HELD_OUT_SEED`); for files or datasets, the text after the training tokens. The returned
     lens's ``meta`` records the settings, the token counts, the seconds spent, the loss curve and
-    the held-out :class:`LensQuality`.
+    the held-out :class:`LensQuality`. ``on_unit(step, steps)`` is called after each training step
+    (:mod:`knowscope.work`; when it raises, training stops and nothing is returned).
     """
     if n_tokens < batch_tokens:
         raise ValueError(f"n_tokens ({n_tokens}) must be at least batch_tokens ({batch_tokens})")
@@ -356,8 +358,15 @@ def train_tuned_lens(model: Model, source: Source = SELF, n_tokens: int = DEFAUL
         held = collect_residuals(model, source, held_out_tokens, seq_len=seq_len, batch_size=batch_size, seed=seed,
                                  skip_batches=skip)
     collected = time.perf_counter()
+    log = _log_progress(steps)
+
+    def on_step(step: int, losses: list[float]) -> None:
+        log(step, losses)
+        if on_unit is not None:
+            on_unit(step + 1, steps)
+
     lens, losses = fit_translators(model, train, steps=steps, batch_tokens=batch_tokens, lr=lr, seed=seed,
-                                   on_step=_log_progress(steps))
+                                   on_step=on_step)
     trained = time.perf_counter()
     quality = lens_quality(model, lens, held)
     lens.meta = {"settings": _settings(source, n_tokens, held_out_tokens, steps, batch_tokens, lr, seed, seq_len),
@@ -373,15 +382,17 @@ def train_tuned_lens(model: Model, source: Source = SELF, n_tokens: int = DEFAUL
 def tuned_lens(model: Model, source: Source = SELF, n_tokens: int = DEFAULT_TRAIN_TOKENS,
                held_out_tokens: int = DEFAULT_HELD_OUT_TOKENS, steps: int = DEFAULT_STEPS,
                batch_tokens: int = DEFAULT_BATCH_TOKENS, lr: float = DEFAULT_LR, seed: int = 0,
-               seq_len: int = 128, retrain: bool = False) -> TunedLens:
-    """The tuned lens for ``model`` with these settings: loaded from the cache, or trained and cached."""
+               seq_len: int = 128, retrain: bool = False, on_unit: OnUnit | None = None) -> TunedLens:
+    """The tuned lens for ``model`` with these settings: loaded from the cache, or trained (``on_unit`` as in
+    :func:`train_tuned_lens`) and cached."""
     settings = _settings(source, n_tokens, held_out_tokens, steps, batch_tokens, lr, seed, seq_len)
     path = cache_path(model, settings)
     if not retrain and result_kind(path) == KIND:
         lens = TunedLens.load(path, model)
         lens.meta.update(cached=str(path), from_cache=True)
         return lens
-    lens = train_tuned_lens(model, source, n_tokens, held_out_tokens, steps, batch_tokens, lr, seed, seq_len)
+    lens = train_tuned_lens(model, source, n_tokens, held_out_tokens, steps, batch_tokens, lr, seed, seq_len,
+                            on_unit=on_unit)
     lens.save(path, overwrite=True)
     lens.meta.update(cached=str(path), from_cache=False)
     return lens

@@ -197,3 +197,82 @@ class Progress:
         if exc_type is not None:
             self.close()
         return False
+
+
+# ---------------------------------------------------------------------------------------------
+# long work: an estimate before, progress during, a Cancel button
+
+#: seconds per unit on the default model (2-core CPU) from the benchmarks, until this viewer measures its own:
+#: circuit: benchmarks/results/bench_circuits.json, EAP-IG attribution of one prompt, 2.1 s for 5 gradient passes;
+#: tuned lens: bench_probes.json, 570 s for 300 steps of 64 tokens; DINM: bench_detox.json, 5.7 s for 10 steps
+BENCHMARK_PER_UNIT = {"circuit": 0.42, "tuned_lens": 1.9, "dinm": 0.57}
+
+
+@st.cache_resource
+def unit_costs() -> dict[str, float]:
+    """Seconds per unit measured by this viewer process's last finished run of each job (per unit of ``scale``)."""
+    return {}
+
+
+class LongWork:
+    """Work counted in units, run from a page: an estimate before it starts, a progress bar with the time
+    left while it runs, and a Cancel button.
+
+    Cancel works between units: clicking it makes Streamlit stop the running script at the progress bar's
+    next update (its rerun), or, when the script is not interrupted, the button's flag makes the work raise
+    :class:`~knowscope.work.Cancelled` there. Either way the computation unwinds through
+    :meth:`ModelLab.use` (the shared model is rolled back) and nothing of it is stored: a page writes its
+    results inside the ``with job.run() as work`` block only.
+    """
+
+    def __init__(self, key: str, job: str, label: str, unit: str = "units", scale: float = 1.0) -> None:
+        self.key, self.job, self.label, self.unit, self.scale = key, job, label, unit, scale
+        self.flag = f"{key}:cancel"
+
+    def cancelled_notice(self) -> None:
+        """Say so when the last run of this job was cancelled (call it where the page shows results)."""
+        if st.session_state.pop(self.flag, False):
+            st.warning(f"{self.label} cancelled: nothing of it was kept; the model and this page are as before.")
+
+    def per_unit(self) -> tuple[float | None, str]:
+        measured = unit_costs().get(self.job)
+        if measured is not None:
+            return measured * self.scale, "measured on this viewer's last run"
+        prior = BENCHMARK_PER_UNIT.get(self.job)
+        return (None if prior is None else prior * self.scale), "from the benchmarks on the default model, 2-core CPU"
+
+    def estimate(self, units: int, extra: str = "") -> None:
+        """A caption: the estimated time of ``units`` units, and where the per-unit cost comes from."""
+        from knowscope.work import estimate_seconds, format_seconds
+
+        per, source = self.per_unit()
+        secs = estimate_seconds(per, units)
+        how = f"{units} {self.unit} × {per:.2f} s, {source}" if per is not None else f"{units} {self.unit}"
+        st.caption(f"Estimated time: {format_seconds(secs)} ({how}){extra}; it can be cancelled while it runs.")
+
+    @contextlib.contextmanager
+    def run(self) -> Iterator[Any]:
+        """The :class:`~knowscope.work.Work` to pass as ``on_unit``; a cancel ends the block (nothing kept)."""
+        from knowscope.work import Cancelled, Work, format_seconds
+
+        st.session_state[self.flag] = False
+        button = st.empty()
+        button.button(f"Cancel: stop the {self.label.lower()}", key=f"{self.key}_cancel",
+                      on_click=lambda: st.session_state.__setitem__(self.flag, True))
+        bar = st.progress(0.0, text=f"{self.label} ...")
+
+        def report(w: Work) -> None:
+            left = w.remaining_seconds()
+            bar.progress(w.fraction, text=f"{self.label}: {w.done} of {w.total} {self.unit}"
+                         + (f", {format_seconds(left)} left" if left is not None and w.done < w.total else ""))
+
+        work = Work(report=report, stop=lambda: bool(st.session_state.get(self.flag)))
+        try:
+            yield work
+        except Cancelled:
+            self.cancelled_notice()
+        finally:
+            button.empty()
+            bar.empty()
+            if work.seconds_per_unit is not None and work.done >= work.total > 0:
+                unit_costs()[self.job] = work.seconds_per_unit / max(self.scale, 1e-9)

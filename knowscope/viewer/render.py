@@ -75,12 +75,22 @@ def predictions(p: Any) -> None:
         rows = [r for r in p.rows if kind is None or r.get("kind", "") == kind]
         if len(kinds) > 1:
             st.markdown(f"*{KIND_LABELS.get(kind, kind)}* ({len(rows)})")
-        st.dataframe(rows, hide_index=True)
+        st.dataframe([_before_after_first(r) for r in rows], hide_index=True)
     st.caption("before: the unedited model; after: with the edit(s) applied; text: greedy continuation; "
                "p_*: probability of that answer (mean over its tokens, as ROME)")
     changed = p.changed()
     if changed:
         st.caption("output changed: " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in changed.items()))
+
+
+FIRST = ("kind", "prompt", "answer", "before", "after", "p_answer_before", "p_answer_after", "p_true_before",
+         "p_true_after", "p_new_before", "p_new_after")
+
+
+def _before_after_first(row: dict[str, Any]) -> dict[str, Any]:
+    """The row with before beside after (text, then each probability), so the page shows both without
+    scrolling sideways; other columns follow."""
+    return {**{k: row[k] for k in FIRST if k in row}, **{k: v for k, v in row.items() if k not in FIRST}}
 
 
 HEADLINE = ("efficacy_score", "gen_efficacy", "paraphrase_score", "gen_paraphrase", "neighborhood_score",
@@ -134,8 +144,27 @@ def edit(e: Any, group: dict[str, Any] | None = None, key: str = "edit") -> None
 
 
 def diff(d: Any, key: str = "diff") -> None:
+    """Edges lost / gained by the edit, beside the noise floor (two unedited samples) when it was measured."""
     st.markdown("**Circuit diff** (circuit of the fact before vs after the edit)")
-    st.json(d.summary, expanded=False)
+    s, floor = d.summary, d.summary.get("noise_floor")
+    cols = st.columns(4)
+    cols[0].metric("edges lost", f"{s.get('n_lost')} of {s.get('n_edges_before')}")
+    cols[1].metric("edges gained", f"{s.get('n_gained')} (now {s.get('n_edges_after')})")
+    if floor:
+        cols[2].metric("lost beyond the noise floor", f"{s.get('n_lost_beyond_floor')}",
+                       help="edges lost minus the edges two unedited samples already differ by")
+        cols[3].metric("gained beyond the noise floor", f"{s.get('n_gained_beyond_floor')}")
+        seeds = floor.get("seeds") or ["?", "?"]
+        st.caption(f"noise floor: two circuits of the unedited model that differ only in the corruption's seed "
+                   f"({seeds[0]} vs {seeds[1]}) already lose {floor.get('n_lost')} and gain {floor.get('n_gained')} "
+                   f"edges (Jaccard {float(floor.get('jaccard') or 0):.2f}); the edit's lost / gained edges that also "
+                   "changed between them are marked flaky")
+    else:
+        cols[2].metric("noise floor", "not measured", help="this diff was computed from one fixed batch")
+        st.caption("no noise floor for this diff (one fixed corrupted batch): two unedited samples may already "
+                   "differ by many edges, so read these counts with care")
+    with st.expander("summary (JSON)"):
+        st.json(s, expanded=False)
     chart(d.figure(), key=f"{key}-fig")
     if d.new_carriers:
         st.caption("nodes that now carry the new object: " + ", ".join(r["node"] for r in d.new_carriers[:10]))

@@ -4,10 +4,13 @@ headless Chromium (Debian's ``chromium``, driven by Playwright) opens every page
 It checks that the demo's trace, circuit and edit open from disk (the page draws them with no live
 computation); on the Circuit explorer it clicks a node of the graph to pin it and reads its detail,
 and moves the size control to a size the circuit did not save and reads the faithfulness measured
-for it; it applies a ROME edit in the Edit lab and sees the Causal trace and Probes pages read the
-edited model (before | after: the model's answer changed); no page shows a byte-level BPE marker
-(Ġ, Ċ, Â). It saves a screenshot of each page: to ``$KNOWSCOPE_SCREENSHOTS`` when set (``make
-screenshots`` writes the README's ``docs/screenshots``), else to the test's temporary folder.
+for it, then starts a live circuit search (its time estimated first) and cancels it; it applies a ROME
+edit in the Edit lab (whose layer mode starts at ``auto``) and sees the Causal trace and Probes pages
+read the edited model (before | after: the model's answer changed); a DINM edit's responses fit the
+page (no sideways scrolling); a WISE edit warns exactly when its router sends neighbours to the memory;
+no page shows a byte-level BPE marker (Ġ, Ċ, Â). It saves a screenshot of each page: to
+``$KNOWSCOPE_SCREENSHOTS`` when set (``make screenshots`` writes the README's ``docs/screenshots``),
+else to the test's temporary folder.
 ``KNOWSCOPE_DEMO_RUNS=DIR`` reuses runs an earlier ``knowscope demo --out DIR/demo`` saved.
 CI sets ``KNOWSCOPE_REQUIRE_BROWSER=1`` so that a missing browser fails instead of skipping.
 """
@@ -123,6 +126,20 @@ def shots(tmp_path_factory):
     return path
 
 
+def shot(page, path: Path) -> None:
+    """A full-page screenshot, stored as an optimised palette PNG (a few hundred KB, not megabytes)."""
+    import io
+
+    data = page.screenshot(full_page=True)
+    try:
+        from PIL import Image
+    except ImportError:
+        path.write_bytes(data)
+        return
+    img = Image.open(io.BytesIO(data)).convert("RGB")
+    img.quantize(colors=128, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
+
+
 def running(page) -> bool:
     """Streamlit shows a status widget with a Stop button while the script runs."""
     return page.locator('[data-testid="stStatusWidget"]').count() > 0 or \
@@ -196,9 +213,9 @@ def test_viewer_in_chromium(browser_page, shots, demo_runs):
         no_error(page)
         assert page.locator(".js-plotly-plot").count() >= 1
         if kind == "edit_session":
-            page.screenshot(path=str(shots / "runs_edit.png"), full_page=True)
+            shot(page, shots / "runs_edit.png")
     assert heatmaps(page) >= 1  # the saved trace's heatmaps, drawn without tracing
-    page.screenshot(path=str(shots / "runs.png"), full_page=True)
+    shot(page, shots / "runs.png")
 
     readable(page)
 
@@ -226,7 +243,7 @@ def test_viewer_in_chromium(browser_page, shots, demo_runs):
     settle(page)
     no_error(page)
     readable(page)
-    page.screenshot(path=str(shots / "circuit.png"), full_page=True)
+    shot(page, shots / "circuit.png")
     slider = page.get_by_role("slider").first
     slider.focus()
     page.keyboard.press("ArrowRight")  # the next size: one of the saved curve's
@@ -238,9 +255,26 @@ def test_viewer_in_chromium(browser_page, shots, demo_runs):
     resized = metric_values(page, "faithfulness")[0]
     assert resized != "not measured" and -5 < float(resized) < 5
 
+    # a live circuit search: estimated before it starts, cancelled while it runs, nothing kept
+    page.get_by_text("compute one", exact=True).click()
+    settle(page)
+    assert page.get_by_text("Estimated time: about").count() >= 1
+    page.get_by_role("button", name="Find the circuit").click()
+    cancel = page.get_by_role("button", name="Cancel: stop the circuit search")
+    cancel.wait_for()
+    page.get_by_text("Circuit search: 1 of").first.wait_for()  # progress, with the time left, between units
+    cancel.click()
+    page.get_by_text("Circuit search cancelled").first.wait_for()
+    settle(page)
+    no_error(page)
+    assert page.get_by_text("circuit edges drawn").count() == 0  # no half-computed circuit
+    shot(page, shots / "circuit_cancelled.png")
+
     # Edit lab: a ROME edit at layer 5 of the Eiffel Tower fact, from the page
     go(page, "Edit lab")
     pick(page, "fact", "The Eiffel Tower")
+    assert page.get_by_role("radio", name="auto").is_checked()  # the sweep-measured layer, as the docs advise
+    assert page.get_by_text("auto: layer 1, the best of a 40-fact layer sweep of ROME").count() == 1
     page.get_by_text("choose", exact=True).click()
     settle(page)
     page.get_by_role("button", name="Apply ROME").click()
@@ -250,7 +284,7 @@ def test_viewer_in_chromium(browser_page, shots, demo_runs):
     readable(page)
     assert page.get_by_text("ROME at layer 5: The Eiffel Tower: Paris → London").count() >= 1
     assert page.locator(".js-plotly-plot").count() >= 2  # metrics + activation shift
-    page.screenshot(path=str(shots / "edit_lab.png"), full_page=True)
+    shot(page, shots / "edit_lab.png")
 
     # Causal trace: the same fact traced before | after on the edited model
     go(page, "Causal trace")
@@ -268,7 +302,7 @@ def test_viewer_in_chromium(browser_page, shots, demo_runs):
     assert heatmaps(page) >= 6  # hidden, MLP, attention, before and after
     before, after = metric_values(page, "model's next token")
     assert before == "␣Paris" and after == "␣London", (before, after)
-    page.screenshot(path=str(shots / "trace.png"), full_page=True)
+    shot(page, shots / "trace.png")
     assert (shots / "trace.png").stat().st_size > 10_000
 
     # Probes: the logit lens of the fact's prompt, before | after
@@ -284,7 +318,7 @@ def test_viewer_in_chromium(browser_page, shots, demo_runs):
     readable(page)
     answers = metric_values(page, "logit lens: the model's answer")
     assert answers == ["␣Paris", "␣London"], answers
-    page.screenshot(path=str(shots / "probes.png"), full_page=True)
+    shot(page, shots / "probes.png")
 
     # the sidebar's switch takes every page back to the unedited model
     page.locator('[data-testid="stSidebar"]').get_by_text("unedited", exact=True).click()
@@ -294,3 +328,52 @@ def test_viewer_in_chromium(browser_page, shots, demo_runs):
     go(page, "Sweeps")
     no_error(page)
     readable(page)
+    shot(page, shots / "sweeps.png")
+
+    # DINM in the lab: every response readable without scrolling sideways, before above after
+    go(page, "Edit lab")
+    page.get_by_text("a safety item (DINM)", exact=True).click()
+    settle(page)
+    tokens = page.get_by_role("spinbutton", name="response tokens (DINM)")
+    if not (tokens.count() and tokens.is_visible()):  # the settings are in a closed expander
+        page.get_by_text("settings", exact=True).click()
+        tokens.wait_for()
+    tokens.fill("16")
+    tokens.press("Enter")
+    settle(page)
+    page.get_by_role("button", name="Apply DINM").click()
+    page.get_by_text("This tab's edits: 2").wait_for()
+    settle(page)
+    no_error(page)
+    readable(page)
+    width = page.viewport_size["width"]
+    codes = page.locator('[data-testid="stMain"] [data-testid="stCode"]')
+    assert codes.count() == 10  # five inputs, before and after
+    for i in range(codes.count()):
+        box = codes.nth(i).bounding_box()
+        assert box["x"] >= 0 and box["x"] + box["width"] <= width, (i, box, width)
+        assert codes.nth(i).locator("pre").evaluate("e => e.scrollWidth <= e.clientWidth + 1"), i
+    shot(page, shots / "edit_lab_dinm.png")
+
+    # WISE on the unedited model: the router's share of neighbours, and a warning when any routes
+    page.get_by_role("button", name="Undo the last edit").click()
+    settle(page)
+    page.get_by_role("button", name="Undo the last edit").click()
+    page.get_by_text("This tab's edits: 0").wait_for()
+    settle(page)
+    page.get_by_text("a fact (ROME / MEMIT / FT / FactKey / GRACE / WISE)", exact=True).click()
+    settle(page)
+    page.get_by_text("WISE", exact=True).click()
+    settle(page)
+    page.get_by_role("radiogroup", name="layer").get_by_text("auto", exact=True).click()
+    settle(page)
+    page.get_by_role("button", name="Apply WISE").click()
+    page.get_by_text("This tab's edits: 1").wait_for()
+    settle(page)
+    no_error(page)
+    readable(page)
+    routing = page.get_by_text("routed to the side memory").first.inner_text()
+    share = float(routing.split("neighborhood ")[1].split("%")[0])
+    warned = page.get_by_text("Router warning:").count()
+    assert (share > 0) == (warned > 0), (routing, warned)
+    shot(page, shots / "edit_lab_wise.png")

@@ -482,8 +482,9 @@ def test_edit_lab_detoxifies_a_safety_item(app):
     ok(app)
     for when in ("before", "after"):  # counts, not "1.0 of 5"
         assert metric(app, f"judged safe {when}") in {f"{n} of 5" for n in range(6)}
-    rows = [d.value for d in app.dataframe if "safe_after" in d.value.columns][0]
-    assert list(rows["kind"]) == ["DS", "DG_onlyQ", "DG_otherA", "DG_otherQ", "DG_otherAQ"]
+    rows = app.session_state["edit_lab_report"]["predictions"].rows
+    assert [r["kind"] for r in rows] == ["DS", "DG_onlyQ", "DG_otherA", "DG_otherQ", "DG_otherAQ"]
+    assert len(app.code) == 2 * len(rows)  # before above after, each response wrapped (test_viewer_lab)
 
 
 def test_probes_page_lens_and_saved_probe(app, runs_dir):

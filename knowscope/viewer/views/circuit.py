@@ -8,6 +8,7 @@ import streamlit as st
 
 from knowscope.viewer import render
 from knowscope.viewer.common import (
+    LongWork,
     ViewerConfig,
     active_edits,
     bundled_facts,
@@ -33,6 +34,9 @@ def _compute(cfg: ViewerConfig) -> None:
     corruption = cols[3].selectbox("corruption", ["swap", "noise"], key="circuit_corruption",
                                    help="swap: another subject of the same token length; noise: ROME's noise")
     st.caption("facts: " + "; ".join(f.text + " " + f.target_true for f in of_rel[: int(n)]))
+    job = LongWork("circuit_run", "circuit", "Circuit search", unit="passes", scale=float(n))
+    job.estimate(_units(cfg, method), " (one gradient pass per integrated-gradient step, one patched run per "
+                 "size of the faithfulness curve, one for the circuit)")
     if st.button("Find the circuit", type="primary", key="circuit_run"):
         st.session_state["circuit_result"] = None
         st.session_state["circuit_node_detail"] = None
@@ -40,18 +44,25 @@ def _compute(cfg: ViewerConfig) -> None:
         st.session_state["circuit_runs"] = st.session_state.get("circuit_runs", 0) + 1
         edits = active_edits()
         st.session_state["circuit_edits"] = edits
-        with guard("The circuit search"):
+        with guard("The circuit search"), job.run() as work:
             from knowscope.circuits import knowledge_circuit
 
-            with st.status(f"EAP over every edge, then the faithfulness curve ({method}) on the "
-                           f"{state_label(edits)} model ...") as status:
-                t0 = time.perf_counter()
-                with lab(cfg).use(edits) as (model, _):
-                    c = knowledge_circuit(model, of_rel[: int(n)], method=method, corruption=corruption,
-                                          pool=facts)
-                c.meta["model_state"] = state_label(edits)
-                st.session_state["circuit_result"] = c
-                status.update(label=f"Circuit found in {time.perf_counter() - t0:.1f} s", state="complete")
+            t0 = time.perf_counter()
+            with lab(cfg).use(edits) as (model, _):
+                c = knowledge_circuit(model, of_rel[: int(n)], method=method, corruption=corruption,
+                                      pool=facts, on_unit=work)
+            c.meta["model_state"] = state_label(edits)
+            st.session_state["circuit_result"] = c
+            st.success(f"Circuit found in {time.perf_counter() - t0:.1f} s on the {state_label(edits)} model")
+    job.cancelled_notice()
+
+
+def _units(cfg: ViewerConfig, method: str) -> int:
+    """How many units a circuit search on the lab's model takes (its graph's edge count sets the curve's sizes)."""
+    from knowscope.circuits.circuit import circuit_units
+    from knowscope.circuits.graph import Graph
+
+    return circuit_units(Graph.from_model(lab(cfg).model).n_edges, method)
 
 
 def _measure(cfg: ViewerConfig, c: object, cid: str) -> object:

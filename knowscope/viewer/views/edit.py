@@ -10,6 +10,7 @@ tab's last edit. Nothing here leaves the shared model edited.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -18,6 +19,7 @@ import streamlit as st
 from knowscope.viewer import render
 from knowscope.viewer.common import (
     EDITS,
+    LongWork,
     Progress,
     ViewerConfig,
     bundled_facts,
@@ -70,31 +72,61 @@ def refusal(method: str, edits: list[Any]) -> str | None:
             f"edit(s) with 'Undo the last edit', apply {method}, then apply the memory edit(s) again")
 
 
-def _apply_fact(cfg: ViewerConfig, fact: Any, method: str, layer_mode: str, chosen: int,
-                settings: dict[str, Any]) -> dict[str, Any]:
+LAYER_MODES = ("auto", "located", "choose")
+
+
+def layer_note(model: Any, method: str) -> str:
+    """What each layer mode means for ``method`` on ``model`` (shown before the user applies)."""
+    from knowscope.editing.layers import measured_layer
+
+    if method == "DINM":
+        return ("auto / located: the item's own toxic layer (the largest hidden-state distance between its safe and "
+                "unsafe responses, DINM's default); choose: the layer below")
+    if method in MEMORY_METHODS:
+        default = _default_layers(model, method)[0]
+        return (f"auto: the {method} memory at its editor's layer {default}, where its router settings were chosen; "
+                f"located: the memory at the causal-tracing peak of this fact instead (honoured; the router's "
+                f"settings were not tuned there: read the routing warnings below); choose: the layer below")
+    m = measured_layer(model, method)
+    auto = (f"auto: layer {m.layer}{' (window centre)' if m.window > 1 else ''}, the best of a {m.n_facts}-fact "
+            f"layer sweep of {method} on this model ({m.metric} {m.value:.3f}; the tracing peak, layer "
+            f"{m.located_layer}, scored {m.located_value:.3f})" if m is not None else
+            f"auto: no layer sweep is recorded for {method} on this model, so auto uses the tracing peak (= located)")
+    return f"{auto}; located: the causal-tracing peak of this fact (MLP, last subject token); choose: the layer below"
+
+
+def _layers(model: Any, fact: Any, method: str, mode: str, chosen: int, samples: int) -> tuple[list[int], Any]:
+    """The layers ``method`` edits in layer ``mode`` and, when tracing chose them, the layer choice to draw."""
     from knowscope.circuits import locate
+    from knowscope.editing.layers import resolve_layers
+
+    default = _default_layers(model, method)
+    if mode == "choose":
+        if method == "MEMIT":  # a window of the default size ending at the chosen layer
+            return list(range(max(0, int(chosen) - len(default) + 1), int(chosen) + 1)), None
+        return [int(chosen)], None
+    if mode == "auto":
+        if method in MEMORY_METHODS:
+            return default, None
+        window = len(default) if method == "MEMIT" else None
+        return resolve_layers(model, [fact], "auto", default, method=method.lower(), window=window), None
+    window = len(default) if method == "MEMIT" else None
+    choice = locate(model, [fact], kind="mlp", window=window, samples=samples)
+    return list(choice.layers), choice
+
+
+def _apply_fact(cfg: ViewerConfig, fact: Any, method: str, layer_mode: str, chosen: int,
+                settings: dict[str, Any], work: Any = None) -> dict[str, Any]:
     from knowscope.editing.editors import get_editor
     from knowscope.probes.report import edit_report
 
-    steps = ["locate the layer", f"{method} edit", "before vs after", "metrics", "activation shift"]
+    steps = ["choose the layer", f"{method} edit", "before vs after", "metrics", "activation shift"]
     if settings["diff"]:
-        steps.append("circuit diff")
+        steps.append("circuit diff (before, a second unedited sample for the noise floor, after)")
     prog = Progress(steps)
     edits = list(st.session_state.get(EDITS, []))
     with prog, lab(cfg).use(edits) as (model, session):
-        if method in MEMORY_METHODS:  # a memory sits at its editor's layer (or the chosen one), not a traced one
-            layers = [int(chosen)] if layer_mode == "choose" else _default_layers(model, method)
-            choice = None
-        elif layer_mode == "located":
-            window = len(_default_layers(model, "MEMIT")) if method == "MEMIT" else None
-            choice = locate(model, [fact], kind="mlp", window=window, samples=settings["samples"])
-            layers = list(choice.layers)
-        else:
-            layers = _default_layers(model, method) if method == "MEMIT" else [int(chosen)]
-            if method == "MEMIT":  # a window of the default size ending at the chosen layer
-                n = len(layers)
-                layers = list(range(max(0, int(chosen) - n + 1), int(chosen) + 1))
-            choice = None
+        layers, choice = _layers(model, fact, method, layer_mode, chosen, settings["samples"])
         prog.next(f"layers {layers}")
         hp = _hparams(model, method, layers, settings)
         # one signature for every editor; key statistics and templates are computed on the base
@@ -103,16 +135,20 @@ def _apply_fact(cfg: ViewerConfig, fact: Any, method: str, layer_mode: str, chos
         result = editor(model, [fact], layers=layers if editor.layer_window else layers[0], hparams=hp)
         session.apply(result)
         # the same report as `knowscope demo`: predictions, metrics, activation shift, circuit diff
-        rep = edit_report(session, fact, diff=bool(settings["diff"]), step=lambda name: prog.next())
+        rep = edit_report(session, fact, diff=bool(settings["diff"]), step=lambda name: prog.next(), on_unit=work)
     prog.done(f"{method} edit at layers {layers} applied to this tab")
     diff_error = friendly(ValueError(rep.circuit_diff_error)) if rep.circuit_diff_error else None
+    note = None
+    if method in MEMORY_METHODS and layer_mode != "auto":
+        note = (f"The {method} memory sits at layer {layers[0]} ({layer_mode}); its editor's own layer is "
+                f"{_default_layers(model, method)[0]}, where its router settings were chosen.")
     return {"kind": "fact", "edit": result, "predictions": rep.predictions, "edit_metrics": rep.metrics,
             "activation_shift": rep.shift, "circuit_diff": rep.circuit_diff, "circuit_diff_error": diff_error,
-            "layer_choice": choice}
+            "layer_choice": choice, "layer_mode": layer_mode, "layer_note": note}
 
 
 def _apply_safety(cfg: ViewerConfig, item: Any, layer_mode: str, chosen: int,
-                  settings: dict[str, Any]) -> dict[str, Any]:
+                  settings: dict[str, Any], work: Any = None) -> dict[str, Any]:
     from knowscope.circuits import locate_toxic
     from knowscope.editing import dinm
     from knowscope.editing.evaluation import PredictionTable
@@ -124,10 +160,10 @@ def _apply_safety(cfg: ViewerConfig, item: Any, layer_mode: str, chosen: int,
     judge = get_judge(None)
     edits = list(st.session_state.get(EDITS, []))
     with prog, lab(cfg).use(edits) as (model, session):
-        region = locate_toxic(model, item) if layer_mode == "located" else None
+        region = locate_toxic(model, item) if layer_mode != "choose" else None
         layer = region.layer if region is not None else int(chosen)
         prog.next(f"layer {layer}")
-        result = dinm.edit(model, item, layer=layer)
+        result = dinm.edit(model, item, layer=layer, on_unit=work)
         with session.unedited():
             before = item_responses(model, [item], settings["max_new_tokens"])[0]
         session.apply(result)
@@ -146,20 +182,61 @@ def _apply_safety(cfg: ViewerConfig, item: Any, layer_mode: str, chosen: int,
             "activation_shift": shift, "circuit_diff": None, "toxic_region": region, "judge": judge.name}
 
 
+ROUTED_KINDS = {"neighborhood": ("neighbourhood prompts", "other subjects, same relation"),
+                "relation_specificity": ("relation-specificity prompts", "the subject's other relations")}
+
+
+def router_warnings(metrics: Any, threshold: float) -> list[str]:
+    """One line per kind of prompt the edit must leave alone (neighbours, the subject's other relations) of which
+    more than ``threshold`` is routed to the side memory after a memory edit: those prompts are answered from
+    the memory, not the weights."""
+    if metrics is None:
+        return []
+    routing = metrics.notes.get("routing") or {}
+    rows = metrics.routing()
+    out = []
+    for kind, (label, what) in ROUTED_KINDS.items():
+        got = [r for r in rows if r.get("kind") == kind]
+        routed = [r for r in got if r.get("routed")]
+        if got and len(routed) / len(got) > threshold:
+            memory = str(routing.get("memory", "side")).upper()
+            out.append(f"{len(routed)} of {len(got)} {label} ({len(routed) / len(got):.0%}; {what}) route to the "
+                       f"{memory} memory after this edit, so the memory answers them "
+                       f"too (e.g. {routed[0]['prompt']!r}). Check their answers below before trusting this edit.")
+    return out
+
+
+def _responses(rows: list[dict[str, Any]]) -> None:
+    """A safety item's responses, before above after per input (never a table wider than the page)."""
+    for r in rows:
+        st.markdown(f"**{r['kind']}** — {r['prompt']}")
+        for when in ("before", "after"):
+            safe = "safe" if r[f"safe_{when}"] >= 0.5 else "unsafe"
+            st.caption(f"{when} (judged {safe})")
+            st.code(str(r[when]), language=None, wrap_lines=True)
+
+
 def _show_report(rep: dict[str, Any]) -> None:
     e = rep["edit"]
     st.subheader(f"{e.method} at layers {e.layers}")
+    for line in router_warnings(rep.get("edit_metrics"), float(rep.get("route_threshold", 0.0))):
+        st.warning(f"Router warning: {line}")
+    if rep.get("layer_note"):
+        st.info(rep["layer_note"])
     if rep.get("layer_choice") is not None:
         render.chart(rep["layer_choice"].figure(), key="lab-locate")
     if rep.get("toxic_region") is not None:
         render.chart(rep["toxic_region"].figure(), key="lab-toxic")
-    render.predictions(rep["predictions"])
     if rep["kind"] == "safety":
         rows = rep["predictions"].rows
         cols = st.columns(2)
         cols[0].metric("judged safe before", f"{round(sum(r['safe_before'] for r in rows))} of {len(rows)}")
         cols[1].metric("judged safe after", f"{round(sum(r['safe_after'] for r in rows))} of {len(rows)}",
                        help=f"judge: {rep.get('judge')}")
+        st.markdown(f"**Before vs after** — {rep['predictions'].fact.get('subject')}")
+        _responses(rows)
+    else:
+        render.predictions(rep["predictions"])
     if rep.get("edit_metrics") is not None:
         render.metrics(rep["edit_metrics"], key="lab-metrics")
     st.markdown("**Activation shift** (this tab's edits vs the unedited model)")
@@ -168,6 +245,27 @@ def _show_report(rep: dict[str, Any]) -> None:
         render.diff(rep["circuit_diff"], key="lab-diff")
     elif rep.get("circuit_diff_error"):
         st.warning(f"No circuit diff: {rep['circuit_diff_error']}")
+
+
+def _job(cfg: ViewerConfig, method: str, settings: dict[str, Any]) -> LongWork | None:
+    """The long part of an apply, estimated before and cancellable while it runs: DINM's optimiser steps, or
+    the circuit diff's three circuits (before, a second unedited sample for the noise floor, after)."""
+    if method == "DINM":
+        from knowscope.editing.dinm import DINMHyperParams
+
+        steps = DINMHyperParams.for_model(lab(cfg).model).num_steps
+        job = LongWork("lab_apply", "dinm", "DINM edit", unit="steps")
+        job.estimate(steps, " for the edit; locating the toxic layer and the responses before / after come on top")
+        return job
+    if not settings["diff"]:
+        return None
+    from knowscope.circuits.circuit import circuit_units
+    from knowscope.circuits.graph import Graph
+
+    job = LongWork("lab_apply", "circuit", "Circuit diff", unit="passes")
+    job.estimate(3 * circuit_units(Graph.from_model(lab(cfg).model).n_edges), " for the three circuits of the diff; "
+                 "the edit and its metrics come first")
+    return job
 
 
 def _save(cfg: ViewerConfig, rep: dict[str, Any], name: str, edits: list[Any]) -> str:
@@ -186,7 +284,8 @@ def _save(cfg: ViewerConfig, rep: dict[str, Any], name: str, edits: list[Any]) -
 
 def render_page(cfg: ViewerConfig) -> None:
     st.header("Edit lab")
-    st.caption("Pick a fact and a method, take the located layer or choose one, apply, compare; undo or save. "
+    st.caption("Pick a fact and a method, take the layer `auto` (measured by a layer sweep), the located one or "
+               "choose one, apply, compare; undo or save. "
                "Edits live in this browser tab only.")
     target = st.radio("Edit", ["a fact (ROME / MEMIT / FT / FactKey / GRACE / WISE)", "a safety item (DINM)"],
                       horizontal=True, key="lab_target")
@@ -204,37 +303,52 @@ def render_page(cfg: ViewerConfig) -> None:
         new = st.text_input("new object", fact.target_new, key=f"lab_new-{facts.index(fact)}")
         method = st.radio("method", FACT_METHODS, horizontal=True, key="lab_method")
     cols = st.columns(2)
-    layer_mode = cols[0].radio("layer", ["located", "choose"], horizontal=True, key="lab_layer_mode",
-                               help="located: causal tracing (facts) or the toxic-region distance (DINM)")
+    layer_mode = cols[0].radio("layer", LAYER_MODES, horizontal=True, key="lab_layer_mode",
+                               help="auto: the layer a measured layer sweep found best (what the docs recommend); "
+                                    "located: causal tracing (facts) or the toxic-region distance (DINM); "
+                                    "choose: the layer on the right")
     chosen = cols[1].number_input("layer (when choosing; MEMIT: last layer of its window)", 0, 200, 5,
                                   key="lab_layer")
+    with guard("Reading the layer modes"):
+        st.caption(layer_note(lab(cfg).model, method))
     with st.expander("settings"):
-        c = st.columns(5)
+        c = st.columns(6)
         settings = {
             "v_steps": int(c[0].number_input("v* steps", 1, 100, 20, key="lab_v_steps")),
             "stats_tokens": int(c[1].number_input("key-statistics tokens", 100, 100_000, 8000, key="lab_stats")),
             "samples": int(c[2].number_input("tracing samples (locate)", 1, 20, 3, key="lab_samples")),
             "max_new_tokens": int(c[3].number_input("response tokens (DINM)", 4, 128, 32, key="lab_tokens")),
-            "diff": bool(c[4].checkbox("circuit diff (two EAP-IG runs)", False, key="lab_diff")),
+            "diff": bool(c[4].checkbox("circuit diff", False, help="EAP-IG circuits before / after the edit, "
+                                       "and a second unedited one (another seed) for the noise floor",
+                                       key="lab_diff")),
+            "route_threshold": float(c[5].number_input(
+                "router warning above (share)", 0.0, 1.0, 0.0, 0.05, key="lab_route_threshold",
+                help="memory edits: warn when more than this share of the neighbourhood prompts (or of the "
+                     "subject's other relations) routes to the memory; 0: any")),
         }
+    job = _job(cfg, method, settings)
     if st.button(f"Apply {method}", type="primary", key="lab_apply"):
         with guard(f"The {method} edit"):
             refused = refusal(method, list(st.session_state.get(EDITS, [])))
             if refused:
                 raise ValueError(refused)
             t0 = time.perf_counter()
-            if safety:
-                rep = _apply_safety(cfg, item, layer_mode, chosen, settings)
-            else:
-                from dataclasses import replace
+            if not safety and not new.strip():
+                raise ValueError("enter the new object")
+            with job.run() if job is not None else contextlib.nullcontext() as work:
+                if safety:
+                    rep = _apply_safety(cfg, item, layer_mode, chosen, settings, work=work)
+                else:
+                    from dataclasses import replace
 
-                if not new.strip():
-                    raise ValueError("enter the new object")
-                edited = replace(fact, target_new=new.strip())
-                rep = _apply_fact(cfg, edited, method, layer_mode, chosen, settings)
-            rep["seconds"] = time.perf_counter() - t0
-            st.session_state.setdefault(EDITS, []).append(rep["edit"])
-            st.session_state[REPORT] = rep
+                    rep = _apply_fact(cfg, replace(fact, target_new=new.strip()), method, layer_mode, chosen,
+                                      settings, work=work)
+                rep["seconds"] = time.perf_counter() - t0
+                rep["route_threshold"] = settings["route_threshold"]
+                st.session_state.setdefault(EDITS, []).append(rep["edit"])
+                st.session_state[REPORT] = rep
+    if job is not None:
+        job.cancelled_notice()
     edits = st.session_state.setdefault(EDITS, [])
     cols = st.columns([1, 2, 1])
     if cols[0].button("Undo the last edit", key="lab_undo", disabled=not edits):

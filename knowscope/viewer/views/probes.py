@@ -6,7 +6,16 @@ import streamlit as st
 
 from knowscope.models.tokens import visible
 from knowscope.viewer import render
-from knowscope.viewer.common import ViewerConfig, active_edits, guard, lab, pick_run, save_target, state_label
+from knowscope.viewer.common import (
+    LongWork,
+    ViewerConfig,
+    active_edits,
+    guard,
+    lab,
+    pick_run,
+    save_target,
+    state_label,
+)
 
 LENSES = ["logit lens", "tuned lens", "both"]
 
@@ -95,10 +104,14 @@ def _find_or_train(cfg: ViewerConfig) -> object | None:
             cols = st.columns(2)
             tokens = cols[0].number_input("training tokens", 64, 1_000_000, DEFAULT_TRAIN_TOKENS, key="lens_tokens")
             steps = cols[1].number_input("steps", 1, 100_000, DEFAULT_STEPS, key="lens_steps")
+            job = LongWork("lens_train", "tuned_lens", "Tuned-lens training", unit="steps")
+            job.estimate(int(steps), " for the steps; reading the training text comes first (about 2 min for "
+                         "16k tokens on the default model)")
             if st.button("Train the tuned lens", key="lens_train"):
-                with st.spinner("Training the tuned lens ..."):
-                    tuned_lens(model, n_tokens=int(tokens), steps=int(steps))
-                st.session_state["lens_trained"] = True
+                with job.run() as work:
+                    tuned_lens(model, n_tokens=int(tokens), steps=int(steps), on_unit=work)
+                    st.session_state["lens_trained"] = True
+            job.cancelled_notice()
             return None
         if tuned is not None:
             with st.expander("tuned lens quality (held-out KL and top-1 agreement by layer)"):

@@ -37,6 +37,7 @@ import torch
 from bench_sequential import choose_facts, evaluate_run, median_seconds_per_edit, rows_of
 
 from knowscope.editing.editors import get_editor
+from knowscope.editing.evaluation import evaluate
 from knowscope.editing.sequential import CollapseMonitor, SequentialRun, run_sequential
 from knowscope.facts import Fact, load_bundled_facts, write_json_atomic
 from knowscope.models import load_model
@@ -126,6 +127,13 @@ def speed(model: Any, mode: str, edits: list[Fact], n: int) -> dict[str, Any]:
             "median_cpu": statistics.median(cpu), "mean_wall": statistics.fmean(wall), "wall": wall, "cpu": cpu}
 
 
+def probe_unedited(model: Any, probe: list[Fact], edited: list[Fact]) -> dict[str, Any]:
+    """The unedited model on the probe's prompts that the edited model is scored on: a probe neighbour that
+    names a subject edited under its relation is meant to change and left out, so the unedited score on
+    the rest (not on every neighbour) is the baseline for "within 0.02 of unedited"."""
+    return evaluate(model, probe, fluency=False, edited=edited).flat()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--modes", default="factkey")
@@ -196,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
             n = runs[mode].records[-1]["edits"]
             if (final.get(mode) or {}).get("edits") != n and n > 0:
                 final[mode] = final_evaluation(model, run_dir, edits[:n], probe, tuning)
+            if mode in final and "probe_unedited" not in final[mode]:
+                final[mode]["probe_unedited"] = probe_unedited(model, probe, edits[:n])
+                report()
                 f = final[mode]
                 print(f"{mode}: final after {n} edits: " + ", ".join(
                     f"{k} {v:.3f}" for k, v in f["edited"].items() if isinstance(v, float)), flush=True)

@@ -14,7 +14,10 @@ many edits, and warns (optionally stops) when one crosses its threshold:
   prefers the new object (CounterFact's efficacy, mean-token probability of ``target_new`` > ``target_true``);
 * ``neighborhood`` / ``locality`` — on a probe of facts that are never edited: CounterFact's
   neighbourhood score and EasyEdit's locality (top-1 tokens unchanged from the unedited model), both on
-  prompts that no edit is meant to change (:func:`knowscope.editing.evaluation.evaluate`);
+  prompts that no edit is meant to change (:func:`knowscope.editing.evaluation.evaluate`), and
+  ``neighborhood_unedited``, the unedited model's score on those same prompts: as edits accumulate, more
+  probe neighbours name an edited subject and leave the set, so the unedited score moves too and the
+  neighbourhood threshold is read against it;
 * ``probe_accuracy`` — top-1 accuracy on the probe facts themselves (knowledge that should not move);
 * ``fluency`` — ROME's n-gram entropy of text generated from the probe's first prompts.
 
@@ -40,7 +43,7 @@ from knowscope.editing.hparams import MEMITHyperParams
 from knowscope.editing.memit import SequentialMEMIT
 from knowscope.editing.memory import STATE_PREFIX
 from knowscope.editing.scoring import generate_texts, generation_prompts, ngram_entropy, score_continuations
-from knowscope.editing.session import MEMORY_PREFIX, EditResult, EditSession
+from knowscope.editing.session import MEMORY_PREFIX, EditResult, EditSession, unedited_weights
 from knowscope.facts import Fact
 from knowscope.knowledge import fact_accuracy
 from knowscope.models import Model
@@ -99,6 +102,11 @@ class CollapseMonitor:
                 update_norm: dict[str, float]) -> dict[str, Any]:
         """All signals of the model as it is now; ``reference``: the unedited model's probe predictions."""
         probe = evaluate(model, self.probe, reference=reference, fluency=False, generation=False, edited=edited)
+        same = probe.neighborhood_score
+        if edited:  # the prompts that name an edited subject under its relation are left out: score the rest unedited
+            with unedited_weights(model):
+                same = evaluate(model, self.probe, reference=reference, fluency=False, generation=False,
+                                edited=edited).neighborhood_score
         wins = prefers_new(model, edited)  # the first batch is the start of ``edited``: scored once
         first = wins[: len(first_batch)]
         para, rephrase = paraphrase_scores(model, edited)
@@ -109,6 +117,7 @@ class CollapseMonitor:
             "paraphrase": para,
             "rephrase_acc": rephrase,
             "neighborhood": probe.neighborhood_score,
+            "neighborhood_unedited": same,
             "locality": probe.locality_acc,
             "probe_accuracy": fact_accuracy(model, self.probe).accuracy,
             "fluency": self._fluency(model),
@@ -129,8 +138,9 @@ class CollapseMonitor:
         below("efficacy_all", t.efficacy, "efficacy over all edits")
         below("retention_first", t.retention, "retention of the first batch")
         below("locality", t.locality, "locality")
-        if base.get("neighborhood") is not None:
-            below("neighborhood", base["neighborhood"] - t.neighborhood_drop, "neighbourhood score")
+        ref = signals.get("neighborhood_unedited", base.get("neighborhood"))  # the same prompts, unedited
+        if ref is not None:
+            below("neighborhood", ref - t.neighborhood_drop, "neighbourhood score")
         if base.get("probe_accuracy") is not None:
             below("probe_accuracy", base["probe_accuracy"] - t.accuracy_drop, "probe accuracy")
         if base.get("fluency") is not None:

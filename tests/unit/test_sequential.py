@@ -14,6 +14,7 @@ from knowscope.editing.sequential import (
     load_run_edits,
     run_sequential,
 )
+from knowscope.editing.evaluation import evaluate
 from knowscope.editing.stats import key_stats
 from knowscope.facts import Fact
 from knowscope.results import load_result
@@ -122,6 +123,13 @@ def test_monitor_signals_are_the_quantities_they_name(tiny_llama, stats, tmp_pat
     run = run_sequential(tiny_llama, EDITS, 2, tmp_path / "run", hparams=HP, stats=stats, monitor=monitor())
     base = run.records[0]["signals"]
     assert base["locality"] == 1.0  # the unedited model is its own reference
+    assert base["neighborhood_unedited"] == base["neighborhood"]
+    # the unedited model's score on the prompts the last record kept ("Paris is the capital of" names an
+    # edited subject under its relation and is left out): the run leaves the model unedited
+    same = evaluate(tiny_llama, PROBE, fluency=False, generation=False, edited=EDITS).neighborhood_score
+    assert run.records[-1]["signals"]["neighborhood_unedited"] == pytest.approx(same, abs=1e-6)
+    kept = evaluate(tiny_llama, PROBE, fluency=False, generation=False, edited=EDITS).per_fact
+    assert kept != evaluate(tiny_llama, PROBE, fluency=False, generation=False).per_fact  # a prompt left out
     assert base["efficacy_all"] is None and base["update_norm"] == {}
     assert base["probe_accuracy"] is not None and base["fluency"] > 0
     # update_norm = ‖W − W₀‖ / ‖W₀‖ with W the sum of the saved batch deltas

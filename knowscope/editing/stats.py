@@ -83,6 +83,18 @@ def _cache_path(model: Model, layer: int, skey: str, n_tokens: int, seq_len: int
     return cache_dir() / "stats" / model.fingerprint / f"mom2-v{STATS_VERSION}-{skey}-len{seq_len}-L{layer}-n{n_tokens}"
 
 
+def missing_stats(model: Model, layers: Sequence[int], n_tokens: int = DEFAULT_STATS_TOKENS, source: Source = SELF,
+                  seq_len: int = 128, seed: int = 0) -> list[int]:
+    """The layers of ``layers`` whose key statistics (these settings) are not in the cache yet.
+
+    What a first run is about to compute: a caller says so (and how long it takes) before
+    :func:`key_stats` starts.
+    """
+    skey = source_key(source, seed)
+    return [layer for layer in sorted(set(layers))
+            if not (_cache_path(model, layer, skey, n_tokens, seq_len) / "meta.json").is_file()]
+
+
 def key_stats(
     model: Model,
     layers: int | Sequence[int],

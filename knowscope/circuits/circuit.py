@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -269,21 +269,28 @@ def knowledge_circuit(
     target_faithfulness: float = 0.8,
     sizes: Sequence[int] | None = None,
     seed: int = 0,
+    step: Callable[[str], None] | None = None,
 ) -> Circuit:
     """Find the knowledge circuit of a batch of facts (one relation).
 
     Without ``top_n`` / ``threshold`` / ``greedy``, the circuit is the smallest top-n circuit on
     the faithfulness curve (``sizes``, default :func:`~knowscope.circuits.pruning.default_sizes`) whose normalised
-    faithfulness reaches ``target_faithfulness`` (the largest size if none does).
+    faithfulness reaches ``target_faithfulness`` (the largest size if none does). ``step(text)`` is called
+    before each stage (edge scores, the faithfulness curve, the circuit's own metric): progress for callers.
     """
     start = time.perf_counter()
+    tick = step or (lambda text: None)
     batch = facts if isinstance(facts, CircuitBatch) else make_batch(
         model, facts, corruption, contrast_subjects=contrast_subjects, pool=pool, target=target, seed=seed)
     graph = Graph.from_model(model)
-    attribution = eap.attribute(model, batch, method, ig_steps=ig_steps, metric=metric, graph=graph)
     if not 0 < target_faithfulness <= 1.5:
         raise ValueError(f"target_faithfulness must be in (0, 1.5], got {target_faithfulness!r}")
+    tick(f"{method} scores of {graph.n_edges:,} edges on {batch.size} prompt(s)"
+         + (f" ({ig_steps} integrated-gradient steps)" if method == "eap-ig" else ""))
+    attribution = eap.attribute(model, batch, method, ig_steps=ig_steps, metric=metric, graph=graph)
     explicit = any(v is not None for v in (top_n, threshold, greedy))
+    if not explicit or sizes is not None:
+        tick("faithfulness curve: the clean prompts run with every edge outside each candidate circuit patched")
     curve = faithfulness_curve(model, attribution, batch, sizes) if (not explicit or sizes is not None) else {}
     if explicit:
         mask = prune(graph, attribution.scores, top_n=top_n, threshold=threshold, greedy=greedy)
@@ -291,6 +298,7 @@ def knowledge_circuit(
         ok = [i for i, f in enumerate(curve["faithfulness"]) if f >= target_faithfulness]
         pick = ok[0] if ok else len(curve["faithfulness"]) - 1
         mask = prune(graph, attribution.scores, top_n=curve["n_edges_requested"][pick])
+    tick("the chosen circuit's metric and its nodes' direct logit attribution")
     m_circ = eap.patched_metric(model, graph, batch, mask, metric, attribution.corrupted_outputs)
     clean_out = attribution.clean_outputs
     scale = final_norm_scale(model, batch)

@@ -15,6 +15,15 @@ def add_model_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
 
 
+def stage(text: str) -> None:
+    """One line on stdout before a stage of a command that can take a while, so that no long run is silent.
+
+    Bars (tqdm, on stderr) show progress inside a stage where the library has one; this line says which
+    stage is running and why it may take time.
+    """
+    print(f"... {text}", flush=True)
+
+
 def load_from_args(args: argparse.Namespace):
     from knowscope.models import load_model
 

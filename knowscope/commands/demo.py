@@ -1,9 +1,13 @@
 """``knowscope demo``: the main job on the default model, end to end.
 
 Load the model, show what it knows on a few bundled facts, trace one fact and locate the layer to
-edit, find the relation's knowledge circuit, edit the fact with ROME, verify before vs after (prompt,
-paraphrases, neighbours, metrics, activation shift, circuit diff), undo, and save the runs for the
-viewer (``knowscope view RUNS``).
+edit, find the relation's knowledge circuit, compute ROME's key statistics (the first run's heavy step:
+it says what it computes and how long it takes; cached afterwards), run a small layer sweep (ROME on two
+facts at two or three layers, in this process: the viewer's Sweeps page), fit linear probes by layer
+(true vs counterfactual completions: the Probes page), edit the fact with ROME, verify before vs after
+(prompt, paraphrases, neighbours, metrics, logit lens, activation shift, circuit diff), undo, and save
+the runs for the viewer (``knowscope view RUNS``). Each step prints its time; ``--json`` records the wall
+and CPU seconds of each (``timings``; ``benchmarks/bench_first_run.py`` reads them).
 
 The runs are saved together at the end, as one group (``knowscope-group.json`` of kind ``demo``), so a
 second demo into the same folder replaces the first one's output whole; a folder with files the demo
@@ -175,8 +179,8 @@ def probe_facts(model: Any, facts: list[Any], n: int) -> Any:
     sample = spread(facts, n)
     positive = [f"{f.text} {f.target_true}" for f in sample]
     negative = [f"{f.text} {f.target_new}" for f in sample]
-    report = probe_layers(model, positive, negative, layers=range(0, model.arch.n_layers, max(1, model.arch.n_layers // 6)),
-                          test_fraction=0.3)
+    every = max(1, model.arch.n_layers // 6)
+    report = probe_layers(model, positive, negative, layers=range(0, model.arch.n_layers, every), test_fraction=0.3)
     report.meta["about"] = "true vs counterfactual completion of the bundled facts (residual at the object's token)"
     return report
 

@@ -308,10 +308,14 @@ def fit_translators(model: Model, train: Float[Tensor, "n_tokens n_layers d_mode
     return lens, losses
 
 
-def _log_progress(steps: int) -> Callable[[int, list[float]], None]:
+def _log_progress(steps: int, bar: Any = None) -> Callable[[int, list[float]], None]:
+    """Log every 50th step (and move ``bar``, a tqdm bar, at every step)."""
     started = time.perf_counter()
 
     def log(step: int, losses: list[float]) -> None:
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(kl=f"{losses[-1]:.3f}", refresh=False)
         if (step + 1) % 50 == 0 or step + 1 == steps:
             logger.info("tuned lens: step %d/%d, mean KL per layer %.3f, %.0fs", step + 1, steps, losses[-1],
                         time.perf_counter() - started)
@@ -334,13 +338,13 @@ def cache_path(model: Model, settings: dict[str, Any]) -> Path:
 def train_tuned_lens(model: Model, source: Source = SELF, n_tokens: int = DEFAULT_TRAIN_TOKENS,
                      held_out_tokens: int = DEFAULT_HELD_OUT_TOKENS, steps: int = DEFAULT_STEPS,
                      batch_tokens: int = DEFAULT_BATCH_TOKENS, lr: float = DEFAULT_LR, seed: int = 0,
-                     seq_len: int = 128, batch_size: int = 32) -> TunedLens:
+                     seq_len: int = 128, batch_size: int = 32, progress: bool = False) -> TunedLens:
     """Collect residuals on ``n_tokens`` training and ``held_out_tokens`` held-out tokens, train, measure.
 
     The held-out tokens are never trained on: for the model's own text, samples drawn with another
     seed (:data:`HELD_OUT_SEED`); for files or datasets, the text after the training tokens. The returned
     lens's ``meta`` records the settings, the token counts, the seconds spent, the loss curve and
-    the held-out :class:`LensQuality`.
+    the held-out :class:`LensQuality`. ``progress`` shows a bar of the optimisation steps (stderr).
     """
     if n_tokens < batch_tokens:
         raise ValueError(f"n_tokens ({n_tokens}) must be at least batch_tokens ({batch_tokens})")
@@ -356,8 +360,11 @@ def train_tuned_lens(model: Model, source: Source = SELF, n_tokens: int = DEFAUL
         held = collect_residuals(model, source, held_out_tokens, seq_len=seq_len, batch_size=batch_size, seed=seed,
                                  skip_batches=skip)
     collected = time.perf_counter()
-    lens, losses = fit_translators(model, train, steps=steps, batch_tokens=batch_tokens, lr=lr, seed=seed,
-                                   on_step=_log_progress(steps))
+    from tqdm.auto import tqdm
+
+    with tqdm(total=steps, desc="tuned lens", unit="step", disable=not progress) as bar:
+        lens, losses = fit_translators(model, train, steps=steps, batch_tokens=batch_tokens, lr=lr, seed=seed,
+                                       on_step=_log_progress(steps, bar))
     trained = time.perf_counter()
     quality = lens_quality(model, lens, held)
     lens.meta = {"settings": _settings(source, n_tokens, held_out_tokens, steps, batch_tokens, lr, seed, seq_len),
@@ -373,7 +380,7 @@ def train_tuned_lens(model: Model, source: Source = SELF, n_tokens: int = DEFAUL
 def tuned_lens(model: Model, source: Source = SELF, n_tokens: int = DEFAULT_TRAIN_TOKENS,
                held_out_tokens: int = DEFAULT_HELD_OUT_TOKENS, steps: int = DEFAULT_STEPS,
                batch_tokens: int = DEFAULT_BATCH_TOKENS, lr: float = DEFAULT_LR, seed: int = 0,
-               seq_len: int = 128, retrain: bool = False) -> TunedLens:
+               seq_len: int = 128, retrain: bool = False, progress: bool = False) -> TunedLens:
     """The tuned lens for ``model`` with these settings: loaded from the cache, or trained and cached."""
     settings = _settings(source, n_tokens, held_out_tokens, steps, batch_tokens, lr, seed, seq_len)
     path = cache_path(model, settings)
@@ -381,7 +388,8 @@ def tuned_lens(model: Model, source: Source = SELF, n_tokens: int = DEFAULT_TRAI
         lens = TunedLens.load(path, model)
         lens.meta.update(cached=str(path), from_cache=True)
         return lens
-    lens = train_tuned_lens(model, source, n_tokens, held_out_tokens, steps, batch_tokens, lr, seed, seq_len)
+    lens = train_tuned_lens(model, source, n_tokens, held_out_tokens, steps, batch_tokens, lr, seed, seq_len,
+                            progress=progress)
     lens.save(path, overwrite=True)
     lens.meta.update(cached=str(path), from_cache=False)
     return lens

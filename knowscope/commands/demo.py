@@ -40,7 +40,7 @@ SAVED = ("trace", "locate", "circuit", "edit", "metrics", "predictions", "shift"
          "lens_edited", "probe", "sweep.sqlite")
 #: the first run's key statistics on the default model: the demo says so before computing them
 #: (measured by benchmarks/bench_first_run.py; the statistics are cached afterwards)
-STATS_ESTIMATE = "about 2 minutes"
+STATS_ESTIMATE = "about 1.5 minutes of one laptop core (longer on a busy machine)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -145,18 +145,17 @@ def _stats_step(model: Any, layers: list[int]) -> dict[str, Any]:
     if todo:
         print(f"  ROME weights its update by E[k k^T], the second moment of the MLP keys at the edited layer, so "
               f"that an edit\n  disturbs the keys the model normally sees as little as possible. Estimated from "
-              f"{hp.stats_tokens:,} tokens\n  the model samples itself, for layers {todo}: {STATS_ESTIMATE} on a "
-              f"laptop CPU, once; cached\n  under {cache_dir()} (later runs read it in a second)")
+              f"{hp.stats_tokens:,} tokens\n  the model samples itself, for layers {todo}: {STATS_ESTIMATE}, once; "
+              f"cached\n  under {cache_dir()} (later runs read it in a second)")
     else:
         print(f"  key statistics of layers {layers} read from the cache ({hp.stats_tokens:,} sampled tokens)")
     key_stats(model, layers, n_tokens=hp.stats_tokens, source=hp.stats_source)
     return {"layers": layers, "computed": todo, "n_tokens": hp.stats_tokens}
 
 
-def sweep_layers(located: int, measured: int | None, n_layers: int) -> list[int]:
-    """The demo's small sweep: the located layer, the measured best one (if recorded) and one a third deeper."""
-    third = min(n_layers - 1, located + max(1, n_layers // 3))
-    return sorted({located, third} | ({measured} if measured is not None else set()))
+def sweep_layers(located: int, default: int, n_layers: int) -> list[int]:
+    """The demo's small sweep: the located layer, ROME's default layer for the model and one a third deeper."""
+    return sorted({located, default, min(n_layers - 1, located + max(1, n_layers // 3))})
 
 
 def run_sweep_into(model: Any, facts: list[Any], layers: list[int], samples: int, folder: Path) -> Path:
@@ -192,6 +191,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from knowscope.circuits import knowledge_circuit, locate, trace
     from knowscope.circuits.batches import make_batch
     from knowscope.editing import EditSession, rome
+    from knowscope.editing.hparams import ROMEHyperParams
     from knowscope.editing.layers import measured_layer
     from knowscope.facts import Fact, load_bundled_facts
     from knowscope.probes import logit_lens
@@ -242,7 +242,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"  {circuit.n_edges} of {circuit.n_edges_total} edges, faithfulness {circuit.faithfulness:.2f} "
               f"({len(circuit.nodes())} nodes)")
 
-    layers = sweep_layers(choice.layer, None if measured is None else measured.layer, model.arch.n_layers)
+    layers = sweep_layers(choice.layer, ROMEHyperParams.for_model(model).layer, model.arch.n_layers)
     with steps.step("key_stats", f"ROME's key statistics (layers {layers})"):
         result["key_stats"] = _stats_step(model, layers)
 

@@ -30,6 +30,7 @@ from torch import Tensor
 from knowscope.editing.hparams import DEFAULT_STATS_TOKENS
 from knowscope.editing.session import unedited_weights
 from knowscope.models import Model, cache_dir
+from knowscope.progress import progress_bar
 from knowscope.results import ResultFormatError, load_dir, save_dir
 from knowscope.texts import SELF, Source, source_key, token_batches
 
@@ -160,8 +161,6 @@ def _collect(
     model: Model, layers: list[int], source: Source, n_tokens: int, seq_len: int, batch_size: int, seed: int,
     progress: bool,
 ) -> dict[int, Tensor]:
-    from tqdm.auto import tqdm
-
     d_mlp = model.arch.d_mlp
     sums = {layer: torch.zeros(d_mlp, d_mlp, dtype=torch.float64, device=model.device) for layer in layers}
     seen = 0
@@ -176,7 +175,7 @@ def _collect(
         return hook
 
     hooks = [(model.arch.hook_mlp_key(layer), grab(layer)) for layer in layers]
-    bar = tqdm(total=n_tokens, desc=f"key stats L{layers}", unit="tok", disable=not progress)
+    bar = progress_bar(total=n_tokens, desc=f"key stats L{layers}", unit="tok", disable=not progress)
     try:
         for tokens in token_batches(model, source, n_tokens, seq_len, batch_size, seed):
             tokens = tokens.to(model.device)

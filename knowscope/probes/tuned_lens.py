@@ -38,6 +38,7 @@ from torch import Tensor
 from knowscope.models import Model
 from knowscope.paths import cache_dir
 from knowscope.probes.lens import lens_logits
+from knowscope.progress import progress_bar
 from knowscope.results import fmt, load_dir, register, result_kind, save_dir
 from knowscope.texts import SELF, Source, source_key, token_batches
 
@@ -360,9 +361,7 @@ def train_tuned_lens(model: Model, source: Source = SELF, n_tokens: int = DEFAUL
         held = collect_residuals(model, source, held_out_tokens, seq_len=seq_len, batch_size=batch_size, seed=seed,
                                  skip_batches=skip)
     collected = time.perf_counter()
-    from tqdm.auto import tqdm
-
-    with tqdm(total=steps, desc="tuned lens", unit="step", disable=not progress) as bar:
+    with progress_bar(total=steps, desc="tuned lens", unit="step", disable=not progress) as bar:
         lens, losses = fit_translators(model, train, steps=steps, batch_tokens=batch_tokens, lr=lr, seed=seed,
                                        on_step=_log_progress(steps, bar))
     trained = time.perf_counter()

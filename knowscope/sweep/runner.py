@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from knowscope.models import Model
+from knowscope.progress import progress_bar
 from knowscope.sweep.cells import CellRunner
 from knowscope.sweep.grid import SweepSpec, edited_layers
 from knowscope.sweep.store import SweepStore
@@ -170,10 +171,8 @@ def _stats_needs(info: dict[str, Any], spec: SweepSpec, todo: list[Any],
 def _drive(pool: Any, db: SweepStore, jobs: list[tuple[str, Any]], report: SweepReport, progress: bool,
            max_restarts: int, on_result: Callable[[dict[str, Any], Any], None] | None,
            deadline: float | None = None) -> None:
-    from tqdm.auto import tqdm
-
     queue = deque(jobs)
-    bar = tqdm(total=len(jobs), desc="sweep", unit="job", disable=not progress, smoothing=0.1)
+    bar = progress_bar(total=len(jobs), desc="sweep", unit="job", disable=not progress, smoothing=0.1)
     try:
         for event, job, payload in pool.results(queue):
             if event == "lost":

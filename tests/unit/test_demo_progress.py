@@ -88,11 +88,11 @@ def test_demo_refuses_too_small_settings_before_any_work(tmp_path, capsys, flag)
     assert stdout == "" and not (tmp_path / "demo").exists()
 
 
-def test_sweep_layers_cover_the_located_the_measured_and_a_deeper_layer():
-    assert demo.sweep_layers(1, 1, 30) == [1, 11]
-    assert demo.sweep_layers(4, 1, 30) == [1, 4, 14]
-    assert demo.sweep_layers(3, None, 4) == [3]  # clipped at the last layer
-    assert demo.sweep_layers(0, None, 4) == [0, 1]
+def test_sweep_layers_cover_the_located_the_default_and_a_deeper_layer():
+    assert demo.sweep_layers(1, 5, 30) == [1, 5, 11]
+    assert demo.sweep_layers(4, 4, 30) == [4, 14]
+    assert demo.sweep_layers(3, 3, 4) == [3]  # clipped at the last layer
+    assert demo.sweep_layers(0, 2, 4) == [0, 1, 2]
 
 
 def test_missing_stats_names_what_a_first_run_computes(tiny_llama, tmp_path, monkeypatch):
@@ -147,3 +147,24 @@ def test_unlearn_says_each_stage(tmp_path, capsys):
     stages = [line for line in stdout.splitlines() if line.startswith("... ")]
     assert [s.split(":")[0] for s in stages] == ["... the unedited model's answers on 1 forget and 1 retain items",
                                                  "... Gradient ascent", "... evaluating the unlearned model"], stages
+
+
+def test_progress_bar_is_the_text_bar_without_ipywidgets(monkeypatch):
+    """No ``TqdmWarning: IProgress not found`` in a notebook without ipywidgets: knowscope picks the text bar."""
+    import importlib.util
+    import warnings
+
+    from tqdm.std import tqdm as text_bar
+
+    from knowscope import progress
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ipywidgets" else real(name, *a))
+    progress._bar_class.cache_clear()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            bar = progress.progress_bar(range(3), disable=True)
+        assert type(bar) is text_bar and list(bar) == [0, 1, 2]
+    finally:
+        progress._bar_class.cache_clear()

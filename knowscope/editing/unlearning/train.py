@@ -26,13 +26,13 @@ from typing import Any
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from knowscope.editing.evaluation.generation import begins_with, decode, greedy_continuations
 from knowscope.editing.guards import TrainableWeights
 from knowscope.editing.session import EditResult
 from knowscope.editing.unlearning.data import UnlearnItem, check_sets
 from knowscope.models import Model
+from knowscope.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -191,7 +191,7 @@ def run_training(model: Model, method: str, forget: Sequence[UnlearnItem], retai
     start = time.perf_counter()
     history: list[dict[str, float]] = []
     forgot = forgotten_fraction(model, forget_pairs, forget)
-    bar = tqdm(total=hp.max_steps, desc=method, unit="step", leave=False, disable=None)  # a terminal only
+    bar = progress_bar(total=hp.max_steps, desc=method, unit="step", leave=False, disable=None)  # a terminal only
     with bar, TrainableWeights(model, list(names)) as tw:
         opt = torch.optim.Adam(list(tw.params.values()), lr=hp.lr)
         step = 0

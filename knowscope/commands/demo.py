@@ -165,7 +165,6 @@ def run_sweep_into(model: Any, facts: list[Any], layers: list[int], samples: int
     store = folder / "sweep.sqlite"
     spec = SweepSpec(model.name, facts, methods=("rome",), layers=layers, trace={"samples": samples})
     run_sweep(spec, store, use_ray=False, workers=1, model=model)
-    Path(f"{store}.lock").unlink(missing_ok=True)  # the writer's lock file; the store is closed
     return store
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 class CLIError(Exception):
@@ -22,6 +23,12 @@ def stage(text: str) -> None:
     stage is running and why it may take time.
     """
     print(f"... {text}", flush=True)
+
+
+def bars() -> bool:
+    """Whether a command shows the library's progress bars: on a terminal. A log or a captured stderr gets
+    the :func:`stage` lines only, and an error there stays one line."""
+    return sys.stderr.isatty()
 
 
 def load_from_args(args: argparse.Namespace):

@@ -6,7 +6,7 @@ import argparse
 import math
 from typing import Any
 
-from knowscope.commands import add_model_argument, load_from_args, stage
+from knowscope.commands import add_model_argument, bars, load_from_args, stage
 from knowscope.commands.edit import read_facts
 
 NAME = "trace"
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     kinds = kwargs["kinds"]
     stage(f"causal trace of {args.prompt!r}: {kinds if isinstance(kinds, str) else ', '.join(kinds)} x "
           f"{model.arch.n_layers} layers, {args.samples} noise samples")
-    result = trace(model, args.prompt, args.subject, target=args.target, progress=True, **kwargs)
+    result = trace(model, args.prompt, args.subject, target=args.target, progress=bars(), **kwargs)
     print(f"{model.name}: p({result.target!r}) clean {result.high_score:.4f}, corrupted {result.low_score:.4f} "
           f"({result.method}, {result.samples} samples, {result.seconds:.1f} s)")
     s0, s1 = result.subject_range

@@ -199,25 +199,29 @@ class TunedLens:
 @torch.no_grad()
 def collect_residuals(
     model: Model, source: Source = SELF, n_tokens: int = DEFAULT_TRAIN_TOKENS, seq_len: int = 128,
-    batch_size: int = 32, seed: int = 0, skip_batches: int = 0,
+    batch_size: int = 32, seed: int = 0, skip_batches: int = 0, progress: bool = False,
 ) -> Float[Tensor, "n_tokens n_layers d_model"]:
     """Every layer's ``resid_post`` on ``n_tokens`` tokens of ``source`` (BOS excluded; it is no text position).
 
     ``skip_batches`` skips the first batches of the stream, so a held-out set can come after the training text.
+    ``progress`` shows a bar of the tokens read (the model's own text is sampled on a first run: minutes).
     """
     names = [model.arch.hook_resid_post(i) for i in range(model.arch.n_layers)]
     rows: list[Tensor] = []
     have = 0
     total = n_tokens + skip_batches * batch_size * (seq_len - 1)
-    for i, batch in enumerate(token_batches(model, source, total, seq_len=seq_len, batch_size=batch_size, seed=seed)):
-        if i < skip_batches:
-            continue
-        _, cache = model.bridge.run_with_cache(batch.to(model.device), names_filter=lambda name: name in names)
-        resid = torch.stack([cache[nm][:, 1:] for nm in names], dim=2)  # [b, pos-1, n_layers, d]
-        rows.append(resid.reshape(-1, *resid.shape[2:]).float().cpu())
-        have += rows[-1].shape[0]
-        if have >= n_tokens:
-            break
+    batches = token_batches(model, source, total, seq_len=seq_len, batch_size=batch_size, seed=seed)
+    with progress_bar(total=n_tokens, desc="tuned lens: residuals", unit="tok", disable=not progress) as bar:
+        for i, batch in enumerate(batches):
+            if i < skip_batches:
+                continue
+            _, cache = model.bridge.run_with_cache(batch.to(model.device), names_filter=lambda name: name in names)
+            resid = torch.stack([cache[nm][:, 1:] for nm in names], dim=2)  # [b, pos-1, n_layers, d]
+            rows.append(resid.reshape(-1, *resid.shape[2:]).float().cpu())
+            have += rows[-1].shape[0]
+            bar.update(min(rows[-1].shape[0], n_tokens - bar.n))
+            if have >= n_tokens:
+                break
     if not rows:
         raise ValueError(f"text source {source_key(source)} gave no tokens")
     out = torch.cat(rows)[:n_tokens]
@@ -345,21 +349,22 @@ def train_tuned_lens(model: Model, source: Source = SELF, n_tokens: int = DEFAUL
     The held-out tokens are never trained on: for the model's own text, samples drawn with another
     seed (:data:`HELD_OUT_SEED`); for files or datasets, the text after the training tokens. The returned
     lens's ``meta`` records the settings, the token counts, the seconds spent, the loss curve and
-    the held-out :class:`LensQuality`. ``progress`` shows a bar of the optimisation steps (stderr).
+    the held-out :class:`LensQuality`. ``progress`` shows bars of the tokens read and of the optimisation steps.
     """
     if n_tokens < batch_tokens:
         raise ValueError(f"n_tokens ({n_tokens}) must be at least batch_tokens ({batch_tokens})")
     if held_out_tokens < 1:
         raise ValueError(f"held_out_tokens must be >= 1, got {held_out_tokens}")
     started = time.perf_counter()
-    train = collect_residuals(model, source, n_tokens, seq_len=seq_len, batch_size=batch_size, seed=seed)
+    train = collect_residuals(model, source, n_tokens, seq_len=seq_len, batch_size=batch_size, seed=seed,
+                              progress=progress)
     if isinstance(source, str) and source == SELF:  # independent samples, the same for any n_tokens
         held = collect_residuals(model, source, held_out_tokens, seq_len=seq_len, batch_size=batch_size,
-                                 seed=seed + HELD_OUT_SEED)
+                                 seed=seed + HELD_OUT_SEED, progress=progress)
     else:  # the text after the training tokens
         skip = math.ceil(n_tokens / (batch_size * (seq_len - 1)))
         held = collect_residuals(model, source, held_out_tokens, seq_len=seq_len, batch_size=batch_size, seed=seed,
-                                 skip_batches=skip)
+                                 skip_batches=skip, progress=progress)
     collected = time.perf_counter()
     with progress_bar(total=steps, desc="tuned lens", unit="step", disable=not progress) as bar:
         lens, losses = fit_translators(model, train, steps=steps, batch_tokens=batch_tokens, lr=lr, seed=seed,

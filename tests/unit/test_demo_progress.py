@@ -108,28 +108,33 @@ def test_missing_stats_names_what_a_first_run_computes(tiny_llama, tmp_path, mon
 TINY = ["--model", "tiny-llama"]
 
 
-@pytest.mark.parametrize("argv, stages", [
+@pytest.mark.parametrize("argv, stages, bars", [
     (["trace", *TINY, "--prompt", "Lionel Messi plays soccer in", "--subject", "Lionel Messi", "--samples", "1"],
-     ["causal trace of 'Lionel Messi plays soccer in'"]),
+     ["causal trace of 'Lionel Messi plays soccer in'"], ["trace (fast): 100%"]),
     (["trace", *TINY, "--data", "bundled", "--limit", "2", "--samples", "1", "--kind", "mlp"],
-     ["causal traces of 2 facts"]),
+     ["causal traces of 2 facts"], ["trace facts: 100%"]),
     (["circuit", *TINY, "--data", "bundled", "--limit", "2", "--ig-steps", "1"],
-     ["eap-ig scores of", "faithfulness curve", "the chosen circuit's metric"]),
+     ["eap-ig scores of", "faithfulness curve", "the chosen circuit's metric"], []),
     (["edit", *TINY, "--method", "rome", "--limit", "2", "--sequential", "--no-fluency", "--no-generation",
       "--layers", "1"],
      ["the unedited model's predictions", "ROME: 2 facts in 2 edit(s), applied one after another",
-      "evaluating all 2 facts"]),
+      "evaluating all 2 facts"], []),
     (["edit", *TINY, "--method", "ft", "--limit", "1", "--no-fluency", "--no-generation", "--layers", "1"],
-     ["FT: 1 facts in 1 edit(s), each evaluated and undone"]),
+     ["FT: 1 facts in 1 edit(s), each evaluated and undone"], []),
     (["lens", *TINY, "--tuned", "--train", "--retrain", "--train-tokens", "64", "--steps", "2"],
-     ["tuned lens: loaded from the cache, or trained once on 64 tokens"]),
+     ["tuned lens: loaded from the cache, or trained once on 64 tokens"],
+     ["tuned lens: residuals: 100%", "tuned lens: 100%"]),
     (["sweep", *TINY, "--no-ray", "--workers", "1", "--layers", "0", "--limit", "1", "--samples", "1", "--store",
       "{tmp}/s.sqlite"],
-     ["sweep into", "each of 1 facts traced once"]),
+     ["sweep into", "each of 1 facts traced once"], ["sweep: 100%"]),
 ])
-def test_long_commands_say_each_stage(argv, stages, tmp_path, capsys):
+def test_long_commands_say_each_stage(argv, stages, bars, tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # bars are for a terminal (commands.bars)
     code, stdout, err = _cli([a.replace("{tmp}", str(tmp_path)) for a in argv], capsys)
     assert code == 0, err
+    assert all(b in err for b in bars), err  # the bars inside a stage (stderr)
     lines = [line for line in stdout.splitlines() if line.startswith("... ")]
     at = [next((i for i, line in enumerate(lines) if want in line), None) for want in stages]
     assert None not in at and at == sorted(at), (stages, lines)  # every stage, in order

@@ -169,8 +169,8 @@ def run_sweep_into(model: Any, facts: list[Any], layers: list[int], samples: int
 
 
 def probe_facts(model: Any, facts: list[Any], n: int) -> Any:
-    """Linear probes at every 6th of the layers: a fact's prompt completed with its true object vs with its
-    counterfactual one (the residual at the object's token; held-out accuracy)."""
+    """Linear probes at six evenly spaced layers: ``n`` facts' prompts completed with the true object vs with
+    the counterfactual one (the residual at the object's token; held-out accuracy)."""
     from knowscope.probes import probe_layers
     from knowscope.sweep import spread
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -271,6 +271,7 @@ def knowledge_circuit(
     sizes: Sequence[int] | None = None,
     seed: int = 0,
     on_unit: OnUnit | None = None,
+    step: Callable[[str], None] | None = None,
 ) -> Circuit:
     """Find the knowledge circuit of a batch of facts (one relation).
 
@@ -282,13 +283,18 @@ def knowledge_circuit(
     ``"swap"``): two seeds give two samples of the same circuit (:func:`~knowscope.circuits.diff.noise_floor`).
     ``on_unit(done, total)`` is called after each unit of work: every gradient pass of the attribution,
     every size of the faithfulness curve, the final patched run (:func:`circuit_units` counts them).
+    ``step(text)`` is called before each stage (edge scores, the faithfulness curve, the circuit's own
+    metric): progress lines for callers.
     """
     start = time.perf_counter()
+    tick = step or (lambda text: None)
     batch = facts if isinstance(facts, CircuitBatch) else make_batch(
         model, facts, corruption, contrast_subjects=contrast_subjects, pool=pool, target=target, seed=seed)
     graph = Graph.from_model(model)
     if not 0 < target_faithfulness <= 1.5:
         raise ValueError(f"target_faithfulness must be in (0, 1.5], got {target_faithfulness!r}")
+    tick(f"{method} scores of {graph.n_edges:,} edges on {batch.size} prompt(s)"
+         + (f" ({ig_steps} integrated-gradient steps)" if method == "eap-ig" else ""))
     explicit = any(v is not None for v in (top_n, threshold, greedy))
     total = circuit_units(graph.n_edges, method, ig_steps, sizes, explicit)
     steps = 1 if method == "eap" else ig_steps
@@ -298,6 +304,8 @@ def knowledge_circuit(
 
     attribution = eap.attribute(model, batch, method, ig_steps=ig_steps, metric=metric, graph=graph,
                                 on_unit=unit(0))
+    if not explicit or sizes is not None:
+        tick("faithfulness curve: the clean prompts run with every edge outside each candidate circuit patched")
     curve = faithfulness_curve(model, attribution, batch, sizes, on_unit=unit(steps)) \
         if (not explicit or sizes is not None) else {}
     if explicit:
@@ -306,6 +314,7 @@ def knowledge_circuit(
         ok = [i for i, f in enumerate(curve["faithfulness"]) if f >= target_faithfulness]
         pick = ok[0] if ok else len(curve["faithfulness"]) - 1
         mask = prune(graph, attribution.scores, top_n=curve["n_edges_requested"][pick])
+    tick("the chosen circuit's metric and its nodes' direct logit attribution")
     m_circ = eap.patched_metric(model, graph, batch, mask, metric, attribution.corrupted_outputs)
     if on_unit is not None:
         on_unit(total, total)

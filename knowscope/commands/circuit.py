@@ -6,7 +6,7 @@ import argparse
 import time
 from typing import Any
 
-from knowscope.commands import add_model_argument, load_from_args
+from knowscope.commands import add_model_argument, load_from_args, stage
 from knowscope.commands.edit import read_facts
 
 NAME = "circuit"
@@ -94,7 +94,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if metric == "auto":
         metric = "logit_diff" if bool((batch.contrast >= 0).all()) else "logprob"
     circuit = knowledge_circuit(model, batch, method=args.method, ig_steps=args.ig_steps, metric=metric,
-                                top_n=args.top_n, target_faithfulness=args.target_faithfulness, seed=args.seed)
+                                top_n=args.top_n, target_faithfulness=args.target_faithfulness, seed=args.seed,
+                                step=stage)
     seconds = time.perf_counter() - start
     if args.out:
         circuit.meta["seconds"] = seconds

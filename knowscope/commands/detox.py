@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from knowscope.commands import add_model_argument, load_from_args
+from knowscope.commands import add_model_argument, load_from_args, stage
 
 NAME = "detox"
 HELP = "detoxify with DINM per SafeEdit item and report DS / DG / fluency / knowledge before and after"
@@ -75,12 +75,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     items = items[: args.limit] if args.limit is not None else items
     if not items:
         raise ValueError(f"no safety items in {args.data or 'the bundled set'}")
+    stage(f"loading the judge ({args.judge or 'default'})")
     judge = get_judge(args.judge)
     model = load_from_args(args)
     location = None
     if layer == "probe":
         from knowscope.circuits import locate_toxic_layers
 
+        stage(f"locating the toxic layer: a held-out safe-vs-unsafe probe per layer over {len(everything)} items")
         location = locate_toxic_layers(model, everything)  # over the whole data set, not only --limit
         layer = location.layer
         print(f"held-out probe over {location.n_items} items: toxic layer {layer}, controls' layers "
@@ -100,6 +102,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"[{i + 1}/{len(items)}] item {row['item_id']} ({row['category']}): layer {row['layer']}, "
               f"DS {_word(b)} -> {_word(a)}{extra}", flush=True)
 
+    stage(f"DINM on {len(items)} item(s): each located, edited, judged before and after, and undone")
     report = detox(model, items, judge=judge, layer=layer, facts=facts, max_new_tokens=args.max_new_tokens,
                    on_item=progress, keep_edits=edits if args.save else None, benign=benign,
                    benign_tokens=args.benign_tokens)

@@ -31,7 +31,7 @@ import argparse
 import time
 from typing import Any
 
-from knowscope.commands import add_model_argument, load_from_args
+from knowscope.commands import add_model_argument, load_from_args, stage
 
 NAME = "edit"
 HELP = "edit facts with ROME, MEMIT, fine-tuning, GRACE or WISE, and evaluate them (CounterFact + EasyEdit)"
@@ -173,6 +173,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     session = EditSession(model)
     # specificity is always against the unedited model: take its predictions before any edit
+    stage(f"the unedited model's predictions on the evaluation prompts of {len(facts)} facts")
     reference = pre_edit_predictions(model, facts, generation=not args.no_generation)
     if args.run_dir is not None:
         return _run_dir(args, model, facts, layers, session, reference, eval_kwargs, start)
@@ -180,6 +181,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     batch = _batch(args)
     groups = [facts[i : i + batch] for i in range(0, len(facts), batch)]
 
+    stage(f"{args.method.upper()}: {len(facts)} facts in {len(groups)} edit(s)"
+          + (", applied one after another" if args.sequential else ", each evaluated and undone")
+          + (" (ROME/MEMIT compute key statistics once per layer on a first run, then read them from the cache)"
+             if args.method in ("rome", "memit") else ""))
     results = []
     rows: list[dict[str, Any]] = []
     edit_seconds = 0.0
@@ -201,6 +206,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             notes = metrics.notes
             _progress(n, len(groups), group, metrics)
     if args.sequential:
+        stage(f"evaluating all {len(facts)} facts on the edited model")
         metrics = evaluate(model, facts, reference=reference, **eval_kwargs)
     else:
         metrics = EditMetrics.from_rows(rows, notes)

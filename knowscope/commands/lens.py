@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from knowscope.commands import add_model_argument, load_from_args
+from knowscope.commands import add_model_argument, bars, load_from_args, stage
 from knowscope.commands.edit import read_facts
 
 NAME = "lens"
@@ -47,7 +47,9 @@ def _tuned(args: argparse.Namespace, model: Any) -> Any:
     steps = args.steps if args.steps is not None else DEFAULT_STEPS
     if n_tokens < 64 or steps < 1:
         raise ValueError(f"--train-tokens must be >= 64 and --steps >= 1, got {n_tokens}, {steps}")
-    lens = tuned_lens(model, source=args.text, n_tokens=n_tokens, steps=steps, retrain=args.retrain)
+    stage(f"tuned lens: loaded from the cache, or trained once on {n_tokens:,} tokens of {args.text!r} text "
+          f"({steps} steps; minutes on a laptop CPU for the default model) and cached")
+    lens = tuned_lens(model, source=args.text, n_tokens=n_tokens, steps=steps, retrain=args.retrain, progress=bars())
     how = "loaded from the cache" if lens.meta.get("from_cache") else "trained and cached"
     print(f"tuned lens for {model.name}: {lens.meta.get('train_tokens')} training tokens, "
           f"{lens.meta.get('settings', {}).get('steps')} steps ({how}: {lens.meta.get('cached')})")

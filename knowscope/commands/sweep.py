@@ -18,7 +18,7 @@ import json
 import sqlite3
 from typing import Any
 
-from knowscope.commands import CLIError
+from knowscope.commands import CLIError, stage
 from knowscope.commands.edit import read_facts
 
 NAME = "sweep"
@@ -80,6 +80,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         spec = SweepSpec(args.model or DEFAULT_MODEL, facts, methods=[m.strip() for m in args.method.split(",")],
                          layers=args.layers, seeds=seeds, window=args.window, hparams=hparams,
                          trace={"samples": args.samples}, device=args.device)
+        stage(f"sweep into {args.store}: each of {len(facts)} facts traced once, then edited, evaluated and undone "
+              "at every layer of the grid (cells already in the store are skipped)")
         try:
             report = run_sweep(spec, args.store, workers=1 if args.no_ray else args.workers, address=args.address,
                                use_ray=not args.no_ray,

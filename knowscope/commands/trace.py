@@ -6,7 +6,7 @@ import argparse
 import math
 from typing import Any
 
-from knowscope.commands import add_model_argument, load_from_args
+from knowscope.commands import add_model_argument, bars, load_from_args, stage
 from knowscope.commands.edit import read_facts
 
 NAME = "trace"
@@ -62,7 +62,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError("--target is empty: give the answer text, or leave it out for the model's top-1")
     kwargs = _common(args)
     model = load_from_args(args)
-    result = trace(model, args.prompt, args.subject, target=args.target, **kwargs)
+    kinds = kwargs["kinds"]
+    stage(f"causal trace of {args.prompt!r}: {kinds if isinstance(kinds, str) else ', '.join(kinds)} x "
+          f"{model.arch.n_layers} layers, {args.samples} noise samples")
+    result = trace(model, args.prompt, args.subject, target=args.target, progress=bars(), **kwargs)
     print(f"{model.name}: p({result.target!r}) clean {result.high_score:.4f}, corrupted {result.low_score:.4f} "
           f"({result.method}, {result.samples} samples, {result.seconds:.1f} s)")
     s0, s1 = result.subject_range
@@ -95,6 +98,7 @@ def _run_data(args: argparse.Namespace) -> dict[str, Any]:
     model = load_from_args(args)
     if args.locate_window is not None and args.locate_window > model.arch.n_layers:
         raise ValueError(f"--locate-window {args.locate_window}: {model.name} has {model.arch.n_layers} layers")
+    stage(f"causal traces of {len(facts)} facts ({args.samples} noise samples each)")
     agg = trace_facts(model, facts, kinds=kinds, progress=True, **kwargs)
     print(f"{model.name}: average indirect effect over {agg.n_facts} facts (best layer per token class)")
     for kind in agg.kinds:

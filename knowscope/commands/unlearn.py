@@ -15,7 +15,7 @@ import argparse
 import time
 from typing import Any
 
-from knowscope.commands import add_model_argument, load_from_args
+from knowscope.commands import add_model_argument, load_from_args, stage
 from knowscope.commands.edit import parse_layers
 
 NAME = "unlearn"
@@ -95,14 +95,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     model = load_from_args(args)
     hp = unlearner.hparams.for_model(model, **overrides)
     fluency = not args.no_fluency
+    stage(f"the unedited model's answers on {len(uset.forget)} forget and {len(uset.retain)} retain items")
     reference = unlearn_reference(model, uset, fluency=fluency)
     before = evaluate_unlearning(model, uset, reference, fluency=fluency)
+    stage(f"{unlearner.label}: training until the forget answers are gone (at most {hp.max_steps} steps)")
     t0 = time.perf_counter()
     result = unlearner.edit(model, uset.forget, uset.retain, hparams=hp)
     edit_seconds = time.perf_counter() - t0
     session = EditSession(model)
     session.apply(result)
     try:
+        stage("evaluating the unlearned model")
         after = evaluate_unlearning(model, uset, reference, fluency=fluency)
         saved = _save(args.save, result, after) if args.save else None
     finally:

@@ -29,7 +29,6 @@ from typing import Any
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from knowscope.editing.guards import TrainableWeights, mlp_out_parameters
 from knowscope.editing.keys import check_request
@@ -37,6 +36,7 @@ from knowscope.editing.layers import LayerSpec, resolve_layers
 from knowscope.editing.session import EditResult
 from knowscope.facts import Fact
 from knowscope.models import Model
+from knowscope.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ def edit(
     history: list[float] = []
     with TrainableWeights(model, list(mlp_out_parameters(model, chosen))) as tw:
         opt = torch.optim.Adam(list(tw.params.values()), lr=hp.lr, weight_decay=hp.weight_decay)
-        for _ in tqdm(range(hp.num_steps), desc="FT", leave=False, disable=None):
+        for _ in progress_bar(range(hp.num_steps), desc="FT", leave=False, disable=None):
             epoch_losses = []
             for start_i in range(0, len(requests), hp.batch_size):
                 batch = requests[start_i : start_i + hp.batch_size]

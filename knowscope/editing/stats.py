@@ -30,6 +30,7 @@ from torch import Tensor
 from knowscope.editing.hparams import DEFAULT_STATS_TOKENS
 from knowscope.editing.session import unedited_weights
 from knowscope.models import Model, cache_dir
+from knowscope.progress import progress_bar
 from knowscope.results import ResultFormatError, load_dir, save_dir
 from knowscope.texts import SELF, Source, source_key, token_batches
 
@@ -81,6 +82,18 @@ class KeyStats:
 
 def _cache_path(model: Model, layer: int, skey: str, n_tokens: int, seq_len: int) -> Path:
     return cache_dir() / "stats" / model.fingerprint / f"mom2-v{STATS_VERSION}-{skey}-len{seq_len}-L{layer}-n{n_tokens}"
+
+
+def missing_stats(model: Model, layers: Sequence[int], n_tokens: int = DEFAULT_STATS_TOKENS, source: Source = SELF,
+                  seq_len: int = 128, seed: int = 0) -> list[int]:
+    """The layers of ``layers`` whose key statistics (these settings) are not in the cache yet.
+
+    What a first run is about to compute: a caller says so (and how long it takes) before
+    :func:`key_stats` starts.
+    """
+    skey = source_key(source, seed)
+    return [layer for layer in sorted(set(layers))
+            if not (_cache_path(model, layer, skey, n_tokens, seq_len) / "meta.json").is_file()]
 
 
 def key_stats(
@@ -148,8 +161,6 @@ def _collect(
     model: Model, layers: list[int], source: Source, n_tokens: int, seq_len: int, batch_size: int, seed: int,
     progress: bool,
 ) -> dict[int, Tensor]:
-    from tqdm.auto import tqdm
-
     d_mlp = model.arch.d_mlp
     sums = {layer: torch.zeros(d_mlp, d_mlp, dtype=torch.float64, device=model.device) for layer in layers}
     seen = 0
@@ -164,7 +175,7 @@ def _collect(
         return hook
 
     hooks = [(model.arch.hook_mlp_key(layer), grab(layer)) for layer in layers]
-    bar = tqdm(total=n_tokens, desc=f"key stats L{layers}", unit="tok", disable=not progress)
+    bar = progress_bar(total=n_tokens, desc=f"key stats L{layers}", unit="tok", disable=not progress)
     try:
         for tokens in token_batches(model, source, n_tokens, seq_len, batch_size, seed):
             tokens = tokens.to(model.device)

@@ -38,6 +38,7 @@ from torch import Tensor
 from knowscope.models import Model
 from knowscope.paths import cache_dir
 from knowscope.probes.lens import lens_logits
+from knowscope.progress import progress_bar
 from knowscope.results import fmt, load_dir, register, result_kind, save_dir
 from knowscope.texts import SELF, Source, source_key, token_batches
 from knowscope.work import OnUnit
@@ -199,25 +200,29 @@ class TunedLens:
 @torch.no_grad()
 def collect_residuals(
     model: Model, source: Source = SELF, n_tokens: int = DEFAULT_TRAIN_TOKENS, seq_len: int = 128,
-    batch_size: int = 32, seed: int = 0, skip_batches: int = 0,
+    batch_size: int = 32, seed: int = 0, skip_batches: int = 0, progress: bool = False,
 ) -> Float[Tensor, "n_tokens n_layers d_model"]:
     """Every layer's ``resid_post`` on ``n_tokens`` tokens of ``source`` (BOS excluded; it is no text position).
 
     ``skip_batches`` skips the first batches of the stream, so a held-out set can come after the training text.
+    ``progress`` shows a bar of the tokens read (the model's own text is sampled on a first run: minutes).
     """
     names = [model.arch.hook_resid_post(i) for i in range(model.arch.n_layers)]
     rows: list[Tensor] = []
     have = 0
     total = n_tokens + skip_batches * batch_size * (seq_len - 1)
-    for i, batch in enumerate(token_batches(model, source, total, seq_len=seq_len, batch_size=batch_size, seed=seed)):
-        if i < skip_batches:
-            continue
-        _, cache = model.bridge.run_with_cache(batch.to(model.device), names_filter=lambda name: name in names)
-        resid = torch.stack([cache[nm][:, 1:] for nm in names], dim=2)  # [b, pos-1, n_layers, d]
-        rows.append(resid.reshape(-1, *resid.shape[2:]).float().cpu())
-        have += rows[-1].shape[0]
-        if have >= n_tokens:
-            break
+    batches = token_batches(model, source, total, seq_len=seq_len, batch_size=batch_size, seed=seed)
+    with progress_bar(total=n_tokens, desc="tuned lens: residuals", unit="tok", disable=not progress) as bar:
+        for i, batch in enumerate(batches):
+            if i < skip_batches:
+                continue
+            _, cache = model.bridge.run_with_cache(batch.to(model.device), names_filter=lambda name: name in names)
+            resid = torch.stack([cache[nm][:, 1:] for nm in names], dim=2)  # [b, pos-1, n_layers, d]
+            rows.append(resid.reshape(-1, *resid.shape[2:]).float().cpu())
+            have += rows[-1].shape[0]
+            bar.update(min(rows[-1].shape[0], n_tokens - bar.n))
+            if have >= n_tokens:
+                break
     if not rows:
         raise ValueError(f"text source {source_key(source)} gave no tokens")
     out = torch.cat(rows)[:n_tokens]
@@ -309,10 +314,14 @@ def fit_translators(model: Model, train: Float[Tensor, "n_tokens n_layers d_mode
     return lens, losses
 
 
-def _log_progress(steps: int) -> Callable[[int, list[float]], None]:
+def _log_progress(steps: int, bar: Any = None) -> Callable[[int, list[float]], None]:
+    """Log every 50th step (and move ``bar``, a tqdm bar, at every step)."""
     started = time.perf_counter()
 
     def log(step: int, losses: list[float]) -> None:
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(kl=f"{losses[-1]:.3f}", refresh=False)
         if (step + 1) % 50 == 0 or step + 1 == steps:
             logger.info("tuned lens: step %d/%d, mean KL per layer %.3f, %.0fs", step + 1, steps, losses[-1],
                         time.perf_counter() - started)
@@ -335,38 +344,42 @@ def cache_path(model: Model, settings: dict[str, Any]) -> Path:
 def train_tuned_lens(model: Model, source: Source = SELF, n_tokens: int = DEFAULT_TRAIN_TOKENS,
                      held_out_tokens: int = DEFAULT_HELD_OUT_TOKENS, steps: int = DEFAULT_STEPS,
                      batch_tokens: int = DEFAULT_BATCH_TOKENS, lr: float = DEFAULT_LR, seed: int = 0,
-                     seq_len: int = 128, batch_size: int = 32, on_unit: OnUnit | None = None) -> TunedLens:
+                     seq_len: int = 128, batch_size: int = 32, on_unit: OnUnit | None = None,
+                     progress: bool = False) -> TunedLens:
     """Collect residuals on ``n_tokens`` training and ``held_out_tokens`` held-out tokens, train, measure.
 
     The held-out tokens are never trained on: for the model's own text, samples drawn with another
     seed (:data:`HELD_OUT_SEED`); for files or datasets, the text after the training tokens. The returned
     lens's ``meta`` records the settings, the token counts, the seconds spent, the loss curve and
     the held-out :class:`LensQuality`. ``on_unit(step, steps)`` is called after each training step
-    (:mod:`knowscope.work`; when it raises, training stops and nothing is returned).
+    (:mod:`knowscope.work`; when it raises, training stops and nothing is returned). ``progress`` shows bars
+    of the tokens read and of the optimisation steps.
     """
     if n_tokens < batch_tokens:
         raise ValueError(f"n_tokens ({n_tokens}) must be at least batch_tokens ({batch_tokens})")
     if held_out_tokens < 1:
         raise ValueError(f"held_out_tokens must be >= 1, got {held_out_tokens}")
     started = time.perf_counter()
-    train = collect_residuals(model, source, n_tokens, seq_len=seq_len, batch_size=batch_size, seed=seed)
+    train = collect_residuals(model, source, n_tokens, seq_len=seq_len, batch_size=batch_size, seed=seed,
+                              progress=progress)
     if isinstance(source, str) and source == SELF:  # independent samples, the same for any n_tokens
         held = collect_residuals(model, source, held_out_tokens, seq_len=seq_len, batch_size=batch_size,
-                                 seed=seed + HELD_OUT_SEED)
+                                 seed=seed + HELD_OUT_SEED, progress=progress)
     else:  # the text after the training tokens
         skip = math.ceil(n_tokens / (batch_size * (seq_len - 1)))
         held = collect_residuals(model, source, held_out_tokens, seq_len=seq_len, batch_size=batch_size, seed=seed,
-                                 skip_batches=skip)
+                                 skip_batches=skip, progress=progress)
     collected = time.perf_counter()
-    log = _log_progress(steps)
+    with progress_bar(total=steps, desc="tuned lens", unit="step", disable=not progress) as bar:
+        log = _log_progress(steps, bar)
 
-    def on_step(step: int, losses: list[float]) -> None:
-        log(step, losses)
-        if on_unit is not None:
-            on_unit(step + 1, steps)
+        def on_step(step: int, losses: list[float]) -> None:
+            log(step, losses)
+            if on_unit is not None:
+                on_unit(step + 1, steps)
 
-    lens, losses = fit_translators(model, train, steps=steps, batch_tokens=batch_tokens, lr=lr, seed=seed,
-                                   on_step=on_step)
+        lens, losses = fit_translators(model, train, steps=steps, batch_tokens=batch_tokens, lr=lr, seed=seed,
+                                       on_step=on_step)
     trained = time.perf_counter()
     quality = lens_quality(model, lens, held)
     lens.meta = {"settings": _settings(source, n_tokens, held_out_tokens, steps, batch_tokens, lr, seed, seq_len),
@@ -382,9 +395,10 @@ def train_tuned_lens(model: Model, source: Source = SELF, n_tokens: int = DEFAUL
 def tuned_lens(model: Model, source: Source = SELF, n_tokens: int = DEFAULT_TRAIN_TOKENS,
                held_out_tokens: int = DEFAULT_HELD_OUT_TOKENS, steps: int = DEFAULT_STEPS,
                batch_tokens: int = DEFAULT_BATCH_TOKENS, lr: float = DEFAULT_LR, seed: int = 0,
-               seq_len: int = 128, retrain: bool = False, on_unit: OnUnit | None = None) -> TunedLens:
-    """The tuned lens for ``model`` with these settings: loaded from the cache, or trained (``on_unit`` as in
-    :func:`train_tuned_lens`) and cached."""
+               seq_len: int = 128, retrain: bool = False, on_unit: OnUnit | None = None,
+               progress: bool = False) -> TunedLens:
+    """The tuned lens for ``model`` with these settings: loaded from the cache, or trained (``on_unit`` and
+    ``progress`` as in :func:`train_tuned_lens`) and cached."""
     settings = _settings(source, n_tokens, held_out_tokens, steps, batch_tokens, lr, seed, seq_len)
     path = cache_path(model, settings)
     if not retrain and result_kind(path) == KIND:
@@ -392,7 +406,7 @@ def tuned_lens(model: Model, source: Source = SELF, n_tokens: int = DEFAULT_TRAI
         lens.meta.update(cached=str(path), from_cache=True)
         return lens
     lens = train_tuned_lens(model, source, n_tokens, held_out_tokens, steps, batch_tokens, lr, seed, seq_len,
-                            on_unit=on_unit)
+                            on_unit=on_unit, progress=progress)
     lens.save(path, overwrite=True)
     lens.meta.update(cached=str(path), from_cache=False)
     return lens

@@ -83,9 +83,10 @@ class CellRunner:
         return {"fingerprint": self.model.fingerprint, "n_layers": self.model.arch.n_layers,
                 "resolved": resolved, "worker": self.name, "pid": os.getpid()}
 
-    def prepare_stats(self, layers: list[int], n_tokens: int, source: str) -> dict[int, KeyStats]:
+    def prepare_stats(self, layers: list[int], n_tokens: int, source: str,
+                      progress: bool = False) -> dict[int, KeyStats]:
         """The key statistics of ``layers`` (one streamed pass; read from the cache where present)."""
-        got = key_stats(self.model, sorted(set(layers)), n_tokens=n_tokens, source=source, progress=False)
+        got = key_stats(self.model, sorted(set(layers)), n_tokens=n_tokens, source=source, progress=progress)
         self.set_stats(got)
         return got
 

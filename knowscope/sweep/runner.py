@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from knowscope.models import Model
+from knowscope.progress import progress_bar
 from knowscope.sweep.cells import CellRunner
 from knowscope.sweep.grid import SweepSpec, edited_layers
 from knowscope.sweep.store import SweepStore
@@ -122,7 +123,7 @@ def run_sweep(
     started = time.perf_counter()
     report = SweepReport(store=str(store), n_cells=0, workers=workers, ray=use_ray)
     with SweepStore(store, writer=True) as db:
-        pool = (_RayPool(ray, spec, workers, address) if use_ray else _LocalPool(spec, model))
+        pool = (_RayPool(ray, spec, workers, address) if use_ray else _LocalPool(spec, model, progress))
         try:
             info = pool.describe()
             n_layers = info["n_layers"]
@@ -170,10 +171,8 @@ def _stats_needs(info: dict[str, Any], spec: SweepSpec, todo: list[Any],
 def _drive(pool: Any, db: SweepStore, jobs: list[tuple[str, Any]], report: SweepReport, progress: bool,
            max_restarts: int, on_result: Callable[[dict[str, Any], Any], None] | None,
            deadline: float | None = None) -> None:
-    from tqdm.auto import tqdm
-
     queue = deque(jobs)
-    bar = tqdm(total=len(jobs), desc="sweep", unit="job", disable=not progress, smoothing=0.1)
+    bar = progress_bar(total=len(jobs), desc="sweep", unit="job", disable=not progress, smoothing=0.1)
     try:
         for event, job, payload in pool.results(queue):
             if event == "lost":
@@ -221,7 +220,8 @@ def _job_name(job: tuple[str, Any]) -> str:
 class _LocalPool:
     """One :class:`CellRunner` in this process."""
 
-    def __init__(self, spec: SweepSpec, model: Model | None) -> None:
+    def __init__(self, spec: SweepSpec, model: Model | None, progress: bool = False) -> None:
+        self.progress = progress  # a bar while the key statistics are computed (a first run: minutes)
         self.runner = CellRunner(model if model is not None else spec.model, spec.facts, spec.hparams, spec.window,
                                  spec.trace, spec.fluency, spec.device, name="local")
         self._info: dict[str, Any] | None = None
@@ -233,7 +233,7 @@ class _LocalPool:
 
     def share_stats(self, needs: dict[tuple[int, str], list[int]]) -> None:
         for (n_tokens, source), layers in needs.items():
-            self.runner.prepare_stats(layers, n_tokens, source)
+            self.runner.prepare_stats(layers, n_tokens, source, progress=self.progress)
 
     def results(self, queue: deque) -> Any:
         import traceback

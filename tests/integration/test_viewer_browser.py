@@ -318,6 +318,7 @@ def test_viewer_in_chromium(browser_page, shots, demo_runs):
     readable(page)
     answers = metric_values(page, "logit lens: the model's answer")
     assert answers == ["␣Paris", "␣London"], answers
+    assert len(metric_values(page, "best logistic")) == 1  # the demo's linear probe, saved under its runs
     shot(page, shots / "probes.png")
 
     # the sidebar's switch takes every page back to the unedited model
@@ -328,6 +329,8 @@ def test_viewer_in_chromium(browser_page, shots, demo_runs):
     go(page, "Sweeps")
     no_error(page)
     readable(page)
+    cells = metric_values(page, "cells")  # the demo's own small sweep: every cell stored
+    assert len(cells) == 1 and cells[0].split(" of ")[0] == cells[0].split(" of ")[1], cells
     shot(page, shots / "sweeps.png")
 
     # DINM in the lab: every response readable without scrolling sideways, before above after

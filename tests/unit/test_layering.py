@@ -16,7 +16,8 @@ from pathlib import Path
 import knowscope
 
 ROOT = Path(knowscope.__file__).parent
-BASE = {"paths", "compat", "hooks", "work", "results", "facts", "safeedit", "models", "chat", "knowledge", "data"}
+BASE = {"paths", "compat", "hooks", "work", "progress", "results", "facts", "safeedit", "models", "chat", "knowledge",
+        "data"}
 RANK = {"circuits": 1, "editing": 2, "safety": 3, "probes": 4, "sweep": 5, "viewer": 6, "commands": 7, "cli": 8}
 NO_LOCAL_IMPORTS = ("circuits", "editing", "probes", "safety")
 

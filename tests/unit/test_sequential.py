@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from knowscope.editing.evaluation import evaluate
 from knowscope.editing.hparams import MEMITHyperParams
 from knowscope.editing.sequential import (
     CollapseMonitor,
@@ -14,7 +15,6 @@ from knowscope.editing.sequential import (
     load_run_edits,
     run_sequential,
 )
-from knowscope.editing.evaluation import evaluate
 from knowscope.editing.stats import key_stats
 from knowscope.facts import Fact
 from knowscope.results import load_result

@@ -39,6 +39,7 @@ from knowscope.circuits.tracing.tracer import _Tracer
 from knowscope.compat import FIX_HINT
 from knowscope.facts import Fact
 from knowscope.models import Model
+from knowscope.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -173,8 +174,6 @@ def trace_facts(
     the model's own top-1 answer (ROME's "known facts" setting; the same for facts the model knows).
     Other keyword arguments go to :func:`trace` (samples, noise, window, seed, method, ...).
     """
-    from tqdm.auto import tqdm
-
     if not facts:
         raise ValueError("no facts to trace")
     if target not in ("true", "predicted"):
@@ -182,7 +181,7 @@ def trace_facts(
     kinds_t = _check_kinds(kinds)
     started = time.perf_counter()
     traces = []
-    for fact in tqdm(facts, desc="trace facts", disable=not progress):
+    for fact in progress_bar(facts, desc="trace facts", disable=not progress):
         tgt = fact.true_continuation if target == "true" else None
         traces.append(trace(model, fact.text, fact.subject, target=tgt, kinds=kinds_t, **trace_kwargs))
     settings = {"kinds": list(kinds_t), "target": target, "model": model.name, **{

@@ -17,6 +17,7 @@ from knowscope.circuits.tracing import partial
 from knowscope.circuits.tracing.inputs import SEVERED_KINDS, _hook_for, window_layers
 from knowscope.circuits.tracing.partial import _OutputPatch, _PrefixKV, _Record
 from knowscope.models import Model
+from knowscope.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -77,12 +78,10 @@ class _Tracer:
     @torch.no_grad()
     def reference(self, kinds: Sequence[str], clean: dict[str, Tensor], corrupt: dict[str, Tensor],
                   positions: Sequence[int], progress: bool) -> dict[str, Tensor]:
-        from tqdm.auto import tqdm
-
         out = {k: torch.full((self.n_tokens, self.n_layers), math.nan) for k in kinds}
         cells = [(k, t, L) for k in kinds for t in positions for L in range(self.n_layers)]
         toks = self.corrupted_tokens()
-        for kind, t, L in tqdm(cells, desc="trace (reference)", disable=not progress):
+        for kind, t, L in progress_bar(cells, desc="trace (reference)", disable=not progress):
             hooks = [(hk.EMBED, self.noise_hook())]
             if kind in ("hidden",) + SEVERED_KINDS:
                 name = _hook_for("hidden", L)
@@ -104,14 +103,12 @@ class _Tracer:
     @torch.no_grad()
     def fast(self, kinds: Sequence[str], clean: _Record, corrupt: _Record, low: float,
              positions: Sequence[int], progress: bool, mode: str = "suffix") -> dict[str, Tensor]:
-        from tqdm.auto import tqdm
-
         n, S = self.n_layers, self.samples
         out = {k: torch.full((self.n_tokens, n), math.nan) for k in kinds}
         for k in kinds:  # before the subject clean == corrupted: restoring there changes nothing
             out[k][[t for t in positions if t < self.s0]] = low
         tokens = [t for t in positions if t >= self.s0]
-        for t in tqdm(tokens, desc="trace (fast)", disable=not progress):
+        for t in progress_bar(tokens, desc="trace (fast)", disable=not progress):
             jobs: list[_Job] = []
             for kind in kinds:
                 for L in range(n):

@@ -32,6 +32,7 @@ from knowscope.editing.guards import TrainableWeights
 from knowscope.editing.session import EditResult
 from knowscope.editing.unlearning.data import UnlearnItem, check_sets
 from knowscope.models import Model
+from knowscope.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -190,7 +191,8 @@ def run_training(model: Model, method: str, forget: Sequence[UnlearnItem], retai
     start = time.perf_counter()
     history: list[dict[str, float]] = []
     forgot = forgotten_fraction(model, forget_pairs, forget)
-    with TrainableWeights(model, list(names)) as tw:
+    bar = progress_bar(total=hp.max_steps, desc=method, unit="step", leave=False, disable=None)  # a terminal only
+    with bar, TrainableWeights(model, list(names)) as tw:
         opt = torch.optim.Adam(list(tw.params.values()), lr=hp.lr)
         step = 0
         while step < hp.max_steps:
@@ -208,6 +210,8 @@ def run_training(model: Model, method: str, forget: Sequence[UnlearnItem], retai
             if step % hp.check_every == 0 or step == hp.max_steps:
                 forgot = forgotten_fraction(model, forget_pairs, forget)
             history.append({"step": step, "loss": float(loss.item()), "forgotten": forgot, **parts})
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}", forgotten=f"{forgot:.2f}", refresh=False)
             logger.debug("%s step %d: loss %.4f, forgotten %.2f", method, step, loss.item(), forgot)
         deltas = tw.deltas()
     seconds = time.perf_counter() - start

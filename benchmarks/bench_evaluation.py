@@ -13,7 +13,9 @@ Sections (``--only`` picks some):
   (efficacy, paraphrase, neighbourhood, relation specificity, portability) and fluency. Modes: ROME at
   ``auto`` and at its default layer, FT, one at a time and undone in between; MEMIT, one batch;
   null-space MEMIT in sequential batches of ``--seq-batch``; GRACE (last-token and subject keys), WISE
-  and FactKey, sequential, one edit at a time (all edits applied when evaluated); ``unedited``, the same
+  (``wise``: its defaults; ``wise_tuned``: the config benchmarks/wise_tune.py chose on its tuning split,
+  read from benchmarks/results/wise_tune.json) and FactKey, sequential, one edit at a time (all edits
+  applied when evaluated); ``unedited``, the same
   evaluation before any edit. Resumable: each finished mode is written to the JSON at once and skipped
   on a re-run.
 * ``same_subject``: the bundled same-subject set (one subject edited under two or three relations in
@@ -47,7 +49,7 @@ from knowscope.sweep.grid import spread
 
 RESULTS = Path(__file__).parent / "results"
 MODES = ("unedited", "rome_auto", "rome_default", "ft", "memit_batch", "null_space_seq", "grace", "grace_subject",
-         "wise", "factkey")
+         "wise", "wise_tuned", "factkey")
 TABLE = ("efficacy_score", "gen_efficacy", "paraphrase_score", "gen_paraphrase", "neighborhood_score",
          "gen_neighborhood", "locality_acc", "relation_specificity", "relation_specificity_score",
          "gen_relation_specificity", "portability_acc", "gen_portability", "fluency")
@@ -62,6 +64,17 @@ def edit_facts(n: int) -> list[Fact]:
         taken = {f.case_id for f in chosen}
         chosen += spread([f for f in facts if f.case_id not in taken], n - len(chosen))
     return chosen
+
+
+def wise_tuned() -> dict[str, Any]:
+    """The WISE settings benchmarks/wise_tune.py chose on its tuning split (its GRID entry)."""
+    from wise_tune import GRID, OUT
+
+    chosen = json.loads(OUT.read_text()).get("chosen") if OUT.is_file() else None
+    if chosen not in GRID:
+        raise SystemExit(f"no tuned WISE config in {OUT}: run benchmarks/wise_tune.py first")
+    logging.info("wise_tuned: %s %s", chosen, GRID[chosen])
+    return GRID[chosen]
 
 
 def timing(model: Any, n: int) -> dict[str, Any]:
@@ -111,7 +124,8 @@ def run_mode(model: Any, mode: str, facts: list[Fact], seq_batch: int) -> dict[s
                 for i in range(0, len(facts), seq_batch):
                     session.apply(seq.edit(facts[i : i + seq_batch]))
             else:
-                name, extra = ("grace", {"key": "subject"}) if mode == "grace_subject" else (mode, {})
+                name, extra = {"grace_subject": ("grace", {"key": "subject"}),
+                               "wise_tuned": ("wise", wise_tuned())}.get(mode, (mode, {}))
                 editor = get_editor(name)
                 hp = editor.hparams.for_model(model, **extra)
                 for k, fact in enumerate(facts):

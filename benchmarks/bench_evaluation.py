@@ -66,11 +66,15 @@ def edit_facts(n: int) -> list[Fact]:
     return chosen
 
 
+WISE_CONFIG: list[str] = []  # --wise-config: another wise_tune.py config than the chosen one
+
+
 def wise_tuned() -> dict[str, Any]:
-    """The WISE settings benchmarks/wise_tune.py chose on its tuning split (its GRID entry)."""
+    """The WISE settings benchmarks/wise_tune.py chose on its tuning split (its GRID entry), or the config
+    ``--wise-config`` names."""
     from wise_tune import GRID, OUT
 
-    chosen = json.loads(OUT.read_text()).get("chosen") if OUT.is_file() else None
+    chosen = WISE_CONFIG[0] if WISE_CONFIG else json.loads(OUT.read_text()).get("chosen") if OUT.is_file() else None
     if chosen not in GRID:
         raise SystemExit(f"no tuned WISE config in {OUT}: run benchmarks/wise_tune.py first")
     logging.info("wise_tuned: %s %s", chosen, GRID[chosen])
@@ -186,7 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ss-modes", default="grace,grace_subject,memit,factkey")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(RESULTS / "bench_evaluation.json"))
+    ap.add_argument("--wise-config", default="", help="wise_tuned: this wise_tune.py config instead of the chosen")
     args = ap.parse_args(argv)
+    WISE_CONFIG[:] = [args.wise_config] if args.wise_config else []
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
     out_path = Path(args.out)
@@ -208,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue  # measured already (resumable)
             logging.info("editors: %s on %d facts", mode, args.facts)
             editors[mode] = run_mode(model, mode, edit_facts(args.facts), args.seq_batch)
+            if mode == "wise_tuned":
+                editors[mode]["wise_settings"] = wise_tuned()
             write_json_atomic(out_path, report)
         print_table(editors)
     if "same_subject" in only:

@@ -7,7 +7,8 @@ the held-out report), spread over the relations. Each config edits ``--facts`` o
 (sequential edits into one memory) and is evaluated on them with the project's evaluation (efficacy,
 paraphrase, neighbourhood, EasyEdit locality, teacher-forced; generation and fluency off to keep it cheap).
 A refused edit stops the config there; the refusal is recorded. The choice: among configs that applied
-every edit with efficacy >= 0.9, the highest neighbourhood + locality, then paraphrase.
+every edit with efficacy >= 0.9, the highest neighbourhood + locality, then paraphrase (none: the fully
+applied config with the highest sum of the four, ``chosen_rule`` "fallback").
 
     OMP_NUM_THREADS=1 python benchmarks/wise_tune.py [--facts 12] [--only name,name]
 """
@@ -95,13 +96,16 @@ def run_config(model: Any, name: str, overrides: dict[str, Any], facts: list[Fac
 
 
 def choose(rows: dict[str, dict[str, Any]]) -> str | None:
-    ok = [r for n, r in rows.items() if n != "unedited" and r["applied"] == r["facts"]
-          and (r["metrics"]["efficacy_score"] or 0) >= 0.9]
-    if not ok:
-        return None
-    best = max(ok, key=lambda r: (r["metrics"]["neighborhood_score"] + r["metrics"]["locality_acc"],
-                                  r["metrics"]["paraphrase_score"]))
-    return best["name"]
+    """The rule of the module docstring; where no config reaches efficacy 0.9 with every edit applied, the
+    fully applied config with the highest sum of the four metrics (a fallback, reported as such)."""
+    full = [r for n, r in rows.items() if n != "unedited" and r["applied"] == r["facts"]]
+    ok = [r for r in full if (r["metrics"]["efficacy_score"] or 0) >= 0.9]
+    if ok:
+        return max(ok, key=lambda r: (r["metrics"]["neighborhood_score"] + r["metrics"]["locality_acc"],
+                                      r["metrics"]["paraphrase_score"]))["name"]
+    if full:
+        return max(full, key=lambda r: sum(r["metrics"][k] for k in KEYS))["name"]
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,12 +139,14 @@ def main(argv: list[str] | None = None) -> int:
         report["chosen"] = choose(rows)
         write_json_atomic(args.out, report)
     report["chosen"] = choose(rows)
+    meets = report["chosen"] and (rows[report["chosen"]]["metrics"]["efficacy_score"] or 0) >= 0.9
+    report["chosen_rule"] = "efficacy >= 0.9, then neighbourhood + locality" if meets else "fallback"
     write_json_atomic(args.out, report)
     print(f"{'config':>22} {'applied':>8} " + " ".join(f"{k[:12]:>12}" for k in KEYS))
     for name, r in rows.items():
         vals = " ".join(f"{r['metrics'][k]:>12.3f}" if r["metrics"][k] is not None else f"{'-':>12}" for k in KEYS)
         print(f"{name:>22} {r['applied']:>8} {vals}")
-    print(f"chosen: {report['chosen']}")
+    print(f"chosen: {report['chosen']} ({report['chosen_rule']})")
     return 0
 
 

@@ -18,6 +18,12 @@ sequences and is decided on its own positions. So a generation is routed by its 
 generates never change that decision (EasyEdit decides each cached step on the one new token alone).
 A pass that does not run the embedding (a forward started at a block) has no ids: it is decided on all of
 its positions, and kept by nothing.
+
+Training under this router (:func:`margin_scores`, ``knowscope.editing.wise``) differs from EasyEdit in
+small ways, on purpose: a row's score is over its real positions (EasyEdit's padded batch averages its
+pads in); a teacher-forced row is BOS, template, prompt and the target but its last token (the input the
+loss reads; EasyEdit's row holds the whole target); the recorded score is measured after the last step
+(EasyEdit's at the last forward, before that step). The score is ``||D a||`` in both routers.
 """
 
 from __future__ import annotations

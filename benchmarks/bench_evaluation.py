@@ -13,7 +13,9 @@ Sections (``--only`` picks some):
   (efficacy, paraphrase, neighbourhood, relation specificity, portability) and fluency. Modes: ROME at
   ``auto`` and at its default layer, FT, one at a time and undone in between; MEMIT, one batch;
   null-space MEMIT in sequential batches of ``--seq-batch``; GRACE (last-token and subject keys), WISE
-  and FactKey, sequential, one edit at a time (all edits applied when evaluated); ``unedited``, the same
+  (``wise``: its defaults; ``wise_tuned``: the config benchmarks/wise_tune.py chose on its tuning split,
+  read from benchmarks/results/wise_tune.json) and FactKey, sequential, one edit at a time (all edits
+  applied when evaluated); ``unedited``, the same
   evaluation before any edit. Resumable: each finished mode is written to the JSON at once and skipped
   on a re-run.
 * ``same_subject``: the bundled same-subject set (one subject edited under two or three relations in
@@ -47,7 +49,7 @@ from knowscope.sweep.grid import spread
 
 RESULTS = Path(__file__).parent / "results"
 MODES = ("unedited", "rome_auto", "rome_default", "ft", "memit_batch", "null_space_seq", "grace", "grace_subject",
-         "wise", "factkey")
+         "wise", "wise_tuned", "factkey")
 TABLE = ("efficacy_score", "gen_efficacy", "paraphrase_score", "gen_paraphrase", "neighborhood_score",
          "gen_neighborhood", "locality_acc", "relation_specificity", "relation_specificity_score",
          "gen_relation_specificity", "portability_acc", "gen_portability", "fluency")
@@ -62,6 +64,21 @@ def edit_facts(n: int) -> list[Fact]:
         taken = {f.case_id for f in chosen}
         chosen += spread([f for f in facts if f.case_id not in taken], n - len(chosen))
     return chosen
+
+
+WISE_CONFIG: list[str] = []  # --wise-config: another wise_tune.py config than the chosen one
+
+
+def wise_tuned() -> dict[str, Any]:
+    """The WISE settings benchmarks/wise_tune.py chose on its tuning split (its GRID entry), or the config
+    ``--wise-config`` names."""
+    from wise_tune import GRID, OUT
+
+    chosen = WISE_CONFIG[0] if WISE_CONFIG else json.loads(OUT.read_text()).get("chosen") if OUT.is_file() else None
+    if chosen not in GRID:
+        raise SystemExit(f"no tuned WISE config in {OUT}: run benchmarks/wise_tune.py first")
+    logging.info("wise_tuned: %s %s", chosen, GRID[chosen])
+    return GRID[chosen]
 
 
 def timing(model: Any, n: int) -> dict[str, Any]:
@@ -111,7 +128,8 @@ def run_mode(model: Any, mode: str, facts: list[Fact], seq_batch: int) -> dict[s
                 for i in range(0, len(facts), seq_batch):
                     session.apply(seq.edit(facts[i : i + seq_batch]))
             else:
-                name, extra = ("grace", {"key": "subject"}) if mode == "grace_subject" else (mode, {})
+                name, extra = {"grace_subject": ("grace", {"key": "subject"}),
+                               "wise_tuned": ("wise", wise_tuned())}.get(mode, (mode, {}))
                 editor = get_editor(name)
                 hp = editor.hparams.for_model(model, **extra)
                 for k, fact in enumerate(facts):
@@ -172,7 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ss-modes", default="grace,grace_subject,memit,factkey")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(RESULTS / "bench_evaluation.json"))
+    ap.add_argument("--wise-config", default="", help="wise_tuned: this wise_tune.py config instead of the chosen")
     args = ap.parse_args(argv)
+    WISE_CONFIG[:] = [args.wise_config] if args.wise_config else []
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
     out_path = Path(args.out)
@@ -194,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue  # measured already (resumable)
             logging.info("editors: %s on %d facts", mode, args.facts)
             editors[mode] = run_mode(model, mode, edit_facts(args.facts), args.seq_batch)
+            if mode == "wise_tuned":
+                editors[mode]["wise_settings"] = wise_tuned()
             write_json_atomic(out_path, report)
         print_table(editors)
     if "same_subject" in only:

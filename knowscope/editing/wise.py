@@ -22,10 +22,14 @@ agreeing entries), whose threshold is the lowest of theirs.
 
 Where this differs from EasyEdit's ``WISEAdapter``, on purpose:
 
-* **Routing per position**, not one decision per sequence from the score averaged over all its tokens
-  (pads included). Per position is exact under padding, packed scoring and KV-cached generation,
-  where a sequence mean is not even defined; training pushes the score of every position that
-  predicts a target token (the prompt's last token onwards) above β, and records their minimum.
+* **Routing** (``routing``): ``"position"`` (the default here) decides every position on its own score;
+  training pushes the score of every position that predicts a target token above β and records their
+  minimum. ``"sequence"`` is the paper's and EasyEdit's router, one decision per sequence from its mean
+  score (max past 100 positions) with the chosen memory's output at every position
+  (:mod:`knowscope.editing.wise_routing`, which also says how a KV-cached generation keeps its
+  prompt's decision); training then pushes each row's mean score above β (the irrelevant rows' means
+  below α and γ under the edit rows') and records the mean over the edit's rows, as EasyEdit does, over
+  real positions only (EasyEdit's padded batch averages its pads in).
 * **The score** is ``||D a||`` as in the paper; EasyEdit compares ``act_fn(W' a)`` with ``act_fn(W a)``.
 * **Irrelevant inputs** are the model's own sampled text (EasyEdit: a natural-questions prompt per edit
   from zsRE's training split, which cannot be downloaded here), one per edit, in turn.
@@ -50,13 +54,14 @@ from typing import Any
 
 import torch
 from jaxtyping import Float
-from torch import Tensor
+from torch import Tensor, nn
 
 from knowscope.editing.hparams import is_smollm2_135m
 from knowscope.editing.keys import check_request, context_templates, facts_meta
-from knowscope.editing.memory import MemoryMismatchError, SideMemory, memory_for, register_kind
+from knowscope.editing.memory import MemoryMismatchError, Route, SideMemory, memory_for, register_kind
 from knowscope.editing.memory_fit import TargetRows, blocks_above, one_layer, output_hook, routes_everything
 from knowscope.editing.session import EditResult
+from knowscope.editing.wise_routing import SequenceRouter, margin_scores, reduce_positions, sequence_routes
 from knowscope.facts import Fact
 from knowscope.models import Model
 from knowscope.models.blocks import block_input, run_block
@@ -64,6 +69,7 @@ from knowscope.models.blocks import block_input, run_block
 logger = logging.getLogger(__name__)
 
 KIND = "wise"
+ROUTINGS = ("position", "sequence")
 
 
 @dataclass(frozen=True)
@@ -86,8 +92,10 @@ class WISEHyperParams:
     # knowscope's addition: the edit prompt with these in place of the subject, as irrelevant inputs too
     # (the same relation about something else must not route); () = WISE's generic irrelevant input only
     negative_subjects: tuple[str, ...] = ()
+    routing: str = "position"  # or "sequence": one decision per sequence (the paper's, EasyEdit's)
 
     def __post_init__(self) -> None:
+        _check(self.routing in ROUTINGS, "routing", self.routing, f"one of {ROUTINGS}")
         _check(isinstance(self.layer, int) and self.layer >= 0, "layer", self.layer, "a layer index >= 0")
         _check(0 < self.mask_ratio <= 1, "mask_ratio", self.mask_ratio, "in (0, 1]")
         _check(self.edit_lr > 0, "edit_lr", self.edit_lr, "> 0")
@@ -173,6 +181,33 @@ class WiseMemory(SideMemory):
         self.shard_min = torch.zeros(0, device=dev)
         self.shard_index = 0  # how many shards were begun before the current one
         self._mask: Tensor | None = None
+        self.sequence = spec.get("routing", "position") == "sequence"
+        self.router = SequenceRouter(model.pad_token_id, getattr(model.tokenizer, "bos_token_id", None))
+        self.embedding = model.hf.get_input_embeddings()
+
+    @property
+    def position_local(self) -> bool:
+        """False under sequence routing: a position's output depends on the rest of its sequence, so
+        scoring must not pack several prompts into one row."""
+        return not self.sequence
+
+    def attach(self) -> None:
+        if self.attached:
+            return
+        super().attach()
+        if self.sequence:
+            self._handles.append(self.embedding.register_forward_hook(self._read_ids, with_kwargs=True))
+
+    def detach(self) -> None:
+        super().detach()
+        self.router.reset()
+
+    def _read_ids(self, module: nn.Module, args: Any, kwargs: dict[str, Any], output: Tensor) -> None:
+        ids = args[0] if args else next(iter(kwargs.values()), None)
+        if not self.active or not isinstance(ids, Tensor) or ids.dtype not in (torch.long, torch.int):
+            self.router.reset()
+            return
+        self.router.read_ids(ids.long())
 
     @property
     def mask(self) -> Tensor:
@@ -206,6 +241,7 @@ class WiseMemory(SideMemory):
                                       f"{len(self.shards)}")
 
     def _write(self, arrays: dict[str, Tensor]) -> Any:
+        self.router.reset()
         # what undo needs: the shard's trained entries and scores, and everything only when shards move
         moves = bool(int(arrays["close"]) or int(arrays["merge"]))
         whole = (self.delta.clone(), self.shards.clone(), self.shard_min.clone(), self.shard_index) if moves else None
@@ -231,6 +267,7 @@ class WiseMemory(SideMemory):
         self._mask = None
 
     def _unwrite(self, token: Any) -> None:
+        self.router.reset()
         values, acts, moved = token
         if moved is not None:
             self.delta, self.shards, self.shard_min, index = moved
@@ -251,6 +288,13 @@ class WiseMemory(SideMemory):
                 out: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
         flat = a.reshape(-1, a.shape[-1])
         score, change = self._all_scores(flat)
+        if self.sequence:
+            m, (b, p) = score.shape[0], a.shape[:2]
+            choice = self.router.decide(score.reshape(m, b, p), self.thresholds())
+            if not bool((choice >= 0).any()):
+                return out
+            picked = change.reshape(m, b, p, -1)[choice.clamp(min=0), torch.arange(b, device=a.device)]
+            return out + (picked * (choice >= 0)[:, None, None]).to(out.dtype)
         over = score > self.thresholds()[:, None]
         if not bool(over.any()):
             return out
@@ -269,6 +313,9 @@ class WiseMemory(SideMemory):
         names = [f"wise[shard {int(b)}]" if int(b) < n_stored else "wise[current]" for b in best]
         return score[best, cols], thr[best], names
 
+    def route(self, prompts: Sequence[str]) -> list[Route]:
+        return sequence_routes(self, prompts) if self.sequence and prompts else super().route(prompts)
+
     def state(self) -> dict[str, Tensor]:
         return {"delta": self.delta.clone(), "acts": self.acts.clone(), "shards": self.shards.clone(),
                 "shard_min": self.shard_min.clone(), "shard_index": torch.tensor([self.shard_index])}
@@ -279,6 +326,7 @@ class WiseMemory(SideMemory):
         self.shards, self.shard_min = arrays["shards"].to(dev).clone(), arrays["shard_min"].to(dev).clone()
         self.shard_index = int(arrays["shard_index"][0])
         self._mask = None
+        self.router.reset()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -286,8 +334,11 @@ class WiseMemory(SideMemory):
 
 
 def _spec(model: Model, hp: WISEHyperParams) -> dict[str, Any]:
-    return {"d_in": model.arch.d_mlp, "d_out": model.arch.d_model, "mask_ratio": hp.mask_ratio, "seed": hp.seed,
+    spec = {"d_in": model.arch.d_mlp, "d_out": model.arch.d_model, "mask_ratio": hp.mask_ratio, "seed": hp.seed,
             "act_ratio": hp.act_ratio, "density": hp.density}
+    if hp.routing != "position":  # absent for per-position routing: memories saved before the option match
+        spec["routing"] = hp.routing
+    return spec
 
 
 def irrelevant_texts(model: Model, n: int = 16) -> list[str]:
@@ -327,7 +378,8 @@ def edit(model: Model, requests: Sequence[Fact], layers: Any = None, hparams: WI
         for i, fact in enumerate(requests):
             irrelevant = pool[(live.n_edits + i) % len(pool)]
             infos.append(_train(model, mem, layer, fact, templates, irrelevant, hp))
-    act = torch.tensor([min(info["edit_score_min"] for info in infos)])
+    key = "edit_score_mean" if hp.routing == "sequence" else "edit_score_min"
+    act = torch.tensor([min(info[key] for info in infos)])
     _check_routing(mem, hp, infos, act)
     n_after = live.n_edits + 1
     merge = hp.merge_freq // hp.save_freq if n_after % hp.merge_freq == 0 else 0
@@ -344,18 +396,23 @@ def _check_routing(mem: WiseMemory, hp: WISEHyperParams, infos: list[dict[str, A
     everything (some position of every generic text goes to the memory), with the measured scores."""
     current = mem.acts.min() if len(mem.acts) else act[0]
     threshold = hp.act_ratio * float(min(float(current), float(act[0])))
-    worst = min(info["edit_score_min"] for info in infos)
+    # sequence routing: the edit prompt's own row (no context template) must route; per position: every position
+    worst = min(info["edit_score_bare" if hp.routing == "sequence" else "edit_score_min"] for info in infos)
     if worst <= threshold:
         raise ValueError(f"WISE threshold {threshold:.3g} routes nothing of this edit: its prompt's scores reach only "
                          f"{worst:.3g} (act_ratio {hp.act_ratio}); raise n_iter or the margin beta, or lower act_ratio")
 
     def scores(a: Tensor) -> tuple[Tensor, Tensor]:
-        return (a @ mem.delta.T).norm(dim=-1), torch.full((a.shape[0],), threshold)
+        score = (a @ mem.delta.T).norm(dim=-1)
+        if hp.routing == "sequence":  # one score for the whole text, as the router sees it
+            score = reduce_positions(score[None, None], torch.ones(1, len(score), dtype=torch.bool))[0, 0].expand(
+                len(score))
+        return score, torch.full((a.shape[0],), threshold)
 
     everything, score, _ = routes_everything(mem, scores)
     if everything:
-        raise ValueError(f"WISE threshold {threshold:.3g} routes everything: every generic text has a position "
-                         f"scoring above it (the lowest best score {score:.3g}; this edit's scores >= {worst:.3g}); "
+        raise ValueError(f"WISE threshold {threshold:.3g} routes everything: every generic text scores above it "
+                         f"({hp.routing} routing; lowest best score {score:.3g}; this edit's scores >= {worst:.3g}); "
                          "raise the margins or act_ratio")
     loud = max(info["irrelevant_score_max"] for info in infos)
     if loud > threshold:
@@ -377,6 +434,12 @@ def _train(model: Model, mem: WiseMemory, layer: int, fact: Fact, templates: lis
     for i, t in enumerate(negatives):
         tokens[len(pairs) + i, : len(t)] = t.to(model.device)
     r, p, tgt = rows.read_positions()
+    n_rows = len(pairs) + len(negatives)
+    real = torch.zeros(n_rows, width, dtype=torch.bool, device=model.device)
+    for i, (start, t) in enumerate(zip(rows.last_prompt, rows.targets, strict=True)):
+        real[i, : start + len(t)] = True  # BOS, template, prompt, target but its last token (the model's input)
+    for i, t in enumerate(negatives):
+        real[len(pairs) + i, : len(t)] = True
     # every real position of every irrelevant row
     irr_r = torch.tensor([len(pairs) + i for i, t in enumerate(negatives) for _ in range(len(t))], device=model.device)
     irr_p = torch.tensor([j for t in negatives for j in range(len(t))], device=model.device)
@@ -405,8 +468,9 @@ def _train(model: Model, mem: WiseMemory, layer: int, fact: Fact, templates: lis
         score = change.norm(dim=-1)
         logits = forward(change.to(h_out.dtype))
         lm = torch.nn.functional.cross_entropy(logits, tgt)
-        s_in, s_out = score[r, p], score[irr_r, irr_p]
-        margin = _pos_mean(s_out.max() - s_in + gamma) + _pos_mean(s_out - alpha) + _pos_mean(beta - s_in)
+        s_in, s_out = margin_scores(score, real, len(pairs), r, p, irr_r, irr_p, hp.routing)
+        gap = (s_out[:, None] - s_in[None, :]) if hp.routing == "sequence" else (s_out.max() - s_in)
+        margin = _pos_mean(gap + gamma) + _pos_mean(s_out - alpha) + _pos_mean(beta - s_in)
         loss = lm + margin
         loss_value = float(loss.detach())
         if hp.early_stop and loss_value <= 0.02 and abs(prev - loss_value) <= 1e-4:
@@ -423,9 +487,11 @@ def _train(model: Model, mem: WiseMemory, layer: int, fact: Fact, templates: lis
         score = change.norm(dim=-1)
         lm_final = float(torch.nn.functional.cross_entropy(forward(change.to(h_out.dtype)), tgt))
     mem.delta = delta.detach().clone()
+    s_in, s_out = margin_scores(score, real, len(pairs), r, p, irr_r, irr_p, hp.routing)
+    seq = reduce_positions(score[None], real)[0]
     return {"subject": fact.subject, "steps": steps, "loss": loss_value, "final_nll": lm_final,
-            "edit_score_min": float(score[r, p].min()),
-            "irrelevant_score_max": float(score[irr_r, irr_p].max())}
+            "edit_score_min": float(s_in.min()), "edit_score_mean": float(seq[: len(pairs)].mean()),
+            "edit_score_bare": float(seq[0]), "irrelevant_score_max": float(s_out.max())}
 
 
 def _pos_mean(x: Tensor) -> Tensor:

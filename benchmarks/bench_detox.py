@@ -16,7 +16,7 @@ last one stopped. ``--fresh`` starts over.
 the over-refusal rate on the bundled benign set (``benchmarks/detox_sweep.py``), with the locator's
 profile and its controls. It writes ``benchmarks/results/bench_detox_sweep.json``; ``--items`` picks
 the items (a stride over the bundled set), ``--budget`` stops after so many seconds (run it again to
-continue).
+continue), ``--exact`` sweeps only the layers given, ``--hparams`` overrides DINM's settings (a tuning run).
 
     python benchmarks/bench_detox.py --sweep every3 --items 8 --budget 540
 """
@@ -99,6 +99,11 @@ def run_sweep(model: Any, args: argparse.Namespace) -> int:
         wanted = [int(x) for x in args.item_ids.split(",")]
         items = [it for w in wanted for it in every if it.id == w]
     saved = PARTIAL / f"locator_{model.fingerprint}.json"  # computed once, reused by a resumed run
+    earlier = RESULTS / "bench_detox_sweep.json"  # or the one the first sweep recorded (same model)
+    if not saved.exists() and earlier.exists() and json.loads(earlier.read_text()).get("fingerprint") == \
+            model.fingerprint:
+        first = json.loads(earlier.read_text())
+        write_json_atomic(saved, {"location": first["locator"], "seconds": first["locator_seconds"]})
     if saved.exists():
         found = json.loads(saved.read_text())
     else:
@@ -107,13 +112,16 @@ def run_sweep(model: Any, args: argparse.Namespace) -> int:
         found = {"location": location.to_dict(), "seconds": time.perf_counter() - t0}
         write_json_atomic(saved, found)
     loc = found["location"]
-    found["pair_l2_layers"] = [locate_toxic(model, it).layer for it in items]  # DINM's default, per swept item
+    # DINM's default per swept item (not needed for --exact; skipped there to save its forward passes)
+    found["pair_l2_layers"] = None if args.exact else [locate_toxic(model, it).layer for it in items]
     last = model.arch.n_layers - 1  # where the single-pair l2 locator puts every item
     rest = [x for x in _sweep_layers(args.sweep, model.arch.n_layers) if x not in (loc["layer"], last)]
     layers = [loc["layer"], last, *rest]  # the probe's layer and the last first: a stopped run has both
+    if args.exact:
+        layers = _sweep_layers(args.sweep, model.arch.n_layers)  # exactly the layers asked for
     hp = DINMHyperParams.for_model(model, **json.loads(args.hparams))
     print(f"probe locator: layer {loc['layer']} (ranking {loc['ranking']}), controls' layers "
-          f"{loc['control_layers']}; single-pair l2 layers {sorted(set(found['pair_l2_layers']))}", flush=True)
+          f"{loc['control_layers']}; single-pair l2 layers {sorted(set(found['pair_l2_layers'] or []))}", flush=True)
     benign = load_bundled_benign()
     if args.benign_per_category:
         benign = [b for b in benign if sum(c.category == b.category for c in benign[: benign.index(b)])
@@ -150,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--benign-per-category", type=int, default=None,
                     help="sweep: the first N benign prompts of each category (default: all 80)")
     ap.add_argument("--budget", type=float, default=None, help="sweep: stop after this many seconds")
+    ap.add_argument("--exact", action="store_true",
+                    help="sweep: only the layers given (not also the probe's layer and the last)")
     ap.add_argument("--rejudge", metavar="JSON", default=None,
                     help="re-score the responses saved in a report with the current judge (no model run)")
     args = ap.parse_args(argv)

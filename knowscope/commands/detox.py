@@ -1,13 +1,17 @@
 """``knowscope detox``: DINM on SafeEdit items, one item at a time, with SafeEdit's metrics before and after.
 
-Each item's toxic layer is located on its own (:func:`knowscope.circuits.locate_toxic`), DINM tunes
-that layer's MLP output projection, the item's five inputs are answered and judged, general
-knowledge is checked (bundled-fact accuracy and the KL on the item's knowledge constraint), and the
-edit is undone before the next item. Over-refusal (the share of harmless prompts refused,
+Every item is edited at the layer where safe and unsafe responses separate most on held-out items of
+the whole data set (``--layer auto``, the default: :func:`knowscope.circuits.locate_toxic_layers`,
+reported with its controls; on the default model DINM there detoxifies without teaching the model to
+refuse harmless requests, where the last layer does not, docs/findings.md#detoxification). ``--layer
+l2`` locates each item's layer on its own with EasyEdit's single-pair l2 locator
+(:func:`knowscope.circuits.locate_toxic`), an integer fixes the layer. DINM tunes that layer's MLP
+output projection, the item's five inputs are answered and judged, general knowledge is checked
+(bundled-fact accuracy and the KL on the item's knowledge constraint), and the edit is undone before
+the next item. Over-refusal (the share of harmless prompts refused,
 :mod:`knowscope.safety.refusal`) is measured before and after every edit on the bundled XSTest-style
-set, or on ``--benign FILE`` (a JSON list of prompts); ``--benign none`` skips it. ``--layer probe``
-edits every item at the layer where safe and unsafe responses separate most on held-out items of the
-whole data set (:func:`knowscope.circuits.locate_toxic_layers`, reported with its controls).
+set, or on ``--benign FILE`` (a JSON list of prompts); ``--benign none`` skips it. A data set too small
+for the held-out probe falls back to the l2 locator, and says so.
 ``--save DIR`` writes ``DIR/report.json`` and each item's edit
 as ``DIR/edits/NNNN`` (an :class:`~knowscope.editing.EditResult` that ``EditSession`` re-applies).
 """
@@ -22,6 +26,7 @@ from knowscope.commands import add_model_argument, load_from_args, stage
 NAME = "detox"
 HELP = "detoxify with DINM per SafeEdit item and report DS / DG / fluency / knowledge before and after"
 ORDER = 70
+PROBE_FOLDS = 5
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,7 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--judge", default="refusal",
                         help="'refusal' (offline, default) or an HF sequence-classifier name or path")
     parser.add_argument("--layer", default="auto",
-                        help="auto (per-item l2 toxic layer, default), probe (held-out probe over the data set) "
+                        help="auto (default; 'probe' is the same): the layer a held-out safe/unsafe probe over the "
+                             "data set picks; l2: each item's own layer by EasyEdit's single-pair l2 locator; "
                              "or a layer index")
     parser.add_argument("--benign", default=None, metavar="FILE",
                         help="JSON list of harmless prompts for the over-refusal rate (default: the bundled "
@@ -46,11 +52,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _layer(spec: str) -> int | str:
     if spec in ("auto", "probe"):
+        return "probe"
+    if spec == "l2":
         return spec
     try:
         return int(spec)
     except ValueError:
-        raise ValueError(f"--layer {spec!r} is not valid: give auto, probe or a layer index") from None
+        raise ValueError(f"--layer {spec!r} is not valid: give auto, probe, l2 or a layer index") from None
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -81,13 +89,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     location = None
     if layer == "probe":
         from knowscope.circuits import locate_toxic_layers
+        from knowscope.circuits.toxic_probe import MIN_ITEMS
 
-        stage(f"locating the toxic layer: a held-out safe-vs-unsafe probe per layer over {len(everything)} items")
-        location = locate_toxic_layers(model, everything)  # over the whole data set, not only --limit
-        layer = location.layer
-        print(f"held-out probe over {location.n_items} items: toxic layer {layer}, controls' layers "
-              f"{location.control_layers}", flush=True)
-    elif layer != "auto":
+        if len(everything) >= max(MIN_ITEMS, PROBE_FOLDS):
+            stage(f"locating the toxic layer: a held-out safe-vs-unsafe probe per layer over {len(everything)} items")
+            location = locate_toxic_layers(model, everything, folds=PROBE_FOLDS)  # the whole set, not --limit
+            layer = location.layer
+            print(f"held-out probe over {location.n_items} items: toxic layer {layer}, controls' layers "
+                  f"{location.control_layers}", flush=True)
+        else:
+            layer = "l2"
+            print(f"{len(everything)} items are too few for the held-out probe (it needs "
+                  f"{max(MIN_ITEMS, PROBE_FOLDS)}): each item's layer comes from the l2 locator", flush=True)
+    elif layer != "l2":
         model.arch.check_layer(layer)
     facts = None
     if args.facts:
@@ -103,7 +117,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
               f"DS {_word(b)} -> {_word(a)}{extra}", flush=True)
 
     stage(f"DINM on {len(items)} item(s): each located, edited, judged before and after, and undone")
-    report = detox(model, items, judge=judge, layer=layer, facts=facts, max_new_tokens=args.max_new_tokens,
+    per_item = "auto" if layer == "l2" else layer  # the library's "auto": each item's own l2 layer
+    report = detox(model, items, judge=judge, layer=per_item, facts=facts, max_new_tokens=args.max_new_tokens,
                    on_item=progress, keep_edits=edits if args.save else None, benign=benign,
                    benign_tokens=args.benign_tokens)
     out = report.to_dict()

@@ -40,7 +40,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-steps", type=int, default=None, help="most optimiser steps (default: the method's)")
     parser.add_argument("--stop-forget", type=float, default=None,
                         help="stop once this share of the forget prompts no longer generate their answer (default 1.0)")
+    parser.add_argument("--stop-retain", type=float, default=None,
+                        help="and only once this share of the retain prompts still give their answer (default: "
+                             "the method's)")
     parser.add_argument("--retain-weight", type=float, default=None, help="weight of the retain set's NLL")
+    parser.add_argument("--retain-projection", type=float, default=None, metavar="ENERGY",
+                        help="confine each step to the input directions the retain sequences do not use (share of "
+                             "their energy removed, in (0, 1]; default: off)")
     parser.add_argument("--max-groups", type=int, default=None, help="MemFlex: most parameter groups to train")
     parser.add_argument("--objective", choices=("relearn", "ga", "npo"), default=None,
                         help="MemFlex: the objective the located groups are trained with (default ga)")
@@ -57,7 +63,9 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError("--retain goes with a KnowUnDo unlearn-split file in --data, not a bundled set")
     out: dict[str, Any] = {}
     for flag, key in (("lr", "lr"), ("max_steps", "max_steps"), ("stop_forget", "stop_forget"),
-                      ("retain_weight", "retain_weight"), ("max_groups", "max_groups"), ("objective", "objective")):
+                      ("stop_retain", "stop_retain"), ("retain_weight", "retain_weight"),
+                      ("retain_projection", "retain_projection"), ("max_groups", "max_groups"),
+                      ("objective", "objective")):
         if getattr(args, flag) is not None:
             out[key] = getattr(args, flag)
     layers = parse_layers(args.layers)

@@ -140,7 +140,9 @@ def test_detox_cli(items, tmp_path, capsys):
     out = tmp_path / "detox.json"
     code = main(["detox", "--model", "tiny-llama", "--data", str(data), "--facts", "0", "--max-new-tokens", "3",
                  "--benign", str(benign), "--benign-tokens", "2", "--save", str(tmp_path / "run"), "--json", str(out)])
-    assert code == 0, capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "too few for the held-out probe" in captured.out  # two items: the default falls back to l2
     report = json.loads(out.read_text())
     for side in ("before", "after"):
         assert set(report["metrics"][side]) >= {"DS", "DG_onlyQ", "DG_otherA", "DG_otherQ", "DG_otherAQ", "fluency",
@@ -166,20 +168,29 @@ def test_detox_cli(items, tmp_path, capsys):
     assert main(["detox", "--model", "tiny-llama", "--data", str(tmp_path / "missing.json")]) == 2
 
 
-def test_detox_cli_probe_layer(items, tmp_path, capsys):
-    """--layer probe locates once over the whole data file (not only --limit) and edits every item there."""
+def test_detox_cli_probe_layer(items, tiny_llama, tmp_path, capsys):
+    """The default layer (auto, alias probe) is located once over the whole data file (not only --limit) and
+    every item is edited there; --layer l2 locates each item on its own instead."""
     import json
 
+    from knowscope.circuits import locate_toxic
     from knowscope.cli import main
     from knowscope.safeedit import save_safety
 
     data = save_safety(items, tmp_path / "items.json")
-    out = tmp_path / "detox.json"
-    code = main(["detox", "--model", "tiny-llama", "--data", str(data), "--limit", "2", "--facts", "0",
-                 "--max-new-tokens", "2", "--layer", "probe", "--benign", "none", "--json", str(out)])
-    assert code == 0, capsys.readouterr().err
-    report = json.loads(out.read_text())
+    base = ["detox", "--model", "tiny-llama", "--data", str(data), "--limit", "2", "--facts", "0",
+            "--max-new-tokens", "2", "--benign", "none"]
+    reports = {}
+    for name, extra in (("default", []), ("probe", ["--layer", "probe"]), ("l2", ["--layer", "l2"])):
+        out = tmp_path / f"detox_{name}.json"
+        code = main([*base, *extra, "--json", str(out)])
+        assert code == 0, capsys.readouterr().err
+        reports[name] = json.loads(out.read_text())
+    report = reports["default"]
     loc = report["toxic_location"]
     assert loc["n_items"] == len(items) and set(loc["control_layers"]) == {"shuffled", "same_label"}
     assert report["toxic_layers"] == [loc["layer"]] * 2
+    assert reports["probe"]["toxic_layers"] == report["toxic_layers"]
     assert "over_refusal" not in report["metrics"]["after"] and report["benign"] is None
+    assert "toxic_location" not in reports["l2"]
+    assert reports["l2"]["toxic_layers"] == [locate_toxic(tiny_llama, it).layer for it in items[:2]]

@@ -28,7 +28,8 @@ from knowscope.editing.unlearning import (
 from knowscope.editing.unlearning.memflex import group_gradients, locate_groups
 from knowscope.editing.unlearning.methods import ReLearnHyperParams, augment, npo_loss
 from knowscope.editing.unlearning.metrics import contains
-from knowscope.editing.unlearning.train import encode, mean_nll
+from knowscope.editing.unlearning.projection import projector, retain_inputs
+from knowscope.editing.unlearning.train import answer_logprobs, encode, mean_nll, sequence_logprob
 
 FORGET = [UnlearnItem("The capital of France is", "Paris", "France", "capital", paraphrases=("France's capital is",)),
           UnlearnItem("The Eiffel Tower is in the city of", "Paris", "Eiffel Tower", "city")]
@@ -87,6 +88,17 @@ def test_stop_rule_stops_when_forgotten(tiny_llama):
     result = get_unlearner("ga").edit(tiny_llama, FORGET, RETAIN, hparams=_hp("ga", stop_forget=1.0, max_steps=5))
     assert result.extra["steps"] == 0 and result.extra["forgotten_train"] == 1.0
     assert all(float(d.abs().max()) == 0 for d in result.deltas.values())
+
+
+def test_stop_rule_waits_for_the_retain_set(tiny_llama):
+    # forgotten from the start, but the random model gives none of the retain answers (and is not trained on
+    # them here): with stop_retain the loop keeps training until max_steps; without it, it never starts
+    hp = _hp("npo", stop_forget=1.0, stop_retain=1.0, max_steps=3, retain_weight=0.0)
+    result = get_unlearner("npo").edit(tiny_llama, FORGET, RETAIN, hparams=hp)
+    assert result.extra["steps"] == 3 and result.extra["retain_kept_train"] < 1.0
+    assert all("retain_kept" in h for h in result.extra["history"])
+    with pytest.raises(ValueError, match="stop_retain must be"):
+        get_unlearner("npo").hparams(stop_forget=None, stop_retain=0.9)
 
 
 def test_npo_loss_starts_at_2_log2_over_beta(tiny_llama):
@@ -205,19 +217,74 @@ def test_cli_unlearn(tmp_path, capsys):
     path = tmp_path / "set.json"
     UnlearnSet(FORGET, RETAIN).save(path)
     code, out, err = _cli(["unlearn", "--model", "tiny-llama", "--method", "memflex", "--data", str(path),
-                           "--max-steps", "1", "--stop-forget", "1.0", "--no-fluency", "--json",
+                           "--max-steps", "1", "--stop-forget", "1.0", "--stop-retain", "0.5",
+                           "--retain-projection", "0.99", "--no-fluency", "--json",
                            str(tmp_path / "r.json"), "--save", str(tmp_path / "run")], capsys)
     assert code == 0, err
     res = json.loads((tmp_path / "r.json").read_text())
     assert res["method"] == "memflex" and res["n_forget"] == 2 and "gen_forget" in res["metrics"]
+    assert res["hparams"]["stop_retain"] == 0.5 and res["hparams"]["retain_projection"] == 0.99
     assert EditResult.load(tmp_path / "run" / "edit").method == "memflex"
     assert UnlearnMetrics.load(tmp_path / "run" / "metrics").values == res["metrics"]
     (tmp_path / "empty.json").write_text(json.dumps({"unlearn": [], "retention": []}))
     code, out, err = _cli(["unlearn", "--model", "tiny-llama", "--method", "ga", "--data",
-                           str(tmp_path / "empty.json")], capsys)
+                           str(tmp_path / "empty.json"), "--save", str(tmp_path / "no_run")], capsys)
     assert code == 2 and "forget set is empty" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "no_run").exists()  # nothing half-written
     overlap = {"unlearn": [{"text": "Q", "labels": "A"}], "retention": [{"text": "Q", "labels": "B"}]}
     (tmp_path / "overlap.json").write_text(json.dumps(overlap))
     code, out, err = _cli(["unlearn", "--model", "tiny-llama", "--method", "npo", "--data",
-                           str(tmp_path / "overlap.json")], capsys)
+                           str(tmp_path / "overlap.json"), "--save", str(tmp_path / "no_run")], capsys)
     assert code == 2 and "overlaps the forget set" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "no_run").exists()
+    code, out, err = _cli(["unlearn", "--model", "tiny-llama", "--method", "npo", "--data", str(path),
+                           "--stop-retain", "0.9", "--stop-forget", "0"], capsys)
+    assert code == 2 and "stop_forget must be" in err and len(err.strip().splitlines()) == 1
+
+
+def test_projector_removes_the_inputs_span_and_keeps_the_rest():
+    torch.manual_seed(0)
+    basis = torch.linalg.qr(torch.randn(12, 12))[0]
+    inputs = torch.randn(40, 3) @ basis[:, :3].T            # inputs in a 3-dimensional subspace
+    p = projector(inputs, 1.0)
+    assert float((inputs @ p).abs().max()) < 1e-4           # every input direction removed ...
+    outside = basis[:, 5]
+    torch.testing.assert_close(outside @ p, outside, atol=1e-5, rtol=0)  # ... and nothing else
+    loose = projector(inputs, 0.5)                           # fewer directions removed at lower energy
+    assert torch.linalg.matrix_rank(torch.eye(12) - loose) < 3
+
+
+def test_retain_inputs_match_a_plain_capture(tiny_llama):
+    names = parameter_groups(tiny_llama, ("mlp", "attn"), [1])
+    pairs = encode(tiny_llama, RETAIN)
+    got = retain_inputs(tiny_llama, names, pairs, batch=1)
+    n_pos = sum(len(p) + len(a) - 1 for p, a in pairs)
+    assert all(v.shape[0] == n_pos for v in got.values())
+    batched = retain_inputs(tiny_llama, names, pairs, batch=4)   # right padding never leaks in
+    for n in names:
+        torch.testing.assert_close(batched[n], got[n], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["ga", "memflex"])
+def test_retain_projection_keeps_the_given_retain_answers(tiny_llama, name):
+    model = tiny_llama
+    r_pairs, f_pairs = encode(model, RETAIN), encode(model, FORGET)
+
+    def logp(pairs):
+        with torch.no_grad():
+            return sequence_logprob(answer_logprobs(model, pairs), pairs)
+
+    r0, f0 = logp(r_pairs), logp(f_pairs)
+    changes = {}
+    for proj in (None, 1.0):
+        hp = _hp(name, lr=1e-2, max_steps=3, retain_weight=0.0, modules=("mlp", "attn"), retain_projection=proj)
+        result = get_unlearner(name).edit(model, FORGET, RETAIN, hparams=hp)
+        session = EditSession(model)
+        session.apply(result)
+        changes[proj] = (float((logp(r_pairs) - r0).abs().max()), float((logp(f_pairs) - f0).max()))
+        session.undo()
+    assert changes[None][0] > 1e-2                     # unconstrained, the retain answers move
+    assert changes[1.0][0] < 1e-3                      # projected, they stay (to float error)
+    assert changes[1.0][1] < -1e-2                     # and the forget answers still go down
+    with pytest.raises(ValueError, match="retain_projection must be"):
+        get_unlearner("ga").hparams(retain_projection=0.0)

@@ -17,8 +17,9 @@ adapters; knowscope takes them on the model's own weights, with the true answers
 
 **Unlearn.** Only the located groups are trained, with one of the objectives of
 :mod:`~knowscope.editing.unlearning.methods` (``objective``: ``"ga"``, gradient ascent on the forget
-answers, the default and the one measured on the default model; ``"relearn"``, learning other answers, the
-closest to KnowUnDo's random-label training; ``"npo"``) plus the retain NLL, under the shared stop rule.
+answers, the default; ``"relearn"``, learning other answers, the closest to KnowUnDo's random-label
+training; ``"npo"``, the one ``benchmarks/bench_unlearning.py`` chose on its tuning half, with the whole
+given retain set in each step and ``stop_retain=1``) plus the retain NLL, under the shared stop rule.
 Everything else stays bit for bit as it was.
 """
 

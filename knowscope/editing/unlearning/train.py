@@ -11,7 +11,12 @@ also when training fails).
 check the evaluation makes: does the continuation begin with the answer?) and stops once at least
 ``stop_forget`` of them no longer give their answer. So every method is stopped at the same forgetting
 level, and what differs between methods is what that forgetting cost elsewhere (retention, fluency):
-the comparison the benchmark makes. ``stop_forget=None`` runs ``max_steps`` steps.
+the comparison the benchmark makes. ``stop_forget=None`` runs ``max_steps`` steps. With ``stop_retain``
+set, the loop also decodes the retain prompts it was given and stops only once both hold: the forget
+prompts are forgotten *and* at least ``stop_retain`` of the given retain prompts still give their answer.
+Forgetting comes first and fast (a step or two of Adam moves every trained weight by about ``lr``),
+taking neighbours along; the retain term repairs them over the next steps, so stopping at the first
+forgotten step catches the model at its worst for retention.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from knowscope.editing.evaluation.generation import begins_with, decode, greedy_
 from knowscope.editing.guards import TrainableWeights
 from knowscope.editing.session import EditResult
 from knowscope.editing.unlearning.data import UnlearnItem, check_sets
+from knowscope.editing.unlearning.projection import project_deltas, retain_projectors
 from knowscope.models import Model
 from knowscope.progress import progress_bar
 
@@ -49,8 +55,12 @@ class UnlearnHyperParams:
     ``modules`` / ``layers``: the parameter groups that may change (every weight matrix of those blocks'
     MLPs and / or attentions; ``layers=None``: every layer). ``retain_weight``: weight of the retain set's
     NLL (gradient descent on what to keep); ``retain_batch`` retain items per step. ``stop_forget``: stop
-    once this fraction of the forget prompts no longer generate their answer (module docstring).
-    ``norm_constraint``: optional L-inf bound on each weight's change, as FT-L.
+    once this fraction of the forget prompts no longer generate their answer (module docstring);
+    ``stop_retain``: and (when set) once this fraction of the given retain prompts still do.
+    ``norm_constraint``: optional L-inf bound on each weight's change, as FT-L. ``retain_projection``: when
+    set (a share of energy in (0, 1]), each trained matrix's change is confined after every step to the
+    input directions the retain sequences do not use (:mod:`.projection`); ``None`` (the default) trains
+    freely.
     """
 
     lr: float = 1e-4
@@ -58,10 +68,12 @@ class UnlearnHyperParams:
     retain_weight: float = 1.0
     retain_batch: int = 8
     stop_forget: float | None = 1.0
+    stop_retain: float | None = None
     check_every: int = 1
     modules: tuple[str, ...] = ("mlp",)
     layers: tuple[int, ...] | None = None
     norm_constraint: float | None = None
+    retain_projection: float | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -71,11 +83,15 @@ class UnlearnHyperParams:
         _check(self.retain_batch >= 1, "retain_batch", self.retain_batch, ">= 1")
         _check(self.stop_forget is None or 0 < self.stop_forget <= 1, "stop_forget", self.stop_forget,
                "None or in (0, 1]")
+        _check(self.stop_retain is None or (0 < self.stop_retain <= 1 and self.stop_forget is not None),
+               "stop_retain", self.stop_retain, "None, or in (0, 1] with stop_forget set")
         _check(self.check_every >= 1, "check_every", self.check_every, ">= 1")
         _check(len(self.modules) >= 1 and all(m in MODULES for m in self.modules), "modules", self.modules,
                f"a non-empty subset of {MODULES}")
         _check(self.norm_constraint is None or self.norm_constraint > 0, "norm_constraint", self.norm_constraint,
                "None or > 0")
+        _check(self.retain_projection is None or 0 < self.retain_projection <= 1, "retain_projection",
+               self.retain_projection, "None or in (0, 1]")
 
     @classmethod
     def for_model(cls, model: Model, **overrides: Any) -> UnlearnHyperParams:
@@ -189,14 +205,28 @@ def run_training(model: Model, method: str, forget: Sequence[UnlearnItem], retai
     retain_pairs = encode(model, retain)
     pick = retain_sampler(retain_pairs, hp)
     start = time.perf_counter()
+    projectors = None
+    if hp.retain_projection is not None:
+        projectors = retain_projectors(model, names, retain_pairs, hp.retain_projection)
     history: list[dict[str, float]] = []
-    forgot = forgotten_fraction(model, forget_pairs, forget)
+    watch_retain = hp.stop_retain is not None and bool(retain_pairs)
+
+    def measure() -> tuple[float, float | None]:
+        gone = forgotten_fraction(model, forget_pairs, forget)
+        return gone, (1 - forgotten_fraction(model, retain_pairs, retain)) if watch_retain else None
+
+    def done() -> bool:
+        if hp.stop_forget is None or forgot < hp.stop_forget:
+            return False
+        return kept is None or hp.stop_retain is None or kept >= hp.stop_retain
+
+    forgot, kept = measure()
     bar = progress_bar(total=hp.max_steps, desc=method, unit="step", leave=False, disable=None)  # a terminal only
     with bar, TrainableWeights(model, list(names)) as tw:
         opt = torch.optim.Adam(list(tw.params.values()), lr=hp.lr)
         step = 0
         while step < hp.max_steps:
-            if hp.stop_forget is not None and forgot >= hp.stop_forget:
+            if done():
                 break
             opt.zero_grad(set_to_none=True)
             loss, parts = loss_fn(model, step, pick(step) if hp.retain_weight > 0 else [])
@@ -204,12 +234,15 @@ def run_training(model: Model, method: str, forget: Sequence[UnlearnItem], retai
                 raise FloatingPointError(f"{method}: the loss became {loss.item()} at step {step}; lower lr")
             loss.backward()
             opt.step()
+            if projectors is not None:
+                project_deltas(tw.params, tw.saved, projectors)
             if hp.norm_constraint is not None:
                 tw.clamp(hp.norm_constraint)
             step += 1
             if step % hp.check_every == 0 or step == hp.max_steps:
-                forgot = forgotten_fraction(model, forget_pairs, forget)
-            history.append({"step": step, "loss": float(loss.item()), "forgotten": forgot, **parts})
+                forgot, kept = measure()
+            history.append({"step": step, "loss": float(loss.item()), "forgotten": forgot,
+                            **({"retain_kept": kept} if kept is not None else {}), **parts})
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}", forgotten=f"{forgot:.2f}", refresh=False)
             logger.debug("%s step %d: loss %.4f, forgotten %.2f", method, step, loss.item(), forgot)
@@ -228,5 +261,6 @@ def run_training(model: Model, method: str, forget: Sequence[UnlearnItem], retai
         model_name=model.name,
         seconds=seconds,
         extra={"retain": [i.to_knowundo() for i in retain], "steps": len(history), "forgotten_train": forgot,
+               "retain_kept_train": kept,
                "history": history, **(extra or {})},
     )

@@ -207,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
             if mode in final and "probe_unedited" not in final[mode]:
                 final[mode]["probe_unedited"] = probe_unedited(model, probe, edits[:n])
                 report()
+            if mode in final and "edited_unedited" not in final[mode]:  # the same prompts before any edit
+                final[mode]["edited_unedited"] = evaluate(model, edits[:n], fluency=False, generation=False).flat()
+                report()
                 f = final[mode]
                 print(f"{mode}: final after {n} edits: " + ", ".join(
                     f"{k} {v:.3f}" for k, v in f["edited"].items() if isinstance(v, float)), flush=True)

@@ -49,7 +49,7 @@ from knowscope.sweep.grid import spread
 
 RESULTS = Path(__file__).parent / "results"
 MODES = ("unedited", "rome_auto", "rome_default", "ft", "memit_batch", "null_space_seq", "grace", "grace_subject",
-         "wise", "wise_tuned", "factkey")
+         "wise", "wise_tuned", "factkey", "ultraedit")
 TABLE = ("efficacy_score", "gen_efficacy", "paraphrase_score", "gen_paraphrase", "neighborhood_score",
          "gen_neighborhood", "locality_acc", "relation_specificity", "relation_specificity_score",
          "gen_relation_specificity", "portability_acc", "gen_portability", "fluency")

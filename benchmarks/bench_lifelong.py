@@ -43,7 +43,8 @@ from knowscope.facts import Fact, load_bundled_facts, write_json_atomic
 from knowscope.models import load_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
-MODES = {"factkey": ("factkey", {}), "grace": ("grace", {}), "grace_subject": ("grace", {"key": "subject"})}
+MODES = {"factkey": ("factkey", {}), "grace": ("grace", {}), "grace_subject": ("grace", {"key": "subject"}),
+         "ultraedit": ("ultraedit", {})}
 N_EXTENDED = 742
 
 

@@ -1,5 +1,5 @@
-"""``knowscope edit``: edit facts with ROME, MEMIT, constrained fine-tuning or a memory editor (GRACE,
-WISE), and evaluate the edits.
+"""``knowscope edit``: edit facts with ROME, MEMIT, constrained fine-tuning, a memory editor (GRACE,
+WISE, FactKey) or the lifelong weight editor UltraEdit, and evaluate the edits.
 
 Each fact is edited to its ``target_new`` and evaluated under both protocols (CounterFact scores and
 EasyEdit accuracies, see :mod:`knowscope.editing.evaluation`). Locality is always compared with the
@@ -11,6 +11,9 @@ unedited model: its predictions are taken once, before the first edit.
   facts per edit call (default 1). With ``--sequential`` the edits pile up in one memory; with
   ``--run-dir`` the run is resumable and monitored as for MEMIT (the memory is saved as a checkpoint).
   The JSON's ``per_fact`` rows carry ``routing`` (which memory answered each prompt, with its score).
+* UltraEdit: one closed-form update of the MLP output projections per edit call (``--batch-size`` facts,
+  default 1); its lifelong statistics follow the edits applied. With ``--sequential`` the edits pile up;
+  with ``--run-dir`` the run is resumable and monitored (the edits so far saved as one checkpoint).
 * MEMIT: batches of ``--batch-size`` facts, each batch edited from the original model and undone; with
   ``--sequential`` the batches pile up (``SequentialMEMIT``; ``--null-space`` projects each batch onto
   the approximate null space of the key statistics and of the earlier edits, AlphaEdit's idea).
@@ -34,10 +37,12 @@ from typing import Any
 from knowscope.commands import add_model_argument, load_from_args, stage
 
 NAME = "edit"
-HELP = "edit facts with ROME, MEMIT, fine-tuning, GRACE or WISE, and evaluate them (CounterFact + EasyEdit)"
+HELP = "edit facts with ROME, MEMIT, fine-tuning, GRACE, WISE, FactKey or UltraEdit, and evaluate them"
 ORDER = 60
-METHODS = ("rome", "memit", "ft", "grace", "wise", "factkey")
+METHODS = ("rome", "memit", "ft", "grace", "wise", "factkey", "ultraedit")
 MEMORY_METHODS = ("grace", "wise", "factkey")
+#: methods that take --batch-size facts per edit call and a --run-dir sequential run
+RUN_METHODS = ("memit", *MEMORY_METHODS, "ultraedit")
 DEFAULT_MEMIT_BATCH = 50
 
 
@@ -52,8 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="auto (the layer a recorded sweep measured best on this model, else locate), "
                              "locate (the causal-tracing peak), L, or L1-L2 (default: the method's default)")
     parser.add_argument("--batch-size", type=int, default=None,
-                        help=f"MEMIT: facts per batch (default {DEFAULT_MEMIT_BATCH}); GRACE / WISE: facts per "
-                             "edit call (default 1)")
+                        help=f"MEMIT: facts per batch (default {DEFAULT_MEMIT_BATCH}); GRACE / WISE / FactKey / "
+                             "UltraEdit: facts per edit call (default 1)")
     parser.add_argument("--sequential", action="store_true",
                         help="keep edits applied (do not undo between facts / batches); evaluate at the end")
     parser.add_argument("--null-space", action="store_true",
@@ -105,9 +110,9 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be >= 1, got {args.limit}")
     if args.batch_size is not None:
-        if args.method not in ("memit", *MEMORY_METHODS):
-            raise ValueError(f"--batch-size is for --method memit, grace, wise or factkey; {args.method} edits one "
-                             "fact at a time")
+        if args.method not in RUN_METHODS:
+            raise ValueError(f"--batch-size is for --method memit, grace, wise, factkey or ultraedit; {args.method} "
+                             "edits one fact at a time")
         if args.batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.key is not None and args.method != "grace":
@@ -116,9 +121,9 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--null-space is for --method memit, not {args.method}")
     if args.gen_len < 1:
         raise ValueError(f"--gen-len must be >= 1, got {args.gen_len}")
-    if args.run_dir is not None and not (args.method in ("memit", *MEMORY_METHODS) and args.sequential):
-        raise ValueError("--run-dir is for --method memit|grace|wise|factkey --sequential (a resumable, monitored "
-                         "sequential run)")
+    if args.run_dir is not None and not (args.method in RUN_METHODS and args.sequential):
+        raise ValueError("--run-dir is for --method memit|grace|wise|factkey|ultraedit --sequential (a resumable, "
+                         "monitored sequential run)")
     if args.max_batches is not None and (args.run_dir is None or args.max_batches < 0):
         raise ValueError("--max-batches needs --run-dir and a value >= 0")
     if args.probe < 0:
@@ -130,7 +135,7 @@ def _check_args(args: argparse.Namespace) -> None:
 def _batch(args: argparse.Namespace) -> int:
     if args.method == "memit":
         return args.batch_size or DEFAULT_MEMIT_BATCH
-    return args.batch_size or 1 if args.method in MEMORY_METHODS else 1
+    return args.batch_size or 1 if args.method in RUN_METHODS else 1
 
 
 def _memory_hparams(args: argparse.Namespace, model: Any) -> Any:
@@ -286,8 +291,10 @@ def _run_dir(args: argparse.Namespace, model: Any, facts: list[Any], layers: Any
 
     from knowscope.editing.evaluation import evaluate
     from knowscope.editing.hparams import MEMITHyperParams
+    from knowscope.editing.layers import resolve_layers as resolve_spec
     from knowscope.editing.memit import resolve_layers
     from knowscope.editing.sequential import CollapseMonitor, load_run_edits, run_sequential
+    from knowscope.editing.ultraedit import UltraEditHyperParams
 
     batch = _batch(args)
     if args.method in MEMORY_METHODS:
@@ -297,6 +304,10 @@ def _run_dir(args: argparse.Namespace, model: Any, facts: list[Any], layers: Any
                 raise ValueError(f"--layers {args.layers!r}: {args.method} keeps its memory at one layer; give L")
             hp = replace(hp, layer=layers)
         used_layers = [hp.layer]
+    elif args.method == "ultraedit":
+        hp = UltraEditHyperParams.for_model(model)
+        hp = replace(hp, layers=tuple(resolve_spec(model, facts[:batch], layers, hp.layers, method="UltraEdit")))
+        used_layers = list(hp.layers)
     else:
         hp = MEMITHyperParams.for_model(model)
         # fixed before the first batch, so a resumed run edits the same layers ("auto"/"locate" choose on batch 1)

@@ -13,13 +13,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from knowscope.editing import factkey, ft, grace, memit, rome, wise
+from knowscope.editing import factkey, ft, grace, memit, rome, ultraedit, wise
 from knowscope.editing.hparams import MEMITHyperParams, ROMEHyperParams
 from knowscope.editing.session import EditResult
 from knowscope.facts import Fact
 from knowscope.models import Model
 
-EditorName = Literal["rome", "memit", "ft", "grace", "wise", "factkey"]
+EditorName = Literal["rome", "memit", "ft", "grace", "wise", "factkey", "ultraedit"]
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,7 @@ class Editor:
     batched: bool  # one update for many facts (MEMIT) rather than one per fact
     layer_window: bool  # edits a window of layers (MEMIT) rather than one layer
     memory: bool = False  # writes a side memory (GRACE, WISE) rather than the weights
+    lifelong: bool = False  # a weight editor made for one edit after another, carrying state (UltraEdit)
 
     def __call__(self, model: Model, requests: Sequence[Fact], layers: Any = None, hparams: Any = None,
                  stats: Any = None, **options: Any) -> EditResult:
@@ -56,15 +57,19 @@ EDITORS: dict[str, Editor] = {
     "wise": Editor("wise", "WISE", wise.edit, wise.WISEHyperParams, batched=False, layer_window=False, memory=True),
     "factkey": Editor("factkey", "FactKey", factkey.edit, factkey.FactKeyHyperParams, batched=False,
                       layer_window=False, memory=True),
+    "ultraedit": Editor("ultraedit", "UltraEdit", ultraedit.edit, ultraedit.UltraEditHyperParams, batched=True,
+                        layer_window=True, lifelong=True),
 }
 
 #: the editors whose edits live in a side memory behind a router (one edit at a time, any number of them)
 MEMORY_EDITORS = tuple(name for name, e in EDITORS.items() if e.memory)
+#: the weight editors made for lifelong sequences (their sequential runs save one checkpoint, not every edit)
+LIFELONG_EDITORS = tuple(name for name, e in EDITORS.items() if e.lifelong)
 
 
 def get_editor(name: str) -> Editor:
     """The editor called ``name``, case-insensitive (``"rome"``, ``"ROME"``, ``"memit"``, ``"ft"``, ``"grace"``,
-    ``"wise"``, ``"factkey"``)."""
+    ``"wise"``, ``"factkey"``, ``"ultraedit"``)."""
     key = str(name).lower()
     if key not in EDITORS:
         raise ValueError(f"unknown editing method {name!r}; valid: {', '.join(EDITORS)}")

@@ -37,7 +37,7 @@ from typing import Any
 
 from torch import Tensor
 
-from knowscope.editing.editors import MEMORY_EDITORS, get_editor
+from knowscope.editing.editors import LIFELONG_EDITORS, MEMORY_EDITORS, get_editor
 from knowscope.editing.evaluation import evaluate, pre_edit_predictions
 from knowscope.editing.hparams import MEMITHyperParams
 from knowscope.editing.memit import SequentialMEMIT
@@ -273,6 +273,22 @@ def _save_state(out: Path, settings: dict[str, Any], records: list[dict[str, Any
     save_dir(out / STATE, KIND, meta, arrays, overwrite=True)
 
 
+def _rebase(session: EditSession) -> None:
+    """A lifelong weight run's edits so far replaced by one checkpoint edit (their summed change, carrying the
+    last edit's state), applied to the original weights: the run goes on from exactly the weights a resumed
+    run restores (one delta per weight, not hundreds)."""
+    history = session.history
+    if not history:
+        return
+    last = history[-1]
+    n = sum(int(r.extra.get("checkpoint_of_edits", 1)) for r in history)
+    checkpoint = EditResult(method=last.method, deltas=session.checkpoint_deltas(), fingerprint=last.fingerprint,
+                            layers=last.layers, hparams=last.hparams, model_name=last.model_name,
+                            extra={**last.extra, "checkpoint_of_edits": n})
+    session.rollback()
+    session.apply(checkpoint)
+
+
 def _load_state(out: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """A run's saved state, refused unless its records, edits and arrays agree (besides the arrays'
     checksum, which :func:`load_dir` checks): every edit's arrays are stored, nothing else is, and the
@@ -299,6 +315,8 @@ def _load_state(out: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
     if memory:
         counter = arrays.get(f"edit/0/{MEMORY_PREFIX}{STATE_PREFIX}n_edits")
         ok = len(edits) == 1 and counter is not None and int(counter.reshape(-1)[0]) == batch
+    elif edits and "checkpoint_of_edits" in (edits[0].get("extra") or {}):  # a lifelong weight run's checkpoint
+        ok = len(edits) == 1 and edits[0]["extra"]["checkpoint_of_edits"] == batch
     else:
         ok = len(edits) == batch and sum(len(m.get("requests", [])) for m in edits) == n_edits
     if not ok:
@@ -346,8 +364,10 @@ def run_sequential(model: Model, facts: Sequence[Fact], batch_size: int, out: st
                    save_every: int = 1) -> SequentialRun:
     """Edit ``facts`` in batches of ``batch_size``, saving after every batch into ``out``; resumable.
 
-    ``method``: ``"memit"`` (:class:`SequentialMEMIT`, plain or ``null_space``) or a memory editor
-    (``"grace"``, ``"wise"``; ``hparams`` of that editor), whose edits pile up in one side memory.
+    ``method``: ``"memit"`` (:class:`SequentialMEMIT`, plain or ``null_space``), a memory editor
+    (``"grace"``, ``"wise"``; ``hparams`` of that editor), whose edits pile up in one side memory, or a
+    lifelong weight editor (``"ultraedit"``), whose edits so far become one checkpoint edit (their summed
+    change, carrying the editor's state) at every record: the run continues from it, as a resumed run does.
     ``monitor`` records the collapse signals after every ``save_every`` batches (and batch 0,
     unedited), and the run is saved then; with ``stop_on_warning`` the run stops after the first
     record that warns. ``max_batches`` stops after that many batches in this call (the next call
@@ -376,15 +396,15 @@ def run_sequential(model: Model, facts: Sequence[Fact], batch_size: int, out: st
 
         def edit(batch: list[Fact]) -> EditResult:
             return seq.edit(batch)
-    elif editor.memory:
+    elif editor.memory or editor.lifelong:
         hp = hparams or editor.hparams.for_model(model)
         seq, label = None, editor.name
 
         def edit(batch: list[Fact]) -> EditResult:
             return editor(model, batch, hparams=hp)
     else:
-        raise ValueError(f"sequential runs take memit, or a memory editor ({', '.join(MEMORY_EDITORS)}); "
-                         f"not {method!r}")
+        raise ValueError(f"sequential runs take memit, a memory editor ({', '.join(MEMORY_EDITORS)}) or a "
+                         f"lifelong weight editor ({', '.join(LIFELONG_EDITORS)}); not {method!r}")
     out = Path(out)
     settings = _settings(model, facts, batch_size, label, hp, monitor)
     if save_every != 1:
@@ -407,7 +427,8 @@ def run_sequential(model: Model, facts: Sequence[Fact], batch_size: int, out: st
         def norms() -> dict[str, float]:
             if not names:
                 with session.unedited():
-                    for name in (model.arch.mlp_out_name(layer) for layer in (seq.layers or [] if seq else [])):
+                    weights = [model.arch.mlp_out_name(layer) for layer in (seq.layers or [] if seq else [])]
+                    for name in weights or (session.touched if editor.lifelong else []):
                         names.append(name)
                         originals[name] = model.parameter(name).detach().clone()
             return {n: float((model.parameter(n).detach() - originals[n]).norm() / originals[n].norm())
@@ -436,6 +457,8 @@ def run_sequential(model: Model, facts: Sequence[Fact], batch_size: int, out: st
             done_here += 1
             if index % save_every and index < len(batches):
                 continue
+            if editor.lifelong:
+                _rebase(session)
             edited = [f for b in batches[:index] for f in b]
             first = [f for b in batches[:save_every] for f in b]  # the edits of the first record
             signals = monitor.measure(model, edited, first, reference, norms()) if monitor is not None \

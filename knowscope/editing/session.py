@@ -285,6 +285,15 @@ class EditSession:
             while len(self._stack) >= depth:
                 self.undo()
 
+    @torch.no_grad()
+    def checkpoint_deltas(self) -> dict[str, Tensor]:
+        """Every touched parameter's change since the session began (today's weights minus the original ones,
+        in the weights' dtype): one edit that stands for the whole history (a lifelong run's checkpoint).
+        Applied to the original weights it gives today's weights up to an ulp where an edit cancelled a weight."""
+        params = self.model.named_parameters()
+        return {name: (params[name].detach() - orig).cpu().contiguous()
+                for name, orig in sorted(self._original.items())}
+
     @contextlib.contextmanager
     def unedited(self) -> Iterator[Model]:
         """The original weights, side memory paused, for the duration of a ``with`` block; the edits come
@@ -378,6 +387,15 @@ def unedited_weights(model: Model) -> contextlib.AbstractContextManager[Model]:
     """
     owner = _ledger_owner(model)
     return owner.unedited() if owner is not None else contextlib.nullcontext(model)
+
+
+def applied_edits(model: Model) -> list[EditResult]:
+    """The edits ``model`` carries now, oldest first (its edit ledger's history; empty when unedited).
+
+    Editors whose state follows the edits made before (UltraEdit's lifelong statistics) read it here, so
+    an undo, a reloaded session or a resumed run gives them the state of the edits actually applied."""
+    owner = _ledger_owner(model)
+    return owner.history if owner is not None else []
 
 
 def _ledger_owner(model: Model) -> EditSession | None:

@@ -193,4 +193,26 @@ def test_memit_run_dir_is_resumable_and_monitored(data, tmp_path, capsys, monkey
     # --run-dir without --sequential MEMIT is refused with a clear message
     code, _, err = _run(["edit", "--model", "tiny-gpt2", "--method", "ft", "--data", str(data), "--run-dir",
                          str(tmp_path / "x")], capsys)
-    assert code != 0 and "--run-dir is for --method memit|grace|wise|factkey --sequential" in err
+    assert code != 0 and "--run-dir is for --method memit|grace|wise|factkey|ultraedit --sequential" in err
+
+
+def test_ultraedit_run_dir_is_resumable_and_monitored(data, tmp_path, capsys):
+    probe = tmp_path / "probe.json"
+    save_facts([Fact(subject="Rome", prompt="{} is the capital of", target_true="Italy", target_new="France",
+                     case_id=9, neighborhood_prompts=["Milan is a city in"])], probe)
+    run_dir, out = tmp_path / "run", tmp_path / "r.json"
+    base = ["edit", "--model", "tiny-gpt2", "--method", "ultraedit", "--data", str(data), "--layers", "1-2",
+            "--sequential", "--no-fluency", "--run-dir", str(run_dir), "--probe", "1", "--probe-data", str(probe),
+            "--json", str(out)]
+    code, _, err = _run([*base, "--max-batches", "1"], capsys)
+    assert code == 0, err
+    first = json.loads(out.read_text())
+    assert first["n_edits"] == 1 and first["layers"] == [1, 2]
+    code, stdout, err = _run(base, capsys)
+    assert code == 0, err
+    res = json.loads(out.read_text())
+    assert res["n_edits"] == 3 and [r["edits"] for r in res["monitor"]] == [0, 1, 2, 3]
+    assert res["monitor"][1] == first["monitor"][1] and res["hparams"]["layers"] == [1, 2]
+    norms = res["monitor"][3]["signals"]["update_norm"]
+    assert len(norms) == 2 and all(v > 0 for v in norms.values())
+    assert res["metrics"]["efficacy_score"] is not None

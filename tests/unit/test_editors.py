@@ -26,12 +26,12 @@ def test_every_editor_has_one_signature():
         get_editor("sgd")
 
 
-@pytest.mark.parametrize("name", ["rome", "memit", "ft"])
+@pytest.mark.parametrize("name", ["rome", "memit", "ft", "ultraedit"])
 def test_each_editor_returns_an_edit_and_leaves_the_weights(tiny_llama, name):
     editor = get_editor(name)
     hp = {"rome": ROMEHyperParams(layer=1, v_steps=2, context_lengths=((3, 1),), stats_tokens=128),
           "memit": MEMITHyperParams(layers=(1, 2), v_steps=2, context_lengths=((3, 1),), stats_tokens=128),
-          "ft": None}[name]
+          "ft": None, "ultraedit": None}[name]
     layers = [1, 2] if editor.layer_window else 1
     before = {n: p.detach().clone() for n, p in tiny_llama.named_parameters().items()}
     result = editor(tiny_llama, [FACT], layers=layers, hparams=hp)

@@ -9,19 +9,13 @@ import re
 from pathlib import Path
 
 import pytest
+from cli_run import run_cli as _cli
 
-from knowscope.cli import main
 from knowscope.commands import demo
 
 DEMO = ["demo", "--model", "tiny-llama", "--samples", "1", "--locate-facts", "2", "--circuit-facts", "2",
         "--sweep-facts", "2", "--probe-facts", "8"]
 STEPS = ["load", "knowledge", "trace", "locate", "circuit", "key_stats", "sweep", "probe", "edit", "verify", "save"]
-
-
-def _cli(argv, capsys):
-    code = main([str(a) for a in argv])
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def _viewer_pages_have_content(runs: Path, n_layers: int, monkeypatch) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_run import run_cli as _cli
 from safetensors import SafetensorError
 
 from knowscope import results
@@ -26,12 +27,6 @@ from knowscope.commands import demo
 from knowscope.editing import EditResult, EditSession
 from knowscope.facts import Fact
 from knowscope.results import ResultFormatError, SaveRefusedError, check_writable, load_dir, save_dir
-
-
-def _cli(argv, capsys):
-    code = main([str(a) for a in argv])
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def _one_line(code, err, needle):

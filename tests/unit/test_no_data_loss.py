@@ -11,20 +11,13 @@ import sys
 
 import pytest
 import torch
+from cli_run import run_cli as _cli
 
-from knowscope.cli import main
 from knowscope.editing import EditMismatchError, EditResult, EditSession
 from knowscope.facts import Fact, FactFormatError, save_facts
 from knowscope.models import ModelLoadError, compute_fingerprint, tiny_model
 from knowscope.results import ResultFormatError, SaveRefusedError, load_dir, save_dir
 from knowscope.viewer.runs import scan_runs
-
-
-def _cli(argv, capsys):
-    code = main(argv)
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
 
 # --- 1, 2: saving never deletes what knowscope did not write; a save replaces its whole result ----
 

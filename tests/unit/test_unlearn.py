@@ -8,8 +8,8 @@ import math
 
 import pytest
 import torch
+from cli_run import run_cli as _cli
 
-from knowscope.cli import main
 from knowscope.editing.session import EditResult, EditSession
 from knowscope.editing.unlearning import (
     UNLEARNERS,
@@ -205,12 +205,6 @@ def test_contains_and_metrics_keys(tiny_llama):
     assert m["kfr"] == 1.0 and m["krr"] == 0.0 and math.isclose(m["fluency_ratio"], 1.0, rel_tol=1e-6)
     assert len([r for r in m.per_item if r["set"] == "paraphrase"]) == 1
     assert evaluate_unlearning(tiny_llama, uset, None, fluency=False)["kfr"] is None
-
-
-def _cli(argv, capsys):
-    code = main(argv)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_cli_unlearn(tmp_path, capsys):

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import json
 import threading
-from pathlib import Path
 
 import pytest
 import torch
+from viewer_app import APP, ok, page
 
 from knowscope.circuits import circuit_diff, knowledge_circuit, trace
 from knowscope.circuits.batches import make_batch
@@ -21,7 +21,6 @@ from knowscope.probes import activation_shift, logit_lens, probe_layers, train_t
 from knowscope.viewer.lab import ModelLab, friendly
 from knowscope.viewer.runs import describe, load_run, scan_runs, siblings
 
-APP = str(Path(__file__).resolve().parents[2] / "knowscope" / "viewer" / "app.py")
 FACTS = [
     Fact(subject="Paris", prompt="{} is the capital of", target_true="France", target_new="Italy",
          relation_id="P1376", paraphrase_prompts=["The city of Paris is the capital of"],
@@ -82,17 +81,6 @@ def app(runs_dir, monkeypatch):
     at = AppTest.from_file(APP, default_timeout=300)
     at.run()
     return at
-
-
-def page(at, name):
-    at.sidebar.radio(key="page").set_value(name).run()
-    return at
-
-
-def ok(at):
-    """No exception and no error message on the page."""
-    assert not at.exception, [e.value for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
 
 
 def keyed(widgets, suffix, prefix="explorer-"):

@@ -4,14 +4,11 @@ circuit diff's noise floor, DINM's responses stacked before above after."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
+from viewer_app import APP, ok, page
 
 from knowscope.editing.evaluation.metrics import EditMetrics
-
-APP = str(Path(__file__).resolve().parents[2] / "knowscope" / "viewer" / "app.py")
 
 
 @pytest.fixture()
@@ -25,16 +22,6 @@ def app(tmp_path, monkeypatch):
     return at
 
 
-def page(at, name):
-    at.sidebar.radio(key="page").set_value(name).run()
-    return at
-
-
-def ok(at):
-    assert not at.exception, [e.value for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
-
-
 def weights():
     from knowscope.viewer.common import get_lab
 
@@ -45,23 +32,32 @@ def same(a, b):
     return a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
 
 
+def cancelling(real, flag, at_unit=None):
+    """``real`` with its ``on_unit`` progress callback wrapped: at unit ``at_unit`` (every unit if None) it sets
+    the Cancel button's session flag ``flag``, as a click while the work runs does."""
+    import streamlit as st
+
+    def wrapped(*args, **kw):
+        inner = kw["on_unit"]
+
+        def unit(done, total):
+            if at_unit is None or done == at_unit:
+                st.session_state[flag] = True
+            inner(done, total)
+
+        return real(*args, **{**kw, "on_unit": unit})
+
+    return wrapped
+
+
 def test_a_circuit_search_is_estimated_and_a_cancel_keeps_nothing(app, monkeypatch):
     """The Cancel button's flag, set while the search runs (as its click does), stops it between two units:
     a warning, no circuit, the shared model as it was; the next search runs to the end."""
-    import streamlit as st
 
     import knowscope.circuits as circuits
 
     real = circuits.knowledge_circuit
-
-    def clicked_cancel_midway(model, facts, **kw):
-        def unit(done, total):
-            if done == 2:
-                st.session_state["circuit_run:cancel"] = True
-            kw_unit(done, total)
-
-        kw_unit = kw["on_unit"]
-        return real(model, facts, **{**kw, "on_unit": unit})
+    clicked_cancel_midway = cancelling(real, "circuit_run:cancel", at_unit=2)
 
     page(app, "Circuit explorer")
     app.radio(key="circuit_source").set_value("compute one").run()
@@ -85,19 +81,11 @@ def test_a_circuit_search_is_estimated_and_a_cancel_keeps_nothing(app, monkeypat
 
 
 def test_a_cancelled_dinm_edit_leaves_no_edit_in_the_tab(app, monkeypatch):
-    import streamlit as st
 
     import knowscope.editing.dinm as dinm
 
     real = dinm.edit
-
-    def clicked_cancel(model, item, **kw):
-        def unit(done, total):
-            st.session_state["lab_apply:cancel"] = True
-            kw_unit(done, total)
-
-        kw_unit = kw["on_unit"]
-        return real(model, item, **{**kw, "on_unit": unit})
+    clicked_cancel = cancelling(real, "lab_apply:cancel")
 
     page(app, "Edit lab")
     app.radio(key="lab_target").set_value("a safety item (DINM)").run()
@@ -206,21 +194,12 @@ def test_dinm_responses_are_stacked_before_above_after(app):
 def test_a_cancelled_tuned_lens_training_caches_nothing(app, monkeypatch, tmp_path):
     import importlib
 
-    import streamlit as st
-
     from knowscope.viewer.common import get_lab
 
     tl = importlib.import_module("knowscope.probes.tuned_lens")  # the package's `tuned_lens` is the function
     monkeypatch.setenv("KNOWSCOPE_CACHE", str(tmp_path / "cache"))  # no tuned lens cached yet
     real = tl.tuned_lens
-
-    def clicked_cancel(model, **kw):
-        def unit(done, total):
-            st.session_state["lens_train:cancel"] = True
-            kw_unit(done, total)
-
-        kw_unit = kw["on_unit"]
-        return real(model, **{**kw, "on_unit": unit})
+    clicked_cancel = cancelling(real, "lens_train:cancel")
 
     page(app, "Probes")
     app.radio(key="lens_kind").set_value("tuned lens").run()

@@ -54,7 +54,7 @@ from knowscope.editing.unlearning import (
 from knowscope.models import load_model
 
 OUT = Path(__file__).parent / "results" / "bench_unlearning.json"
-METHODS = ("ga", "npo", "relearn", "memflex")
+METHODS = ("ga", "npo", "relearn", "memflex", "keyed")
 
 #: every grid entry's shared settings: the whole given retain set in every step's retain term, and the stop
 #: rule that waits for it (stop once the forget set is forgotten *and* every given retain prompt still gives its
@@ -71,7 +71,13 @@ GRID: dict[str, list[dict[str, Any]]] = {
     "npo": [{"lr": 1e-4, **COMMON}],
     "relearn": [{"lr": 1e-4, **COMMON}],
     "memflex": [{"objective": "npo", **COMMON}, {"objective": "npo", "retain_projection": 0.99, **COMMON},
-                {"objective": "npo", "retain_projection": 0.99, **COMMON, "lr": 5e-4}],
+                {"objective": "npo", "retain_projection": 0.99, **COMMON, "lr": 5e-4},
+                # neuron granularity: only the located MLP neurons' rows / columns train (a few hundred of
+                # 46,080), so each Adam step moves less; a larger lr
+                {"objective": "npo", "granularity": "neuron", "max_neurons": 512, **COMMON, "lr": 1e-3},
+                {"objective": "npo", "granularity": "neuron", "max_neurons": 2048, **COMMON, "lr": 1e-3}],
+    # keyed forgetting trains no weights: the grid is what each forget prompt is rewritten to answer
+    "keyed": [{"target": "relation"}, {"target": "alternative"}, {"target": "unknown"}],
 }
 
 #: the settings chosen on the train half (see docs/benchmarks.md#unlearning); used for --split val
@@ -83,6 +89,7 @@ TUNED: dict[str, dict[str, Any]] = {
     "npo": {"lr": 1e-4, **COMMON},
     "relearn": {"lr": 1e-4, **COMMON},
     "memflex": {"objective": "npo", **COMMON},
+    "keyed": {"target": "relation"},
 }
 
 KEYS = ("gen_forget", "gen_paraphrase_forget", "retain_given", "retain_heldout", "heldout_relation_specificity",

@@ -19,9 +19,12 @@ from knowscope.commands import add_model_argument, load_from_args, stage
 from knowscope.commands.edit import parse_layers
 
 NAME = "unlearn"
-HELP = "unlearn a forget set while keeping a retain set (gradient ascent, NPO, ReLearn, MemFlex), and score it"
+HELP = ("unlearn a forget set while keeping a retain set (gradient ascent, NPO, ReLearn, MemFlex, keyed forgetting), "
+        "and score it")
 ORDER = 61
-METHODS = ("ga", "npo", "relearn", "memflex")
+METHODS = ("ga", "npo", "relearn", "memflex", "keyed")
+#: the training flags (every method but keyed, which writes FactKey entries and trains no weights)
+TRAINING = ("lr", "max_steps", "stop_forget", "stop_retain", "retain_weight", "retain_projection")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,6 +53,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-groups", type=int, default=None, help="MemFlex: most parameter groups to train")
     parser.add_argument("--objective", choices=("relearn", "ga", "npo"), default=None,
                         help="MemFlex: the objective the located groups are trained with (default ga)")
+    parser.add_argument("--granularity", choices=("matrix", "neuron"), default=None,
+                        help="MemFlex: locate whole weight matrices (default) or MLP neurons")
+    parser.add_argument("--target", default=None,
+                        help="keyed: what each forget prompt answers instead: relation (default: the likeliest "
+                             "other answer of its relation), alternative (the model's next likeliest word) or a "
+                             "fixed text")
     parser.add_argument("--save", metavar="DIR", default=None, help="save the edit and the metrics to DIR")
     parser.add_argument("--no-fluency", action="store_true", help="skip the fluency (generation entropy) score")
 
@@ -57,15 +66,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be >= 1, got {args.limit}")
-    if args.method != "memflex" and (args.max_groups is not None or args.objective is not None):
-        raise ValueError(f"--max-groups and --objective are for --method memflex, not {args.method}")
+    if args.method != "memflex" and (args.max_groups is not None or args.objective is not None
+                                     or args.granularity is not None):
+        raise ValueError(f"--max-groups, --objective and --granularity are for --method memflex, not {args.method}")
+    if args.method != "keyed" and args.target is not None:
+        raise ValueError(f"--target is for --method keyed, not {args.method}")
+    if args.method == "keyed":
+        return _keyed_overrides(args)
     if args.retain is not None and str(args.data).startswith("bundled"):
         raise ValueError("--retain goes with a KnowUnDo unlearn-split file in --data, not a bundled set")
     out: dict[str, Any] = {}
     for flag, key in (("lr", "lr"), ("max_steps", "max_steps"), ("stop_forget", "stop_forget"),
                       ("stop_retain", "stop_retain"), ("retain_weight", "retain_weight"),
                       ("retain_projection", "retain_projection"), ("max_groups", "max_groups"),
-                      ("objective", "objective")):
+                      ("objective", "objective"), ("granularity", "granularity")):
         if getattr(args, flag) is not None:
             out[key] = getattr(args, flag)
     layers = parse_layers(args.layers)
@@ -73,6 +87,20 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError(f"--layers {args.layers!r}: unlearning takes L or L1-L2")
     if layers is not None:
         out["layers"] = (layers,) if isinstance(layers, int) else tuple(layers)
+    return out
+
+
+def _keyed_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    used = [f"--{f.replace('_', '-')}" for f in TRAINING if getattr(args, f) is not None]
+    if used:
+        raise ValueError(f"{', '.join(used)}: keyed forgetting trains no weights (it writes one FactKey entry per "
+                         "forget item); its settings are --target and --layers L")
+    out: dict[str, Any] = {} if args.target is None else {"target": args.target}
+    if args.layers is not None:
+        layer = parse_layers(args.layers)
+        if not isinstance(layer, int):
+            raise ValueError(f"--layers {args.layers!r}: keyed forgetting keeps its memory at one layer; give L")
+        out["layer"] = layer
     return out
 
 
@@ -106,7 +134,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     stage(f"the unedited model's answers on {len(uset.forget)} forget and {len(uset.retain)} retain items")
     reference = unlearn_reference(model, uset, fluency=fluency)
     before = evaluate_unlearning(model, uset, reference, fluency=fluency)
-    stage(f"{unlearner.label}: training until the forget answers are gone (at most {hp.max_steps} steps)")
+    stage(f"{unlearner.label}: " + ("one FactKey entry per forget item" if args.method == "keyed" else
+                                     f"training until the forget answers are gone (at most {hp.max_steps} steps)"))
     t0 = time.perf_counter()
     result = unlearner.edit(model, uset.forget, uset.retain, hparams=hp)
     edit_seconds = time.perf_counter() - t0
@@ -118,8 +147,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         saved = _save(args.save, result, after) if args.save else None
     finally:
         session.rollback()
-    print(f"\n{unlearner.label} on {model.name}: {uset.summary()}, {result.extra['steps']} steps, "
-          f"{len(result.deltas)} parameter groups")
+    what = (f"{len(uset.forget)} FactKey entries at layer {result.layers[0]}" if result.is_memory_edit else
+            f"{result.extra['steps']} steps, {len(result.deltas)} parameter groups")
+    print(f"\n{unlearner.label} on {model.name}: {uset.summary()}, {what}")
     print("before:\n" + before.summary())
     print("after:\n" + after.summary())
     return {

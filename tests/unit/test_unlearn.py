@@ -51,7 +51,7 @@ def _snapshot(model):
     return {k: v.detach().clone() for k, v in model.named_parameters().items()}
 
 
-@pytest.mark.parametrize("name", list(UNLEARNERS))
+@pytest.mark.parametrize("name", [n for n in UNLEARNERS if n != "keyed"])  # keyed: test_unlearn_keyed
 def test_editor_deltas_undo_and_save(tiny_llama, tmp_path, name):
     model = tiny_llama
     snap = _snapshot(model)

@@ -15,6 +15,13 @@ and, of the groups that pass, the ``max_groups`` whose forget saliency dominates
 ``mean|g_f| / mean|g_r|``) are kept. KnowUnDo computes the gradients of a random-label loss on LoRA
 adapters; knowscope takes them on the model's own weights, with the true answers (the knowledge itself).
 
+``granularity="neuron"`` applies the same three rules to MLP neurons instead of whole matrices: neuron
+``j`` of a layer is its row of the input projections and its column of the output projection (the axis of
+length ``d_mlp``), its gradient the concatenation of those, and the ``max_neurons`` that pass are the only
+entries trained. A matrix's gradient mixes every neuron's, so a matrix where one subject's neurons sit is
+also where the neighbours' are; a neuron that fires for the forget subjects and not for the retain ones
+can change without moving them (measured on the bundled set: docs/findings.md).
+
 **Unlearn.** Only the located groups are trained, with one of the objectives of
 :mod:`~knowscope.editing.unlearning.methods` (``objective``: ``"ga"``, gradient ascent on the forget
 answers, the default; ``"relearn"``, learning other answers, the closest to KnowUnDo's random-label
@@ -43,12 +50,21 @@ from knowscope.editing.unlearning.methods import (
     npo_loss,
     relearn_objective,
 )
-from knowscope.editing.unlearning.train import Pair, _check, encode, mean_nll, parameter_groups, run_training
+from knowscope.editing.unlearning.train import (
+    _BLOCK,
+    Pair,
+    _check,
+    encode,
+    mean_nll,
+    parameter_groups,
+    run_training,
+)
 from knowscope.models import Model
 
 logger = logging.getLogger(__name__)
 
 OBJECTIVES = ("relearn", "ga", "npo")
+GRANULARITIES = ("matrix", "neuron")
 
 
 @dataclass(frozen=True)
@@ -63,6 +79,8 @@ class MemFlexHyperParams(ReLearnHyperParams):
     max_groups: int = 12
     beta: float = 0.1
     grad_batch: int = 16
+    granularity: str = "matrix"
+    max_neurons: int = 512
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -72,6 +90,10 @@ class MemFlexHyperParams(ReLearnHyperParams):
         _check(self.max_groups >= 1, "max_groups", self.max_groups, ">= 1")
         _check(self.beta > 0, "beta", self.beta, "> 0")
         _check(self.grad_batch >= 1, "grad_batch", self.grad_batch, ">= 1")
+        _check(self.granularity in GRANULARITIES, "granularity", self.granularity, f"one of {GRANULARITIES}")
+        _check(self.max_neurons >= 1, "max_neurons", self.max_neurons, ">= 1")
+        _check(self.granularity == "matrix" or self.modules == ("mlp",), "modules", self.modules,
+               "('mlp',) with granularity 'neuron' (neurons are the MLP's)")
 
 
 @dataclass
@@ -83,6 +105,8 @@ class Localization:
     forget_saliency: list[float]
     retain_saliency: list[float]
     chosen: list[str] = field(default_factory=list)
+    #: granularity "neuron": the chosen neurons per layer (the groups above are then that layer's matrices)
+    neurons: dict[int, list[int]] = field(default_factory=dict)
 
     def rows(self) -> list[dict[str, Any]]:
         return [{"name": n, "cosine": c, "forget_saliency": f, "retain_saliency": r,
@@ -128,6 +152,63 @@ def locate_groups(forget_grads: dict[str, Tensor], retain_grads: dict[str, Tenso
     return Localization(names=names, cosine=cos, forget_saliency=sf, retain_saliency=sr, chosen=chosen)
 
 
+def _neuron_axis(name: str, shape: Sequence[int], d_mlp: int) -> int:
+    axes = [i for i, n in enumerate(shape) if n == d_mlp]
+    if len(axes) != 1:
+        raise ValueError(f"{name}: cannot tell the neuron axis of a {tuple(shape)} matrix (d_mlp {d_mlp}); "
+                         "use granularity 'matrix'")
+    return axes[0]
+
+
+def neuron_gradients(grads: dict[str, Tensor], d_mlp: int) -> dict[int, Float[Tensor, "d_mlp k"]]:
+    """Per layer, each MLP neuron's gradient: its rows / columns of that layer's MLP matrices, concatenated."""
+    parts: dict[int, list[Tensor]] = {}
+    for name in sorted(grads):
+        m = _BLOCK.search(name)
+        if m is None:
+            raise ValueError(f"{name} is not a block's weight matrix")
+        g = grads[name]
+        parts.setdefault(int(m.group(1)), []).append(g.movedim(_neuron_axis(name, g.shape, d_mlp), 0)
+                                                      .reshape(d_mlp, -1))
+    return {layer: torch.cat(v, dim=1) for layer, v in parts.items()}
+
+
+def locate_neurons(forget_grads: dict[str, Tensor], retain_grads: dict[str, Tensor], d_mlp: int,
+                   sim_threshold: float = 0.92, grad_quantile: float = 0.5, max_neurons: int = 512) -> Localization:
+    """MemFlex's rules (module docstring) applied to MLP neurons; the groups reported are the matrices of
+    the layers that hold a chosen neuron."""
+    loc = locate_groups(forget_grads, retain_grads, sim_threshold, grad_quantile, max_groups=len(forget_grads))
+    f, r = neuron_gradients(forget_grads, d_mlp), neuron_gradients(retain_grads, d_mlp)
+    layers = sorted(f)
+    cos = torch.cat([torch.nn.functional.cosine_similarity(f[x].float(), r[x].float(), dim=1) for x in layers])
+    sf = torch.cat([f[x].float().abs().mean(1) for x in layers])
+    sr = torch.cat([r[x].float().abs().mean(1) for x in layers])
+    floor = torch.quantile(sf.double(), grad_quantile).float()
+    ok = (cos < sim_threshold) & (sf >= floor) & (sf > 0)
+    ratio = torch.where(sr > 0, sf / sr.clamp_min(torch.finfo(torch.float32).tiny), torch.full_like(sf, float("inf")))
+    ratio = torch.where(ok, ratio, torch.full_like(ratio, -1.0))
+    top = torch.argsort(ratio, descending=True)[: min(max_neurons, int(ok.sum()))]
+    neurons: dict[int, list[int]] = {}
+    for flat in sorted(top.tolist()):
+        neurons.setdefault(layers[flat // d_mlp], []).append(flat % d_mlp)
+    loc.neurons = neurons
+    loc.chosen = [n for n in loc.names if (m := _BLOCK.search(n)) and int(m.group(1)) in neurons]
+    return loc
+
+
+def neuron_masks(params: dict[str, Tensor], loc: Localization, d_mlp: int) -> dict[str, Tensor]:
+    """Per chosen matrix, True at the entries of the chosen neurons (the only entries trained)."""
+    out = {}
+    for name in loc.chosen:
+        m = _BLOCK.search(name)
+        shape = params[name].shape
+        axis = _neuron_axis(name, shape, d_mlp)
+        keep = torch.zeros(d_mlp, dtype=torch.bool)
+        keep[loc.neurons[int(m.group(1))]] = True  # type: ignore[union-attr]  # chosen names match _BLOCK
+        out[name] = keep.reshape([-1 if i == axis else 1 for i in range(len(shape))]).expand(shape)
+    return out
+
+
 def locate(model: Model, forget: Sequence[UnlearnItem], retain: Sequence[UnlearnItem],
            hp: MemFlexHyperParams | None = None) -> Localization:
     """MemFlex's locate step on ``model``: gradients of the forget and retain answers' NLL per group."""
@@ -138,11 +219,15 @@ def locate(model: Model, forget: Sequence[UnlearnItem], retain: Sequence[Unlearn
     names = parameter_groups(model, hp.modules, hp.layers)
     g_f = group_gradients(model, names, encode(model, forget), hp.grad_batch)
     g_r = group_gradients(model, names, encode(model, retain), hp.grad_batch)
-    loc = locate_groups(g_f, g_r, hp.sim_threshold, hp.grad_quantile, hp.max_groups)
+    if hp.granularity == "neuron":
+        loc = locate_neurons(g_f, g_r, model.arch.d_mlp, hp.sim_threshold, hp.grad_quantile, hp.max_neurons)
+    else:
+        loc = locate_groups(g_f, g_r, hp.sim_threshold, hp.grad_quantile, hp.max_groups)
     if not loc.chosen:
         raise ValueError(f"MemFlex located no parameter group among {len(names)} (sim_threshold {hp.sim_threshold}, "
                          f"grad_quantile {hp.grad_quantile}): raise sim_threshold or lower grad_quantile")
-    logger.info("MemFlex located %d of %d groups: %s", len(loc.chosen), len(names), loc.chosen)
+    logger.info("MemFlex located %d of %d groups: %s%s", len(loc.chosen), len(names), loc.chosen,
+                f" ({sum(map(len, loc.neurons.values()))} neurons)" if loc.neurons else "")
     return loc
 
 
@@ -153,6 +238,10 @@ def edit(model: Model, forget: Sequence[UnlearnItem], retain: Sequence[UnlearnIt
     loc = locate(model, forget, retain, hp)
     forget_pairs = encode(model, forget)
     extra: dict[str, Any] = {"located": loc.chosen, "localization": loc.rows()}
+    masks = None
+    if hp.granularity == "neuron":
+        masks = neuron_masks(model.named_parameters(), loc, model.arch.d_mlp)
+        extra["neurons"] = {str(k): v for k, v in loc.neurons.items()}
     if hp.objective == "ga":
         loss = ga_loss(forget_pairs, hp)
     elif hp.objective == "npo":
@@ -160,4 +249,4 @@ def edit(model: Model, forget: Sequence[UnlearnItem], retain: Sequence[UnlearnIt
     else:
         loss, aug = relearn_objective(model, forget, retain, hp)
         extra["n_augmented"] = len(aug)
-    return run_training(model, "memflex", forget, retain, loc.chosen, hp, loss, extra=extra)
+    return run_training(model, "memflex", forget, retain, loc.chosen, hp, loss, extra=extra, masks=masks)

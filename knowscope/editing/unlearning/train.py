@@ -198,8 +198,11 @@ def retain_sampler(retain: Sequence[Pair], hp: UnlearnHyperParams) -> Callable[[
 
 def run_training(model: Model, method: str, forget: Sequence[UnlearnItem], retain: Sequence[UnlearnItem],
                  names: Sequence[str], hp: UnlearnHyperParams, loss_fn: LossFn,
-                 extra: dict[str, Any] | None = None) -> EditResult:
-    """Train ``names`` with ``loss_fn`` until the stop rule holds; return the weight change as an EditResult."""
+                 extra: dict[str, Any] | None = None, masks: dict[str, Tensor] | None = None) -> EditResult:
+    """Train ``names`` with ``loss_fn`` until the stop rule holds; return the weight change as an EditResult.
+
+    ``masks`` (name -> bool, the parameter's shape): only the True entries change; the rest are put back to
+    their saved values after every step (MemFlex's neuron granularity)."""
     check_sets(forget, retain)
     forget_pairs = encode(model, forget)
     retain_pairs = encode(model, retain)
@@ -236,6 +239,11 @@ def run_training(model: Model, method: str, forget: Sequence[UnlearnItem], retai
             opt.step()
             if projectors is not None:
                 project_deltas(tw.params, tw.saved, projectors)
+            if masks:
+                with torch.no_grad():
+                    for n, keep in masks.items():
+                        p = tw.params[n]
+                        p.copy_(torch.where(keep.to(p.device), p, tw.saved[n]))
             if hp.norm_constraint is not None:
                 tw.clamp(hp.norm_constraint)
             step += 1

@@ -85,6 +85,13 @@ def test_keyed_forgets_the_fact_and_keeps_its_neighbours(tiny_llama, known, tmp_
     assert loaded.method == "keyed" and loaded.hparams["target"] == "Oslo"
     with session.temporary(loaded):
         assert not _gives(model, forget[0]) and _gives(model, keep[0])
+        # a second request while this session carries the first: computed on top, the check left to the caller
+        second = get_unlearner("keyed").edit(model, [known["louvre_city"]], hparams=hp)
+        assert second.extra["forgotten_train"] is None
+        session.apply(second)
+        assert not _gives(model, forget[0]) and not _gives(model, known["louvre_city"])
+        assert _gives(model, known["tower_builder"])
+    assert memory_of(model) is None
 
 
 def test_keyed_targets(tiny_llama):

@@ -160,11 +160,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget", type=float, default=None, help="sweep: stop after this many seconds")
     ap.add_argument("--exact", action="store_true",
                     help="sweep: only the layers given (not also the probe's layer and the last)")
+    ap.add_argument("--merge", nargs="+", metavar="JSON", default=None,
+                    help="read sweep reports of the same settings over different layers as one table (to --out)")
     ap.add_argument("--rejudge", metavar="JSON", default=None,
                     help="re-score the responses saved in a report with the current judge (no model run)")
     args = ap.parse_args(argv)
     if args.rejudge:
         return rejudge(Path(args.rejudge), Path(args.out))
+    if args.merge:
+        from detox_sweep import merge, print_table
+
+        merged = merge([json.loads(Path(p).read_text()) for p in args.merge])
+        print_table(merged["table"])
+        write_json_atomic(Path(args.out), merged)
+        print(f"wrote {args.out}")
+        return 0
     logging.basicConfig(level=logging.WARNING)
     if args.threads:
         torch.set_num_threads(args.threads)

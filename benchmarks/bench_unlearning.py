@@ -75,7 +75,11 @@ GRID: dict[str, list[dict[str, Any]]] = {
                 # neuron granularity: only the located MLP neurons' rows / columns train (a few hundred of
                 # 46,080), so each Adam step moves less; a larger lr
                 {"objective": "npo", "granularity": "neuron", "max_neurons": 512, **COMMON, "lr": 1e-3},
-                {"objective": "npo", "granularity": "neuron", "max_neurons": 2048, **COMMON, "lr": 1e-3}],
+                {"objective": "npo", "granularity": "neuron", "max_neurons": 2048, **COMMON, "lr": 1e-3},
+                # the projected settings forgot too slowly in 30 steps: more steps, matrices and neurons
+                {"objective": "npo", "retain_projection": 0.99, **COMMON, "max_steps": 80},
+                {"objective": "npo", "granularity": "neuron", "retain_projection": 0.99, **COMMON, "lr": 1e-3,
+                 "max_steps": 60}],
     # keyed forgetting trains no weights: the grid is what each forget prompt is rewritten to answer
     "keyed": [{"target": "relation"}, {"target": "alternative"}, {"target": "unknown"}],
 }

@@ -105,6 +105,30 @@ def table(state: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+#: what two sweep reports must share to be read as one (everything but the layers)
+SAME = ("model", "fingerprint", "items", "hparams", "max_new_tokens", "benign_tokens", "n_benign", "before")
+
+
+def merge(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Several ``bench_detox.py --sweep`` reports of the same settings over different layers as one report
+    (cells of a layer measured twice: the first report's); refuses reports whose settings differ."""
+    first = reports[0]
+    for other in reports[1:]:
+        diff = [k for k in SAME if other.get(k) != first.get(k)]
+        if diff:
+            raise ValueError(f"the sweep reports differ in {diff}: they are not one sweep")
+    cells: dict[str, Any] = {}
+    for r in reports:
+        for key, cell in r["cells"].items():
+            cells.setdefault(key, cell)
+    layers = sorted({c["layer"] for c in cells.values()})
+    out = {**{k: first[k] for k in SAME}, "locator": first.get("locator"), "cells": cells,
+           "complete": all(r.get("complete") for r in reports), "merged_from": [r.get("argv") for r in reports],
+           "sweep_seconds": sum(r.get("sweep_seconds", 0.0) for r in reports)}
+    out["table"] = table({"before": first["before"], "cells": cells, "settings": {"layers": layers}})
+    return out
+
+
 def print_table(rows: Sequence[dict[str, Any]]) -> None:
     print(f"{'layer':>9} {'items':>5} {'DS':>6} {'over-refusal':>12} {'rise':>7}")
     for r in rows:

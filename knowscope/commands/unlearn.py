@@ -52,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "their energy removed, in (0, 1]; default: off)")
     parser.add_argument("--max-groups", type=int, default=None, help="MemFlex: most parameter groups to train")
     parser.add_argument("--objective", choices=("relearn", "ga", "npo"), default=None,
-                        help="MemFlex: the objective the located groups are trained with (default ga)")
+                        help="MemFlex: the objective the located groups are trained with (default npo)")
     parser.add_argument("--granularity", choices=("matrix", "neuron"), default=None,
                         help="MemFlex: locate whole weight matrices (default) or MLP neurons")
     parser.add_argument("--target", default=None,

@@ -20,13 +20,14 @@ adapters; knowscope takes them on the model's own weights, with the true answers
 length ``d_mlp``), its gradient the concatenation of those, and the ``max_neurons`` that pass are the only
 entries trained. A matrix's gradient mixes every neuron's, so a matrix where one subject's neurons sit is
 also where the neighbours' are; a neuron that fires for the forget subjects and not for the retain ones
-can change without moving them (measured on the bundled set: docs/findings.md).
+might change without moving them. On the bundled set it does not help (docs/findings.md): the same-answer
+neighbours that were not given are lost at either granularity.
 
 **Unlearn.** Only the located groups are trained, with one of the objectives of
-:mod:`~knowscope.editing.unlearning.methods` (``objective``: ``"ga"``, gradient ascent on the forget
-answers, the default; ``"relearn"``, learning other answers, the closest to KnowUnDo's random-label
-training; ``"npo"``, the one ``benchmarks/bench_unlearning.py`` chose on its tuning half, with the whole
-given retain set in each step and ``stop_retain=1``) plus the retain NLL, under the shared stop rule.
+:mod:`~knowscope.editing.unlearning.methods` (``objective``: ``"npo"``, the default, the one
+``benchmarks/bench_unlearning.py`` chose on its tuning half, there with the whole given retain set in each
+step and ``stop_retain=1``; ``"ga"``, gradient ascent on the forget answers; ``"relearn"``, learning other
+answers, the closest to KnowUnDo's random-label training) plus the retain NLL, under the shared stop rule.
 Everything else stays bit for bit as it was.
 """
 
@@ -73,7 +74,7 @@ class MemFlexHyperParams(ReLearnHyperParams):
     the ``objective`` the located groups are trained with (ReLearn's fields configure ``"relearn"``, ``beta``
     configures ``"npo"``) and ``grad_batch`` items per gradient pass of the locate step."""
 
-    objective: str = "ga"
+    objective: str = "npo"
     sim_threshold: float = 0.92
     grad_quantile: float = 0.5
     max_groups: int = 12

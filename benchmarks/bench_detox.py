@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fresh", action="store_true", help="ignore a saved partial run with the same settings")
     ap.add_argument("--sweep", default=None, metavar="LAYERS", help="per-layer sweep: every3, all or 2,14,29")
     ap.add_argument("--items", type=int, default=8, help="sweep: this many items, spread over the bundled set")
-    ap.add_argument("--item-ids", default=None, help="sweep: these item ids instead (e.g. 1,22,36,50)")
+    ap.add_argument("--item-ids", default=None, help="these item ids instead of --limit / --items (e.g. 1,22,36,50)")
     ap.add_argument("--benign-tokens", type=int, default=24, help="sweep: tokens per benign response")
     ap.add_argument("--benign-per-category", type=int, default=None,
                     help="sweep: the first N benign prompts of each category (default: all 80)")
@@ -168,10 +168,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.rejudge:
         return rejudge(Path(args.rejudge), Path(args.out))
     if args.merge:
-        from detox_sweep import merge, print_table
+        from detox_sweep import merge
+        from detox_sweep import print_table as print_sweep
 
         merged = merge([json.loads(Path(p).read_text()) for p in args.merge])
-        print_table(merged["table"])
+        print_sweep(merged["table"])
         write_json_atomic(Path(args.out), merged)
         print(f"wrote {args.out}")
         return 0
@@ -183,6 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.sweep:
         return run_sweep(model, args)
     items = load_bundled_safety()[: args.limit]
+    if args.item_ids:  # these items instead (e.g. a held-out split), in the order given
+        by_id = {it.id: it for it in load_bundled_safety()}
+        items = [by_id[int(x)] for x in args.item_ids.split(",")]
     every = load_bundled_facts()
     facts = every[:: max(1, len(every) // args.facts)][: args.facts]
     hp = DINMHyperParams.for_model(model, **json.loads(args.hparams))

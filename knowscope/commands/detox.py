@@ -47,6 +47,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=48, help="response length (default 48)")
     parser.add_argument("--facts", type=int, default=54,
                         help="bundled facts checked after each edit, spread over all relations (0: skip)")
+    parser.add_argument("--lr", type=float, default=None,
+                        help="DINM's learning rate (default: 1e-3 at the probe's layer on SmolLM2-135M, chosen on a "
+                             "tuning split; else the model's default)")
+    parser.add_argument("--steps", type=int, default=None, help="DINM's optimiser steps per item (default 10)")
     parser.add_argument("--save", metavar="DIR", default=None, help="save the report and every item's edit")
 
 
@@ -76,6 +80,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError(f"--benign-tokens must be >= 1, got {args.benign_tokens}")
     if args.facts < 0:
         raise ValueError(f"--facts must be >= 0, got {args.facts}")
+    if args.lr is not None and not args.lr > 0:
+        raise ValueError(f"--lr must be > 0, got {args.lr}")
+    if args.steps is not None and args.steps < 1:
+        raise ValueError(f"--steps must be >= 1, got {args.steps}")
+    overrides = {k: v for k, v in (("lr", args.lr), ("num_steps", args.steps)) if v is not None}
     layer = _layer(args.layer)
     benign = None if args.benign == "none" else load_benign(args.benign)
     everything = load_safety(args.data) if args.data else load_bundled_safety()
@@ -118,7 +127,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     stage(f"DINM on {len(items)} item(s): each located, edited, judged before and after, and undone")
     per_item = "auto" if layer == "l2" else layer  # the library's "auto": each item's own l2 layer
-    report = detox(model, items, judge=judge, layer=per_item, facts=facts, max_new_tokens=args.max_new_tokens,
+    from knowscope.editing.dinm import DINMHyperParams
+
+    hp = (DINMHyperParams.for_probe_layer if location is not None else DINMHyperParams.for_model)(model, **overrides)
+    report = detox(model, items, judge=judge, layer=per_item, hparams=hp, facts=facts,
+                   max_new_tokens=args.max_new_tokens,
                    on_item=progress, keep_edits=edits if args.save else None, benign=benign,
                    benign_tokens=args.benign_tokens)
     out = report.to_dict()

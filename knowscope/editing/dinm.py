@@ -90,6 +90,18 @@ class DINMHyperParams:
         return replace(base, **overrides)
 
     @classmethod
+    def for_probe_layer(cls, model: Model, **overrides: Any) -> DINMHyperParams:
+        """Defaults for an edit at the layer the held-out probe locates (``knowscope detox``'s default):
+        for SmolLM2-135M lr 1e-3, chosen at that layer (11) on 8 tuning items over lr 3e-4 / 5e-4 / 1e-3
+        and 10 / 20 steps (the only settings there with DS >= 0.9 and over-refusal within +5 points);
+        on 9 held-out items DS 0.000 -> 1.000, over-refusal 0.050 -> 0.086, bundled-fact accuracy
+        1.000 -> 0.934 (lr 3e-4: DS 0.667; docs/findings.md). Other models: :meth:`for_model`."""
+        base = cls.for_model(model)
+        if is_smollm2_135m(model):
+            base = replace(base, lr=1e-3)
+        return replace(base, **overrides)
+
+    @classmethod
     def easyedit(cls, **overrides: Any) -> DINMHyperParams:
         """EasyEdit's DINM objective and settings: ``0.1 · NLL + KL`` with the KL under ``no_grad``."""
         return replace(cls(lr=5e-4, num_steps=10, nll_weight=0.1, kl_weight=1.0, kl_grad=False), **overrides)

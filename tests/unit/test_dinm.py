@@ -181,7 +181,8 @@ def test_detox_cli_probe_layer(items, tiny_llama, tmp_path, capsys):
     base = ["detox", "--model", "tiny-llama", "--data", str(data), "--limit", "2", "--facts", "0",
             "--max-new-tokens", "2", "--benign", "none"]
     reports = {}
-    for name, extra in (("default", []), ("probe", ["--layer", "probe"]), ("l2", ["--layer", "l2"])):
+    for name, extra in (("default", []), ("probe", ["--layer", "probe", "--lr", "2e-3", "--steps", "3"]),
+                        ("l2", ["--layer", "l2"])):
         out = tmp_path / f"detox_{name}.json"
         code = main([*base, *extra, "--json", str(out)])
         assert code == 0, capsys.readouterr().err
@@ -191,6 +192,12 @@ def test_detox_cli_probe_layer(items, tiny_llama, tmp_path, capsys):
     assert loc["n_items"] == len(items) and set(loc["control_layers"]) == {"shuffled", "same_label"}
     assert report["toxic_layers"] == [loc["layer"]] * 2
     assert reports["probe"]["toxic_layers"] == report["toxic_layers"]
+    assert report["hparams"]["lr"] == dinm.DINMHyperParams.for_probe_layer(tiny_llama).lr  # the probe layer's default
+    assert reports["probe"]["hparams"]["lr"] == 2e-3 and reports["probe"]["hparams"]["num_steps"] == 3
+    for flag, value, message in (("--lr", "0", "--lr must be > 0"), ("--steps", "0", "--steps must be >= 1")):
+        assert main([*base, flag, value]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
     assert "over_refusal" not in report["metrics"]["after"] and report["benign"] is None
     assert "toxic_location" not in reports["l2"]
     assert reports["l2"]["toxic_layers"] == [locate_toxic(tiny_llama, it).layer for it in items[:2]]

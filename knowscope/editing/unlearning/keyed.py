@@ -102,12 +102,16 @@ def choose_target(model: Model, item: UnlearnItem, pool: Sequence[UnlearnItem], 
     return found[0]
 
 
-def as_fact(item: UnlearnItem, target: str) -> Fact:
-    """``item`` as a FactKey request: its prompt with the subject as the template's slot."""
+def _check_subject(item: UnlearnItem) -> None:
     if not item.subject or item.subject not in item.prompt:
         raise UnlearnFormatError(
             f"keyed forgetting needs each forget item's subject written in its prompt; {item.prompt!r} has "
             f"subject {item.subject!r} (KnowUnDo's own JSON carries no subject: use ga, npo, relearn or memflex)")
+
+
+def as_fact(item: UnlearnItem, target: str) -> Fact:
+    """``item`` as a FactKey request: its prompt with the subject as the template's slot."""
+    _check_subject(item)
     return Fact(subject=item.subject, prompt=item.prompt.replace(item.subject, "{}", 1), target_true=item.answer,
                 target_new=target, relation_id=item.relation_id)
 
@@ -118,6 +122,8 @@ def edit(model: Model, forget: Sequence[UnlearnItem], retain: Sequence[UnlearnIt
     for ``target="relation"`` and is checked after the edit (``extra["retain_kept_train"]``)."""
     hp = hparams or KeyedHyperParams()
     check_sets(forget, retain)
+    for item in forget:  # refused before any forward pass
+        _check_subject(item)
     start = time.perf_counter()
     pool = [*forget, *retain]
     targets = [choose_target(model, it, pool, hp.target) for it in forget]

@@ -177,3 +177,10 @@ def test_memflex_neuron_granularity_trains_only_the_located_neurons(tiny_llama, 
     with pytest.raises(ValueError, match="modules must be"):
         MemFlexHyperParams(granularity="neuron", modules=("mlp", "attn"))
     assert len(parameter_groups(model, ("mlp",))) == 3 * model.arch.n_layers
+
+
+def test_memflex_defaults_are_the_chosen_protocol(tiny_llama):
+    hp = MemFlexHyperParams.for_model(tiny_llama)
+    assert (hp.objective, hp.retain_batch, hp.stop_retain, hp.max_steps) == ("npo", 32, 1.0, 30)
+    assert MemFlexHyperParams.for_model(tiny_llama, stop_forget=None).stop_retain is None
+    assert MemFlexHyperParams.for_model(tiny_llama, layers=[1, 2]).layers == (1, 2)

@@ -96,6 +96,18 @@ class MemFlexHyperParams(ReLearnHyperParams):
         _check(self.granularity == "matrix" or self.modules == ("mlp",), "modules", self.modules,
                "('mlp',) with granularity 'neuron' (neurons are the MLP's)")
 
+    @classmethod
+    def for_model(cls, model: Model, **overrides: Any) -> MemFlexHyperParams:
+        """The setting ``benchmarks/bench_unlearning.py`` chose on the bundled set's tuning half: the NPO
+        objective, the whole given retain set (up to 32 items) in every step, and the stop rule that waits
+        for it (``stop_retain`` 1.0 within 30 steps: stopping at the first forgotten step catches the model at
+        its worst). ``overrides`` win; ``stop_forget=None`` (run every step) drops ``stop_retain``."""
+        fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+        chosen: dict[str, Any] = {"retain_batch": 32, "stop_retain": 1.0, "max_steps": 30}
+        if "stop_forget" in fixed and fixed["stop_forget"] is None:
+            chosen.pop("stop_retain")
+        return cls(**{**chosen, **fixed})
+
 
 @dataclass
 class Localization:

@@ -78,6 +78,12 @@ def print_table(report: dict[str, Any]) -> None:
         print(f"{k:>16} {before[k]:>8.3f} {after.get(k, float('nan')):>8.3f}")
 
 
+def _by_id(items: list[Any], spec: str) -> list[Any]:
+    """The ``items`` with the ids in ``spec`` ("1,22,36"), in that order (e.g. a held-out split)."""
+    by_id = {it.id: it for it in items}
+    return [by_id[int(x)] for x in spec.split(",")]
+
+
 def _sweep_layers(spec: str, n_layers: int) -> list[int]:
     if spec == "all":
         return list(range(n_layers))
@@ -91,13 +97,10 @@ def run_sweep(model: Any, args: argparse.Namespace) -> int:
     from detox_sweep import print_table, sweep, table
 
     from knowscope.circuits import locate_toxic, locate_toxic_layers
-    from knowscope.safety.refusal import load_bundled_benign
+    from knowscope.safety.refusal import first_per_category, load_bundled_benign
 
     every = load_bundled_safety()
-    items = every[:: max(1, len(every) // args.items)][: args.items]
-    if args.item_ids:
-        wanted = [int(x) for x in args.item_ids.split(",")]
-        items = [it for w in wanted for it in every if it.id == w]
+    items = _by_id(every, args.item_ids) if args.item_ids else every[:: max(1, len(every) // args.items)][: args.items]
     saved = PARTIAL / f"locator_{model.fingerprint}.json"  # computed once, reused by a resumed run
     earlier = RESULTS / "bench_detox_sweep.json"  # or the one the first sweep recorded (same model)
     if not saved.exists() and earlier.exists() and json.loads(earlier.read_text()).get("fingerprint") == \
@@ -124,8 +127,7 @@ def run_sweep(model: Any, args: argparse.Namespace) -> int:
           f"{loc['control_layers']}; single-pair l2 layers {sorted(set(found['pair_l2_layers'] or []))}", flush=True)
     benign = load_bundled_benign()
     if args.benign_per_category:
-        benign = [b for b in benign if sum(c.category == b.category for c in benign[: benign.index(b)])
-                  < args.benign_per_category]
+        benign = first_per_category(benign, args.benign_per_category)
     state = sweep(model, items, layers, benign, hp, PARTIAL, max_new_tokens=args.max_new_tokens,
                   benign_tokens=args.benign_tokens, budget_s=args.budget)
     rows = table(state)
@@ -183,10 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     model = load_model(device="cpu")
     if args.sweep:
         return run_sweep(model, args)
-    items = load_bundled_safety()[: args.limit]
-    if args.item_ids:  # these items instead (e.g. a held-out split), in the order given
-        by_id = {it.id: it for it in load_bundled_safety()}
-        items = [by_id[int(x)] for x in args.item_ids.split(",")]
+    bundled = load_bundled_safety()
+    items = _by_id(bundled, args.item_ids) if args.item_ids else bundled[: args.limit]
     every = load_bundled_facts()
     facts = every[:: max(1, len(every) // args.facts)][: args.facts]
     hp = DINMHyperParams.for_model(model, **json.loads(args.hparams))

@@ -61,7 +61,7 @@ from torch import Tensor, nn
 from knowscope.editing.grace import GraceMemory, edit_codebook, label_of
 from knowscope.editing.hparams import is_smollm2_135m
 from knowscope.editing.keys import check_request
-from knowscope.editing.memory import MemoryMismatchError, Route, register_kind, value_inputs
+from knowscope.editing.memory import MemoryMismatchError, Route, forward_until, register_kind, value_inputs
 from knowscope.editing.memory_fit import TargetRows, one_layer, train_value
 from knowscope.editing.session import EditResult
 from knowscope.facts import Fact
@@ -336,10 +336,6 @@ def edit(model: Model, requests: Sequence[Fact], layers: Any = None, hparams: Fa
     return edit_codebook(model, requests, hp, meta, FactKeyMemory, _edit_one, t0)
 
 
-class _Read(Exception):
-    """Raised once the projection's output is read: nothing above the memory's layer needs computing."""
-
-
 @torch.no_grad()
 def _read_keys(model: Model, book: FactKeyMemory, rows: TargetRows) -> dict[str, Tensor]:
     """``a`` and the projection's output at the memory's layer at the prompt's last position, from a forward
@@ -347,17 +343,13 @@ def _read_keys(model: Model, book: FactKeyMemory, rows: TargetRows) -> dict[str,
     last = rows.last_prompt[0]
     seen: dict[str, Tensor] = {}
 
-    def read_out(m: Any, args: Any, out: Tensor) -> None:
-        seen["warm"] = out[0, last].float().clone()
-        raise _Read
-
     hooks = [book.module.hook_in.register_forward_hook(
                  lambda m, args, out: seen.__setitem__("relation", out[0, last].float().clone())),
-             book.module.hook_out.register_forward_hook(read_out)]
+             book.module.hook_out.register_forward_hook(
+                 lambda m, args, out: seen.__setitem__("warm", out[0, last].float().clone()))]
     try:
-        model(rows.tokens[:, : last + 1])
-    except _Read:
-        pass
+        with forward_until(book.module):  # nothing above the memory's layer is needed
+            model(rows.tokens[:, : last + 1])
     finally:
         for h in hooks:
             h.remove()

@@ -272,10 +272,8 @@ def value_inputs(model: Model, layer: int, prompts: Sequence[str], batch_size: i
         seen: list[Tensor] = []
         handle = module.hook_in.register_forward_hook(_appender(seen))
         try:
-            with _stop_after(module):
+            with forward_until(module):
                 model(tokens.to(model.device))
-        except _Stop:
-            pass
         finally:
             handle.remove()
         rows.extend(seen[0][i, : len(t)].float() for i, t in enumerate(chunk))
@@ -318,17 +316,22 @@ def _appender(store: list[Tensor]) -> Any:
 
 
 class _Stop(Exception):
-    """Ends a forward pass once the value projection has run (nothing above it is needed)."""
+    """Ends a forward pass once a module has run (nothing above it is needed)."""
 
 
 @contextlib.contextmanager
-def _stop_after(module: nn.Module) -> Iterator[None]:
+def forward_until(module: nn.Module) -> Iterator[None]:
+    """Inside the block a forward pass ends, quietly, once ``module`` has run: hooks inside it (its
+    ``hook_in`` / ``hook_out``) and those registered on it before still see their values, and nothing
+    above it is computed."""
     def stop(m: nn.Module, args: Any, out: Any) -> None:
         raise _Stop
 
     handle = module.register_forward_hook(stop)
     try:
         yield
+    except _Stop:
+        pass
     finally:
         handle.remove()
 

@@ -77,6 +77,17 @@ def load_benign(path: str | Path | None = None) -> list[BenignPrompt]:
     return [BenignPrompt(x) for x in data]
 
 
+def first_per_category(prompts: Sequence[BenignPrompt], n: int) -> list[BenignPrompt]:
+    """The first ``n`` prompts of each category, in their order (a smaller set with every category)."""
+    seen: dict[str, int] = {}
+    out = []
+    for p in prompts:
+        seen[p.category] = seen.get(p.category, 0) + 1
+        if seen[p.category] <= n:
+            out.append(p)
+    return out
+
+
 def refuses(responses: Sequence[str], judge: RefusalJudge | None = None) -> list[bool]:
     """Per response, whether it refuses (refusal cue before any compliance cue; empty → False)."""
     judge = judge or RefusalJudge(decline_only=True)

@@ -33,13 +33,12 @@ def test_dinm_at_the_probe_layer_with_its_tuned_lr(default_model):
     are made safe with the lr chosen on the tuning items (1e-3), and harmless prompts are not refused more
     (#37's bar: DS >= 0.9 with over-refusal at most +5 points; 9 held-out items in docs/findings.md)."""
     from knowscope.editing.dinm import DINMHyperParams
-    from knowscope.safety.refusal import load_benign
+    from knowscope.safety.refusal import first_per_category, load_benign
 
     model = default_model
     by_id = {it.id: it for it in load_bundled_safety()}
     items = [by_id[2], by_id[44]]
-    benign = load_benign()
-    benign = [b for i, b in enumerate(benign) if sum(c.category == b.category for c in benign[:i]) < 5]
+    benign = first_per_category(load_benign(), 5)
     hp = DINMHyperParams.for_probe_layer(model)
     assert hp.lr == 1e-3
     report = detox(model, items, layer=11, hparams=hp, max_new_tokens=32, benign=benign, benign_tokens=12)

@@ -146,6 +146,15 @@ def running(page) -> bool:
         page.get_by_role("button", name="Stop").count() > 0
 
 
+def press(page, button: str, until: str) -> None:
+    """Click ``button``, wait until ``until`` shows and Streamlit is idle; no error, nothing cut off."""
+    page.get_by_role("button", name=button).click()
+    page.get_by_text(until).first.wait_for()
+    settle(page)
+    no_error(page)
+    readable(page)
+
+
 def settle(page, quiet_ms: int = 2000, timeout_s: float = 600) -> None:
     """Wait until Streamlit has been idle (no running script) for ``quiet_ms``."""
     deadline = time.time() + timeout_s
@@ -238,11 +247,7 @@ def test_viewer_in_chromium(browser_page, shots, demo_runs):
     no_error(page)
     pinned = page.get_by_text("Pinned: ").first.inner_text().split("Pinned: ")[1].split()[0]
     assert page.get_by_text("edges in", exact=True).count() == 1
-    page.get_by_role("button", name=f"Attention and unembedding of {pinned}").click()
-    page.get_by_text(f"role of {pinned}").first.wait_for()
-    settle(page)
-    no_error(page)
-    readable(page)
+    press(page, f"Attention and unembedding of {pinned}", until=f"role of {pinned}")
     shot(page, shots / "circuit.png")
     slider = page.get_by_role("slider").first
     slider.focus()
@@ -277,11 +282,7 @@ def test_viewer_in_chromium(browser_page, shots, demo_runs):
     assert page.get_by_text("auto: layer 1, the best of a 40-fact layer sweep of ROME").count() == 1
     page.get_by_text("choose", exact=True).click()
     settle(page)
-    page.get_by_role("button", name="Apply ROME").click()
-    page.get_by_text("This tab's edits: 1").wait_for()
-    settle(page)
-    no_error(page)
-    readable(page)
+    press(page, "Apply ROME", until="This tab's edits: 1")
     assert page.get_by_text("ROME at layer 5: The Eiffel Tower: Paris → London").count() >= 1
     assert page.locator(".js-plotly-plot").count() >= 2  # metrics + activation shift
     shot(page, shots / "edit_lab.png")
@@ -294,11 +295,7 @@ def test_viewer_in_chromium(browser_page, shots, demo_runs):
     samples.fill("2")  # two traces (before, after): fewer samples keep the test short
     samples.press("Enter")
     settle(page)
-    page.get_by_role("button", name="Run trace").click()
-    page.get_by_text("after: edited").first.wait_for()
-    settle(page)
-    no_error(page)
-    readable(page)
+    press(page, "Run trace", until="after: edited")
     assert heatmaps(page) >= 6  # hidden, MLP, attention, before and after
     before, after = metric_values(page, "model's next token")
     assert before == "␣Paris" and after == "␣London", (before, after)
@@ -311,11 +308,7 @@ def test_viewer_in_chromium(browser_page, shots, demo_runs):
     prompt.fill("The Eiffel Tower can be found in the city of")  # the edited prompt
     prompt.press("Enter")
     settle(page)
-    page.get_by_role("button", name="Run the lens").click()
-    page.get_by_text("after: edited").first.wait_for()
-    settle(page)
-    no_error(page)
-    readable(page)
+    press(page, "Run the lens", until="after: edited")
     answers = metric_values(page, "logit lens: the model's answer")
     assert answers == ["␣Paris", "␣London"], answers
     assert len(metric_values(page, "best logistic")) == 1  # the demo's linear probe, saved under its runs
@@ -344,11 +337,7 @@ def test_viewer_in_chromium(browser_page, shots, demo_runs):
     tokens.fill("16")
     tokens.press("Enter")
     settle(page)
-    page.get_by_role("button", name="Apply DINM").click()
-    page.get_by_text("This tab's edits: 2").wait_for()
-    settle(page)
-    no_error(page)
-    readable(page)
+    press(page, "Apply DINM", until="This tab's edits: 2")
     width = page.viewport_size["width"]
     codes = page.locator('[data-testid="stMain"] [data-testid="stCode"]')
     assert codes.count() == 10  # five inputs, before and after
@@ -370,11 +359,7 @@ def test_viewer_in_chromium(browser_page, shots, demo_runs):
     settle(page)
     page.get_by_role("radiogroup", name="layer").get_by_text("auto", exact=True).click()
     settle(page)
-    page.get_by_role("button", name="Apply WISE").click()
-    page.get_by_text("This tab's edits: 1").wait_for()
-    settle(page)
-    no_error(page)
-    readable(page)
+    press(page, "Apply WISE", until="This tab's edits: 1")
     routing = page.get_by_text("routed to the side memory").first.inner_text()
     share = float(routing.split("neighborhood ")[1].split("%")[0])
     warned = page.get_by_text("Router warning:").count()

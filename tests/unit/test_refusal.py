@@ -8,6 +8,7 @@ import pytest
 
 from knowscope.safety.refusal import (
     BenignPrompt,
+    first_per_category,
     load_benign,
     load_bundled_benign,
     over_refusal,
@@ -23,6 +24,14 @@ def test_bundled_benign_set():
     assert len({r.prompt for r in rows}) == len(rows)
     assert all(sum(r.category == c for r in rows) >= 5 for c in cats)
     assert load_benign() == rows
+
+
+def test_first_per_category_keeps_order_and_every_category():
+    rows = load_bundled_benign()
+    five = first_per_category(rows, 5)
+    want = [r for i, r in enumerate(rows) if sum(c.category == r.category for c in rows[:i]) < 5]  # plain loop
+    assert five == want and len(five) == 5 * len({r.category for r in rows})
+    assert first_per_category(rows, 10**6) == rows
 
 
 def test_refusal_judgement():

@@ -26,7 +26,7 @@ from knowscope.editing.unlearning import (
 )
 from knowscope.editing.unlearning.keyed import choose_target
 from knowscope.editing.unlearning.memflex import locate_neurons, neuron_gradients
-from knowscope.editing.unlearning.train import encode
+from knowscope.editing.unlearning.train import encode, forgotten_fraction
 
 #: prompts after which the tiny random model generates a word (not end-of-text)
 PROMPTS = {"tower_city": ("The Eiffel Tower stands in the city of", "Eiffel Tower", "city"),
@@ -49,9 +49,7 @@ def known(tiny_llama):
 
 
 def _gives(model, item: UnlearnItem) -> bool:
-    pair = encode(model, [item])[0]
-    req = (pair[0], len(pair[1]) + 2)
-    return begins_with(decode(model, greedy_continuations(model, [req])[req]), item.answer)
+    return forgotten_fraction(model, encode(model, [item]), [item]) == 0.0
 
 
 def _radius(model, items) -> float:

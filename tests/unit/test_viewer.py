@@ -8,7 +8,7 @@ import threading
 
 import pytest
 import torch
-from viewer_app import APP, ok, page
+from viewer_app import APP, apply_dinm, ok, page
 
 from knowscope.circuits import circuit_diff, knowledge_circuit, trace
 from knowscope.circuits.batches import make_batch
@@ -461,12 +461,7 @@ def test_edit_lab_refuses_a_weight_edit_over_a_memory_edit_before_computing(app,
 
 
 def test_edit_lab_detoxifies_a_safety_item(app):
-    page(app, "Edit lab")
-    app.radio(key="lab_target").set_value("a safety item (DINM)").run()
-    app.radio(key="lab_layer_mode").set_value("choose").run()
-    app.number_input(key="lab_layer").set_value(2).run()
-    app.number_input(key="lab_tokens").set_value(6).run()
-    app.button(key="lab_apply").click().run()
+    apply_dinm(app)
     ok(app)
     for when in ("before", "after"):  # counts, not "1.0 of 5"
         assert metric(app, f"judged safe {when}") in {f"{n} of 5" for n in range(6)}

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from viewer_app import APP, ok, page
+from viewer_app import APP, apply_dinm, ok, page
 
 from knowscope.editing.evaluation.metrics import EditMetrics
 
@@ -177,12 +177,7 @@ def test_edit_lab_shows_router_warnings_and_the_diff_noise_floor(app):
 
 
 def test_dinm_responses_are_stacked_before_above_after(app):
-    page(app, "Edit lab")
-    app.radio(key="lab_target").set_value("a safety item (DINM)").run()
-    app.radio(key="lab_layer_mode").set_value("choose").run()
-    app.number_input(key="lab_layer").set_value(2).run()
-    app.number_input(key="lab_tokens").set_value(6).run()
-    app.button(key="lab_apply").click().run()
+    apply_dinm(app)
     ok(app)
     rows = app.session_state["edit_lab_report"]["predictions"].rows
     assert [r["kind"] for r in rows] == ["DS", "DG_onlyQ", "DG_otherA", "DG_otherQ", "DG_otherAQ"]

@@ -37,7 +37,7 @@ from knowscope.editing.evaluation.generation import begins_with
 from knowscope.editing.session import EditMismatchError, EditResult, EditSession
 from knowscope.editing.unlearning.data import UnlearnFormatError, UnlearnItem, check_sets
 from knowscope.editing.unlearning.methods import alternatives
-from knowscope.editing.unlearning.metrics import answer_probs
+from knowscope.editing.unlearning.metrics import answer_probs, relation_answers
 from knowscope.editing.unlearning.train import encode, forgotten_fraction
 from knowscope.facts import Fact
 from knowscope.models import Model
@@ -75,31 +75,35 @@ class KeyedHyperParams:
 
 
 def _other_answers(item: UnlearnItem, pool: Sequence[UnlearnItem]) -> list[str]:
-    """The distinct answers of ``item``'s relation in ``pool`` that do not give ``item``'s answer."""
-    out: list[str] = []
-    for other in pool:
-        if not item.relation_id or other.relation_id != item.relation_id:
+    """The answers of ``item``'s relation in ``pool`` that do not give ``item``'s answer, sorted."""
+    answers = {a.strip() for a in relation_answers(pool).get(item.relation_id, set())} if item.relation_id else set()
+    return sorted(a for a in answers if not (begins_with(" " + a, item.answer) or begins_with(item.continuation, a)))
+
+
+def choose_targets(model: Model, items: Sequence[UnlearnItem], pool: Sequence[UnlearnItem], target: str) -> list[str]:
+    """What each item's prompt is rewritten to answer (module docstring); the candidate answers of every
+    item are scored in one batched pass."""
+    if target not in TARGETS:
+        return [target.strip()] * len(items)
+    others = [_other_answers(it, pool) if target == "relation" else [] for it in items]
+    scored = iter(answer_probs(model, [UnlearnItem(it.prompt, a) for it, os in zip(items, others, strict=True)
+                                       for a in os]))
+    out = []
+    for it, os in zip(items, others, strict=True):
+        probs = [next(scored) for _ in os]
+        if os:
+            out.append(os[max(range(len(os)), key=probs.__getitem__)])
             continue
-        a = other.answer.strip()
-        if a in out or begins_with(" " + a, item.answer) or begins_with(item.continuation, a):
-            continue
-        out.append(a)
+        found = alternatives(model, it, 1)
+        if not found:
+            raise ValueError(f"no other answer found for {it.prompt!r}; give a fixed target text")
+        out.append(found[0])
     return out
 
 
 def choose_target(model: Model, item: UnlearnItem, pool: Sequence[UnlearnItem], target: str) -> str:
     """What ``item``'s prompt is rewritten to answer (module docstring)."""
-    if target not in TARGETS:
-        return target.strip()
-    if target == "relation":
-        others = _other_answers(item, pool)
-        if others:
-            probs = answer_probs(model, [UnlearnItem(item.prompt, a) for a in others])
-            return others[max(range(len(others)), key=probs.__getitem__)]
-    found = alternatives(model, item, 1)
-    if not found:
-        raise ValueError(f"no other answer found for {item.prompt!r}; give a fixed target text")
-    return found[0]
+    return choose_targets(model, [item], pool, target)[0]
 
 
 def _check_subject(item: UnlearnItem) -> None:
@@ -126,7 +130,7 @@ def edit(model: Model, forget: Sequence[UnlearnItem], retain: Sequence[UnlearnIt
         _check_subject(item)
     start = time.perf_counter()
     pool = [*forget, *retain]
-    targets = [choose_target(model, it, pool, hp.target) for it in forget]
+    targets = choose_targets(model, forget, pool, hp.target)
     facts = [as_fact(it, t) for it, t in zip(forget, targets, strict=True)]
     result = factkey.edit(model, facts, hparams=hp.factkey(model))
     forgot: float | None = None

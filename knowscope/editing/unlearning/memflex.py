@@ -102,11 +102,10 @@ class MemFlexHyperParams(ReLearnHyperParams):
         objective, the whole given retain set (up to 32 items) in every step, and the stop rule that waits
         for it (``stop_retain`` 1.0 within 30 steps: stopping at the first forgotten step catches the model at
         its worst). ``overrides`` win; ``stop_forget=None`` (run every step) drops ``stop_retain``."""
-        fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
         chosen: dict[str, Any] = {"retain_batch": 32, "stop_retain": 1.0, "max_steps": 30}
-        if "stop_forget" in fixed and fixed["stop_forget"] is None:
+        if "stop_forget" in overrides and overrides["stop_forget"] is None:
             chosen.pop("stop_retain")
-        return cls(**{**chosen, **fixed})
+        return super().for_model(model, **{**chosen, **overrides})  # type: ignore[return-value]
 
 
 @dataclass

@@ -137,7 +137,8 @@ class UnlearnMetrics:
                 f"fluency {f('fluency')} (ratio to unedited {f('fluency_ratio')})  relevance {f('relevance')}")
 
 
-def _vocab(items: Sequence[UnlearnItem]) -> dict[str, set[str]]:
+def relation_answers(items: Sequence[UnlearnItem]) -> dict[str, set[str]]:
+    """Per relation id, the answers ``items`` give under it (items without a relation are left out)."""
     out: dict[str, set[str]] = {}
     for it in items:
         if it.relation_id:
@@ -161,7 +162,7 @@ def evaluate_unlearning(model: Model, uset: UnlearnSet, reference: UnlearnRefere
     conts = greedy_continuations(model, reqs)
     texts = [decode(model, conts[r]) for r in reqs]
     p_forget, p_retain = answer_probs(model, uset.forget), answer_probs(model, uset.retain)
-    vocab = _vocab([*uset.forget, *uset.retain])
+    vocab = relation_answers([*uset.forget, *uset.retain])
     rows, gen = [], {"forget": [], "paraphrase": [], "retain": []}
     unlearn_ok, retain_ok, kfr, krr, relevant = [], [], [], [], []
     by_kind: dict[str, list[bool]] = {}

@@ -18,6 +18,7 @@ CI sets ``KNOWSCOPE_REQUIRE_BROWSER=1`` so that a missing browser fails instead 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -146,10 +147,21 @@ def running(page) -> bool:
         page.get_by_role("button", name="Stop").count() > 0
 
 
+def shows(page, text: str | re.Pattern[str]) -> None:
+    """Wait until ``text`` shows; when it never does, fail with what the page showed instead."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        page.get_by_text(text).first.wait_for()
+    except PlaywrightTimeout:
+        main = page.locator('[data-testid="stMain"]').inner_text()
+        raise AssertionError(f"{text!r} never showed; the page ends with:\n...{main[-1500:]}") from None
+
+
 def press(page, button: str, until: str) -> None:
     """Click ``button``, wait until ``until`` shows and Streamlit is idle; no error, nothing cut off."""
     page.get_by_role("button", name=button).click()
-    page.get_by_text(until).first.wait_for()
+    shows(page, until)
     settle(page)
     no_error(page)
     readable(page)
@@ -242,7 +254,7 @@ def test_viewer_in_chromium(browser_page, shots, demo_runs):
     assert nodes.count() >= 3
     box = nodes.nth(2).bounding_box()  # input is first; then the circuit's heads and MLPs
     page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
-    page.get_by_text("Pinned: ").first.wait_for()
+    shows(page, "Pinned: ")
     settle(page)
     no_error(page)
     pinned = page.get_by_text("Pinned: ").first.inner_text().split("Pinned: ")[1].split()[0]
@@ -256,20 +268,25 @@ def test_viewer_in_chromium(browser_page, shots, demo_runs):
     page.wait_for_timeout(3000)
     settle(page)
     no_error(page)
-    page.get_by_text("measured now by exact edge patching").first.wait_for()
+    shows(page, "measured now by exact edge patching")
     resized = metric_values(page, "faithfulness")[0]
     assert resized != "not measured" and -5 < float(resized) < 5
 
     # a live circuit search: estimated before it starts, cancelled while it runs, nothing kept
     page.get_by_text("compute one", exact=True).click()
     settle(page)
+    n_facts = page.get_by_role("spinbutton", name="facts")
+    n_facts.fill("8")  # the most the page allows: a search long enough to be cancelled while it runs
+    n_facts.press("Enter")
+    settle(page)
     assert page.get_by_text("Estimated time: about").count() >= 1
     page.get_by_role("button", name="Find the circuit").click()
     cancel = page.get_by_role("button", name="Cancel: stop the circuit search")
     cancel.wait_for()
-    page.get_by_text("Circuit search: 1 of").first.wait_for()  # progress, with the time left, between units
+    # progress between units; Streamlit sends only the newest state of the bar, so any unit's count will do
+    shows(page, re.compile(r"Circuit search: \d+ of \d+ passes"))
     cancel.click()
-    page.get_by_text("Circuit search cancelled").first.wait_for()
+    shows(page, "Circuit search cancelled")
     settle(page)
     no_error(page)
     assert page.get_by_text("circuit edges drawn").count() == 0  # no half-computed circuit
@@ -351,7 +368,7 @@ def test_viewer_in_chromium(browser_page, shots, demo_runs):
     page.get_by_role("button", name="Undo the last edit").click()
     settle(page)
     page.get_by_role("button", name="Undo the last edit").click()
-    page.get_by_text("This tab's edits: 0").wait_for()
+    shows(page, "This tab's edits: 0")
     settle(page)
     page.get_by_text("a fact (ROME / MEMIT / FT / FactKey / GRACE / WISE)", exact=True).click()
     settle(page)

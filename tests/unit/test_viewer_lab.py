@@ -186,6 +186,43 @@ def test_dinm_responses_are_stacked_before_above_after(app):
     assert not any("safe_after" in d.value.columns for d in app.dataframe)  # no wide table
 
 
+def test_dinm_auto_edits_at_the_held_out_probes_layer_with_its_settings(app, monkeypatch, tmp_path):
+    """As `knowscope detox`: the probe over the bundled items picks the layer (once per model state of the
+    tab), the settings tuned at the probe's layer edit there, and the location is shown and saved."""
+    import knowscope.circuits as circuits
+    from knowscope.editing.dinm import DINMHyperParams
+    from knowscope.safeedit import load_bundled_safety
+    from knowscope.viewer.common import get_lab
+
+    real, calls = circuits.locate_toxic_layers, []
+
+    def counted(*args, **kw):
+        calls.append(1)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(circuits, "locate_toxic_layers", counted)
+    model = get_lab("tiny-llama").model
+    expected = real(model, load_bundled_safety())
+    apply_dinm(app, mode="auto")
+    ok(app)
+    rep = app.session_state["edit_lab_report"]
+    assert rep["edit"].layers == [expected.layer]
+    assert torch.equal(rep["toxic_location"].score, expected.score)
+    assert rep["edit"].hparams["lr"] == DINMHyperParams.for_probe_layer(model).lr
+    assert any(f"Layer {expected.layer}: the held-out probe over {expected.n_items} safety items" in i.value
+               for i in app.info)
+    app.button(key="lab_undo").click().run()
+    app.button(key="lab_apply").click().run()  # the unedited model again: the probe is not run again
+    ok(app)
+    assert len(calls) == 1
+    app.text_input(key="lab_save_name-1").set_value("dinm-auto").run()
+    app.button(key="lab_save").click().run()
+    ok(app)
+    saved = list((tmp_path / "runs").glob("**/toxic_location"))
+    assert len(saved) == 1
+    assert circuits.ToxicLocation.load(saved[0]).layer == expected.layer
+
+
 def test_a_cancelled_tuned_lens_training_caches_nothing(app, monkeypatch, tmp_path):
     import importlib
 

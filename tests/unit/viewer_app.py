@@ -19,12 +19,14 @@ def ok(at):
     assert not at.error, [e.value for e in at.error]
 
 
-def apply_dinm(at, layer: int = 2, tokens: int = 6):
-    """In the Edit lab, apply DINM to the first safety item at ``layer`` with ``tokens``-token responses."""
+def apply_dinm(at, layer: int = 2, tokens: int = 6, mode: str = "choose"):
+    """In the Edit lab, apply DINM to the first safety item in layer ``mode`` (``"choose"``: at ``layer``)
+    with ``tokens``-token responses."""
     page(at, "Edit lab")
     at.radio(key="lab_target").set_value("a safety item (DINM)").run()
-    at.radio(key="lab_layer_mode").set_value("choose").run()
-    at.number_input(key="lab_layer").set_value(layer).run()
+    at.radio(key="lab_layer_mode").set_value(mode).run()
+    if mode == "choose":
+        at.number_input(key="lab_layer").set_value(layer).run()
     at.number_input(key="lab_tokens").set_value(tokens).run()
     at.button(key="lab_apply").click().run()
     return at

@@ -28,12 +28,14 @@ from knowscope.viewer.common import (
     guard,
     lab,
     save_target,
+    state_label,
 )
 from knowscope.viewer.lab import friendly
 
 FACT_METHODS = ("ROME", "MEMIT", "FT", "FactKey", "GRACE", "WISE")
 MEMORY_METHODS = ("FactKey", "GRACE", "WISE")
 REPORT = "edit_lab_report"  # what the last apply measured
+TOXIC_LOCATIONS = "lab_toxic_locations"  # per model state of this tab: the held-out probe's location (DINM auto)
 
 
 def _hparams(model: Any, method: str, layers: list[int] | None, settings: dict[str, Any]) -> Any:
@@ -80,8 +82,11 @@ def layer_note(model: Any, method: str) -> str:
     from knowscope.editing.layers import measured_layer
 
     if method == "DINM":
-        return ("auto / located: the item's own toxic layer (the largest hidden-state distance between its safe and "
-                "unsafe responses, DINM's default); choose: the layer below")
+        return ("auto: the layer where a held-out safe-vs-unsafe probe over the bundled safety items separates the "
+                "responses best (`knowscope detox`'s default; computed at the first apply, about 20 s, then kept), "
+                "edited with the settings tuned at that layer; located: the item's own toxic layer (the largest "
+                "hidden-state distance between its safe and unsafe responses, DINM's reference locator; the last "
+                "layer for nearly every item on the default model); choose: the layer below")
     if method in MEMORY_METHODS:
         default = _default_layers(model, method)[0]
         return (f"auto: the {method} memory at its editor's layer {default}, where its router settings were chosen; "
@@ -147,10 +152,24 @@ def _apply_fact(cfg: ViewerConfig, fact: Any, method: str, layer_mode: str, chos
             "layer_choice": choice, "layer_mode": layer_mode, "layer_note": note}
 
 
+def _probe_location(model: Any, edits: list[Any]) -> Any:
+    """The held-out probe's toxic location over the bundled safety items on the model as this tab has it
+    (``knowscope detox``'s default locator), computed once per model state of the tab."""
+    from knowscope.circuits import locate_toxic_layers
+    from knowscope.safeedit import load_bundled_safety
+
+    found = st.session_state.setdefault(TOXIC_LOCATIONS, {})
+    key = state_label(edits)
+    if key not in found:
+        found[key] = locate_toxic_layers(model, load_bundled_safety())
+    return found[key]
+
+
 def _apply_safety(cfg: ViewerConfig, item: Any, layer_mode: str, chosen: int,
                   settings: dict[str, Any], work: Any = None) -> dict[str, Any]:
     from knowscope.circuits import locate_toxic
     from knowscope.editing import dinm
+    from knowscope.editing.dinm import DINMHyperParams
     from knowscope.editing.evaluation import PredictionTable
     from knowscope.probes import activation_shift
     from knowscope.safety.judge import get_judge
@@ -160,10 +179,13 @@ def _apply_safety(cfg: ViewerConfig, item: Any, layer_mode: str, chosen: int,
     judge = get_judge(None)
     edits = list(st.session_state.get(EDITS, []))
     with prog, lab(cfg).use(edits) as (model, session):
-        region = locate_toxic(model, item) if layer_mode != "choose" else None
-        layer = region.layer if region is not None else int(chosen)
+        location = _probe_location(model, edits) if layer_mode == "auto" else None
+        region = locate_toxic(model, item) if layer_mode == "located" else None
+        layer = location.layer if location is not None else region.layer if region is not None else int(chosen)
         prog.next(f"layer {layer}")
-        result = dinm.edit(model, item, layer=layer, on_unit=work)
+        # at the probe's layer, the lr tuned there (as `knowscope detox`); elsewhere the editor's defaults
+        hp = (DINMHyperParams.for_probe_layer if location is not None else DINMHyperParams.for_model)(model)
+        result = dinm.edit(model, item, layer=layer, hparams=hp, on_unit=work)
         with session.unedited():
             before = item_responses(model, [item], settings["max_new_tokens"])[0]
         session.apply(result)
@@ -179,7 +201,11 @@ def _apply_safety(cfg: ViewerConfig, item: Any, layer_mode: str, chosen: int,
                                   "target_true": "unsafe response", "target_new": "safe response"}, rows=rows)
     prog.done(f"DINM edit at layer {layer} applied to this tab")
     return {"kind": "safety", "edit": result, "predictions": preds, "edit_metrics": None,
-            "activation_shift": shift, "circuit_diff": None, "toxic_region": region, "judge": judge.name}
+            "activation_shift": shift, "circuit_diff": None, "toxic_region": region, "toxic_location": location,
+            "judge": judge.name, "layer_note": None if location is None else (
+                f"Layer {layer}: the held-out probe over {location.n_items} safety items (held-out accuracy "
+                f"{float(location.accuracy[layer]):.2f}; its controls peak at layers "
+                f"{', '.join(map(str, location.control_layers.values()))}); lr {hp.lr:g}, {hp.num_steps} steps.")}
 
 
 ROUTED_KINDS = {"neighborhood": ("neighbourhood prompts", "other subjects, same relation"),
@@ -225,8 +251,9 @@ def _show_report(rep: dict[str, Any]) -> None:
         st.info(rep["layer_note"])
     if rep.get("layer_choice") is not None:
         render.chart(rep["layer_choice"].figure(), key="lab-locate")
-    if rep.get("toxic_region") is not None:
-        render.chart(rep["toxic_region"].figure(), key="lab-toxic")
+    for key in ("toxic_region", "toxic_location"):
+        if rep.get(key) is not None:
+            render.chart(rep[key].figure(), key=f"lab-{key}")
     if rep["kind"] == "safety":
         rows = rep["predictions"].rows
         cols = st.columns(2)
@@ -255,7 +282,8 @@ def _job(cfg: ViewerConfig, method: str, settings: dict[str, Any]) -> LongWork |
 
         steps = DINMHyperParams.for_model(lab(cfg).model).num_steps
         job = LongWork("lab_apply", "dinm", "DINM edit", unit="steps")
-        job.estimate(steps, " for the edit; locating the toxic layer and the responses before / after come on top")
+        job.estimate(steps, " for the edit; locating the toxic layer (auto: about 20 s the first time) and the "
+                     "responses before / after come on top")
         return job
     if not settings["diff"]:
         return None
@@ -276,7 +304,8 @@ def _save(cfg: ViewerConfig, rep: dict[str, Any], name: str, edits: list[Any]) -
         session.save(folder / "edit")
     rep["predictions"].save(folder / "predictions")
     rep["activation_shift"].save(folder / "shift")
-    for key, sub in (("edit_metrics", "metrics"), ("circuit_diff", "circuit_diff"), ("toxic_region", "toxic")):
+    for key, sub in (("edit_metrics", "metrics"), ("circuit_diff", "circuit_diff"), ("toxic_region", "toxic"),
+                     ("toxic_location", "toxic_location")):
         if rep.get(key) is not None:
             rep[key].save(folder / sub)
     return str(folder)

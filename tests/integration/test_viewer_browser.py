@@ -7,8 +7,8 @@ and moves the size control to a size the circuit did not save and reads the fait
 for it, then starts a live circuit search (its time estimated first) and cancels it; it applies a ROME
 edit in the Edit lab (whose layer mode starts at ``auto``) and sees the Causal trace and Probes pages
 read the edited model (before | after: the model's answer changed); a DINM edit's responses fit the
-page (no sideways scrolling); a WISE edit warns exactly when its router sends neighbours to the memory;
-no page shows a byte-level BPE marker (Ġ, Ċ, Â). It saves a screenshot of each page: to
+page (no sideways scrolling) and its over-refusal shows; a WISE edit warns exactly when its router
+sends neighbours to the memory; no page shows a byte-level BPE marker (Ġ, Ċ, Â). It saves a screenshot of each page: to
 ``$KNOWSCOPE_SCREENSHOTS`` when set (``make screenshots`` writes the README's ``docs/screenshots``),
 else to the test's temporary folder.
 ``KNOWSCOPE_DEMO_RUNS=DIR`` reuses runs an earlier ``knowscope demo --out DIR/demo`` saved.
@@ -355,6 +355,9 @@ def test_viewer_in_chromium(browser_page, shots, demo_runs):
     tokens.press("Enter")
     settle(page)
     press(page, "Apply DINM", until="This tab's edits: 2")
+    (refused,) = metric_values(page, "over-refusal")  # the harmless prompts refused after the edit
+    assert refused.endswith("%")
+    assert page.get_by_text("harmless prompts refused, by category").count() == 1
     width = page.viewport_size["width"]
     codes = page.locator('[data-testid="stMain"] [data-testid="stCode"]')
     assert codes.count() == 10  # five inputs, before and after

@@ -186,6 +186,41 @@ def test_dinm_responses_are_stacked_before_above_after(app):
     assert not any("safe_after" in d.value.columns for d in app.dataframe)  # no wide table
 
 
+def test_dinm_in_the_lab_measures_over_refusal_before_and_after(app, tmp_path):
+    from knowscope.safety.refusal import load_bundled_benign, over_refusal
+    from knowscope.viewer.common import get_lab
+
+    model = get_lab("tiny-llama").model
+    benign = load_bundled_benign()
+    unedited = over_refusal(model, benign, 6)
+    apply_dinm(app)
+    ok(app)
+    refusals = app.session_state["edit_lab_report"]["over_refusal"]
+    assert refusals["before"] == unedited  # measured on the unedited model, as the item's responses
+    assert refusals["after"]["n"] == len(benign) and refusals["max_new_tokens"] == 6
+    metric = next(m for m in app.metric if m.label == "over-refusal")
+    assert metric.value == f"{refusals['after']['rate']:.1%}"
+    table = next(d.value for d in app.dataframe if "category" in d.value.columns)
+    assert sorted(table["category"]) == sorted({p.category for p in benign})
+    app.text_input(key="lab_save_name-1").set_value("dinm").run()
+    app.button(key="lab_save").click().run()
+    ok(app)
+    import json
+
+    (saved,) = (tmp_path / "runs").glob("**/over_refusal.json")
+    assert json.loads(saved.read_text())["before"]["rate"] == unedited["rate"]
+
+
+def test_newly_refused_lists_what_the_edit_taught_the_model_to_refuse():
+    from knowscope.viewer.views.lab_safety import newly_refused
+
+    def rows(*prompts):
+        return {"refused": [{"prompt": p, "category": "c", "response": "I can't"} for p in prompts]}
+
+    assert [r["prompt"] for r in newly_refused({"before": rows("a", "b"), "after": rows("b", "c", "d")})] == ["c", "d"]
+    assert newly_refused({"before": rows("a"), "after": rows()}) == []
+
+
 def test_dinm_auto_edits_at_the_held_out_probes_layer_with_its_settings(app, monkeypatch, tmp_path):
     """As `knowscope detox`: the probe over the bundled items picks the layer (once per model state of the
     tab), the settings tuned at the probe's layer edit there, and the location is shown and saved."""

@@ -5,7 +5,8 @@ A tab's edits are a list in its own session state; the shared model only carries
 :meth:`~knowscope.viewer.lab.ModelLab.use` (see :mod:`knowscope.viewer.lab`). Applying an edit
 computes it on top of this tab's earlier edits and records everything the page shows (predictions
 before / after, metrics, activation shift, circuit diff) while the edit is applied; undo drops the
-tab's last edit. Nothing here leaves the shared model edited.
+tab's last edit. Nothing here leaves the shared model edited. The safety side (DINM on a safety item,
+its responses and over-refusal) is :mod:`knowscope.viewer.views.lab_safety`.
 """
 
 from __future__ import annotations
@@ -28,14 +29,13 @@ from knowscope.viewer.common import (
     guard,
     lab,
     save_target,
-    state_label,
 )
 from knowscope.viewer.lab import friendly
+from knowscope.viewer.views.lab_safety import apply_safety, show_safety
 
 FACT_METHODS = ("ROME", "MEMIT", "FT", "FactKey", "GRACE", "WISE")
 MEMORY_METHODS = ("FactKey", "GRACE", "WISE")
 REPORT = "edit_lab_report"  # what the last apply measured
-TOXIC_LOCATIONS = "lab_toxic_locations"  # per model state of this tab: the held-out probe's location (DINM auto)
 
 
 def _hparams(model: Any, method: str, layers: list[int] | None, settings: dict[str, Any]) -> Any:
@@ -152,62 +152,6 @@ def _apply_fact(cfg: ViewerConfig, fact: Any, method: str, layer_mode: str, chos
             "layer_choice": choice, "layer_mode": layer_mode, "layer_note": note}
 
 
-def _probe_location(model: Any, edits: list[Any]) -> Any:
-    """The held-out probe's toxic location over the bundled safety items on the model as this tab has it
-    (``knowscope detox``'s default locator), computed once per model state of the tab."""
-    from knowscope.circuits import locate_toxic_layers
-    from knowscope.safeedit import load_bundled_safety
-
-    found = st.session_state.setdefault(TOXIC_LOCATIONS, {})
-    key = state_label(edits)
-    if key not in found:
-        found[key] = locate_toxic_layers(model, load_bundled_safety())
-    return found[key]
-
-
-def _apply_safety(cfg: ViewerConfig, item: Any, layer_mode: str, chosen: int,
-                  settings: dict[str, Any], work: Any = None) -> dict[str, Any]:
-    from knowscope.circuits import locate_toxic
-    from knowscope.editing import dinm
-    from knowscope.editing.dinm import DINMHyperParams
-    from knowscope.editing.evaluation import PredictionTable
-    from knowscope.probes import activation_shift
-    from knowscope.safety.judge import get_judge
-    from knowscope.safety.metrics import INPUT_KINDS, item_responses, judge_items
-
-    prog = Progress(["locate the toxic layer", "DINM edit", "responses before vs after", "activation shift"])
-    judge = get_judge(None)
-    edits = list(st.session_state.get(EDITS, []))
-    with prog, lab(cfg).use(edits) as (model, session):
-        location = _probe_location(model, edits) if layer_mode == "auto" else None
-        region = locate_toxic(model, item) if layer_mode == "located" else None
-        layer = location.layer if location is not None else region.layer if region is not None else int(chosen)
-        prog.next(f"layer {layer}")
-        # at the probe's layer, the lr tuned there (as `knowscope detox`); elsewhere the editor's defaults
-        hp = (DINMHyperParams.for_probe_layer if location is not None else DINMHyperParams.for_model)(model)
-        result = dinm.edit(model, item, layer=layer, hparams=hp, on_unit=work)
-        with session.unedited():
-            before = item_responses(model, [item], settings["max_new_tokens"])[0]
-        session.apply(result)
-        prog.next()
-        after = item_responses(model, [item], settings["max_new_tokens"])[0]
-        safe_b = judge_items([item], [before], judge)[0]
-        safe_a = judge_items([item], [after], judge)[0]
-        prog.next()
-        shift = activation_shift(session, [item.adversarial_prompt])
-    rows = [{"kind": k, "prompt": item.inputs()[k], "before": before[k], "after": after[k],
-             "safe_before": safe_b[k], "safe_after": safe_a[k]} for k in INPUT_KINDS]
-    preds = PredictionTable(fact={"subject": f"safety item {item.id} ({item.category})", "prompt": item.question,
-                                  "target_true": "unsafe response", "target_new": "safe response"}, rows=rows)
-    prog.done(f"DINM edit at layer {layer} applied to this tab")
-    return {"kind": "safety", "edit": result, "predictions": preds, "edit_metrics": None,
-            "activation_shift": shift, "circuit_diff": None, "toxic_region": region, "toxic_location": location,
-            "judge": judge.name, "layer_note": None if location is None else (
-                f"Layer {layer}: the held-out probe over {location.n_items} safety items (held-out accuracy "
-                f"{float(location.accuracy[layer]):.2f}; its controls peak at layers "
-                f"{', '.join(map(str, location.control_layers.values()))}); lr {hp.lr:g}, {hp.num_steps} steps.")}
-
-
 ROUTED_KINDS = {"neighborhood": ("neighbourhood prompts", "other subjects, same relation"),
                 "relation_specificity": ("relation-specificity prompts", "the subject's other relations")}
 
@@ -232,16 +176,6 @@ def router_warnings(metrics: Any, threshold: float) -> list[str]:
     return out
 
 
-def _responses(rows: list[dict[str, Any]]) -> None:
-    """A safety item's responses, before above after per input (never a table wider than the page)."""
-    for r in rows:
-        st.markdown(f"**{r['kind']}** — {r['prompt']}")
-        for when in ("before", "after"):
-            safe = "safe" if r[f"safe_{when}"] >= 0.5 else "unsafe"
-            st.caption(f"{when} (judged {safe})")
-            st.code(str(r[when]), language=None, wrap_lines=True)
-
-
 def _show_report(rep: dict[str, Any]) -> None:
     e = rep["edit"]
     st.subheader(f"{e.method} at layers {e.layers}")
@@ -255,13 +189,7 @@ def _show_report(rep: dict[str, Any]) -> None:
         if rep.get(key) is not None:
             render.chart(rep[key].figure(), key=f"lab-{key}")
     if rep["kind"] == "safety":
-        rows = rep["predictions"].rows
-        cols = st.columns(2)
-        cols[0].metric("judged safe before", f"{round(sum(r['safe_before'] for r in rows))} of {len(rows)}")
-        cols[1].metric("judged safe after", f"{round(sum(r['safe_after'] for r in rows))} of {len(rows)}",
-                       help=f"judge: {rep.get('judge')}")
-        st.markdown(f"**Before vs after** — {rep['predictions'].fact.get('subject')}")
-        _responses(rows)
+        show_safety(rep)
     else:
         render.predictions(rep["predictions"])
     if rep.get("edit_metrics") is not None:
@@ -299,6 +227,8 @@ def _job(cfg: ViewerConfig, method: str, settings: dict[str, Any]) -> LongWork |
 def _save(cfg: ViewerConfig, rep: dict[str, Any], name: str, edits: list[Any]) -> str:
     """Save this tab's edits (an edit session: the measurements were made with all of them applied)
     and what was measured, as one group under the runs folder."""
+    from knowscope.facts import write_json_atomic
+
     folder = save_target(cfg, name)
     with lab(cfg).use(edits) as (_, session):
         session.save(folder / "edit")
@@ -308,6 +238,8 @@ def _save(cfg: ViewerConfig, rep: dict[str, Any], name: str, edits: list[Any]) -
                      ("toxic_location", "toxic_location")):
         if rep.get(key) is not None:
             rep[key].save(folder / sub)
+    if rep.get("over_refusal") is not None:
+        write_json_atomic(folder / "over_refusal.json", rep["over_refusal"])
     return str(folder)
 
 
@@ -347,6 +279,9 @@ def render_page(cfg: ViewerConfig) -> None:
             "stats_tokens": int(c[1].number_input("key-statistics tokens", 100, 100_000, 8000, key="lab_stats")),
             "samples": int(c[2].number_input("tracing samples (locate)", 1, 20, 3, key="lab_samples")),
             "max_new_tokens": int(c[3].number_input("response tokens (DINM)", 4, 128, 32, key="lab_tokens")),
+            "over_refusal": bool(c[3].checkbox("over-refusal", True, key="lab_over_refusal",
+                                               help="DINM: responses to 80 harmless prompts before and after the edit: "
+                                                    "the share refused, per category, and which are newly refused")),
             "diff": bool(c[4].checkbox("circuit diff", False, help="EAP-IG circuits before / after the edit, "
                                        "and a second unedited one (another seed) for the noise floor",
                                        key="lab_diff")),
@@ -366,7 +301,7 @@ def render_page(cfg: ViewerConfig) -> None:
                 raise ValueError("enter the new object")
             with job.run() if job is not None else contextlib.nullcontext() as work:
                 if safety:
-                    rep = _apply_safety(cfg, item, layer_mode, chosen, settings, work=work)
+                    rep = apply_safety(cfg, item, layer_mode, chosen, settings, work=work)
                 else:
                     from dataclasses import replace
 

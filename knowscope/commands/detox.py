@@ -12,8 +12,9 @@ the next item. Over-refusal (the share of harmless prompts refused,
 :mod:`knowscope.safety.refusal`) is measured before and after every edit on the bundled XSTest-style
 set, or on ``--benign FILE`` (a JSON list of prompts); ``--benign none`` skips it. A data set too small
 for the held-out probe falls back to the l2 locator, and says so.
-``--save DIR`` writes ``DIR/report.json`` and each item's edit
-as ``DIR/edits/NNNN`` (an :class:`~knowscope.editing.EditResult` that ``EditSession`` re-applies).
+``--save DIR`` writes ``DIR/report.json`` (and the same report as the result ``DIR/report``, which
+``knowscope view`` opens) and each item's edit as ``DIR/edits/NNNN`` (an
+:class:`~knowscope.editing.EditResult` that ``EditSession`` re-applies).
 """
 
 from __future__ import annotations
@@ -146,6 +147,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for i, res in enumerate(edits):
                 res.save(root / "edits" / f"{i:04d}")
             write_json_atomic(root / "report.json", out)
+            report.meta = {k: out[k] for k in ("model", "fingerprint", "data", "benign_source")}
+            report.save(root / "report")  # the same report as a result the viewer's Runs page opens
             write_group_marker(root, "detox_run", {"n_items": len(items)})
         out["saved"] = str(args.save)
     print(f"\nDINM on {model.name}: {len(items)} items, judge {report.judge}, toxic layers {report.toxic_layers}")

@@ -22,6 +22,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -33,6 +34,7 @@ from knowscope.editing.session import EditSession
 from knowscope.facts import Fact
 from knowscope.knowledge import fact_accuracy
 from knowscope.models import Model
+from knowscope.results import load_dir, register, save_dir
 from knowscope.safeedit import GENERALIZATION_KEYS, SafetyItem
 from knowscope.safety.judge import SafetyJudge, get_judge
 from knowscope.safety.refusal import BenignPrompt, over_refusal
@@ -129,9 +131,17 @@ def detox_metrics(rows: Sequence[dict[str, Any]],
     return before, after
 
 
+KIND = "detox_report"
+
+
 @dataclass
 class DetoxReport:
-    """Before/after SafeEdit metrics of per-item edits, and each item's layer and edit."""
+    """Before/after SafeEdit metrics of per-item edits, and each item's layer and edit.
+
+    Saves as a result directory (``save`` / ``load``, kind ``detox_report``) that the viewer's Runs page
+    opens: the metrics before / after, each item's row, and the harmless prompts each edit newly refuses.
+    ``meta`` carries what the run was made on (model, data) for the run list.
+    """
 
     before: dict[str, float]
     after: dict[str, float]
@@ -142,11 +152,40 @@ class DetoxReport:
     method: str = "dinm"
     hparams: dict[str, Any] = field(default_factory=dict)
     benign: dict[str, Any] | None = None  # the over-refusal set: size, the unedited model's refusals
+    meta: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, "judge": self.judge, "metrics": {"before": self.before, "after": self.after},
                 "toxic_layers": self.toxic_layers, "seconds": self.seconds, "hparams": self.hparams,
                 "n_items": len(self.rows), "benign": self.benign, "rows": self.rows}
+
+    def save(self, path: str | Path) -> Path:
+        return save_dir(path, KIND, {**self.to_dict(), "meta": self.meta}, {})
+
+    @classmethod
+    def load(cls, path: str | Path) -> DetoxReport:
+        m, _ = load_dir(path, KIND)
+        return cls(before=m["metrics"]["before"], after=m["metrics"]["after"], rows=m["rows"],
+                   toxic_layers=m["toxic_layers"], seconds=m["seconds"], judge=m["judge"], method=m["method"],
+                   hparams=m["hparams"], benign=m["benign"], meta=m.get("meta") or {})
+
+    def newly_refused(self) -> list[dict[str, Any]]:
+        """Per item (in order), the harmless prompts refused after its edit and not by the unedited model."""
+        was = {r["prompt"] for r in (self.benign or {}).get("before_refused", [])}
+        return [{"item_id": row["item_id"], "prompt": r["prompt"], "category": r["category"],
+                 "response": r["response"]}
+                for row in self.rows for r in row["after"].get("refused", []) if r["prompt"] not in was]
+
+    def figure(self) -> Any:
+        """Before vs after, one bar pair per metric that lies in [0, 1] (fluency is on its own scale)."""
+        import plotly.graph_objects as go
+
+        keys = [k for k in (*INPUT_KINDS, "over_refusal", "facts_accuracy") if k in self.before and k in self.after]
+        fig = go.Figure([go.Bar(name=when, x=keys, y=[getattr(self, when)[k] for k in keys])
+                         for when in ("before", "after")])
+        fig.update_layout(barmode="group", title=f"DINM on {len(self.rows)} items: before vs after",
+                          yaxis={"range": [0, 1.05], "title": "share"}, height=360)
+        return fig
 
     def table(self) -> str:
         keys = [k for k in (*METRICS, "constraint_kl", "over_refusal") if k in self.before or k in self.after]
@@ -216,3 +255,14 @@ def detox(model: Model, items: Sequence[SafetyItem], *, judge: SafetyJudge | str
                          "before_by_category": refusal_before["by_category"],
                          "before_refused": refusal_before["refused"]}
     return report
+
+
+def _headline(m: dict[str, Any]) -> str:
+    b, a = m["metrics"]["before"], m["metrics"]["after"]
+    out = f"{m['n_items']} items, DS {b['DS']:.2f} -> {a['DS']:.2f}"
+    if "over_refusal" in a:
+        out += f", over-refusal {b['over_refusal']:.2f} -> {a['over_refusal']:.2f}"
+    return out
+
+
+register(KIND, DetoxReport.load, _headline)

@@ -187,6 +187,32 @@ def sequential(run: Any, key: str = "seq") -> None:
     st.dataframe(rows, hide_index=True)
 
 
+def detox(report: Any, key: str = "detox") -> None:
+    """A saved ``knowscope detox`` run: metrics before / after, each item's row, and over-refusal (the
+    harmless prompts each edit newly refuses)."""
+    b, a = report.before, report.after
+    cols = st.columns(3)
+    cols[0].metric("DS after", f"{a['DS']:.2f}", delta=f"{a['DS'] - b['DS']:+.2f}")
+    if "over_refusal" in a:
+        cols[1].metric("over-refusal after", f"{a['over_refusal']:.1%}",
+                       delta=f"{100 * (a['over_refusal'] - b['over_refusal']):+.1f} points", delta_color="inverse",
+                       help=f"share of {(report.benign or {}).get('n', '?')} harmless prompts refused (before: "
+                            f"{b['over_refusal']:.1%}), the mean over the items' edits")
+    if "facts_accuracy" in a:
+        cols[2].metric("fact accuracy after", f"{a['facts_accuracy']:.3f}",
+                       delta=f"{a['facts_accuracy'] - b['facts_accuracy']:+.3f}")
+    chart(report.figure(), key=f"{key}-fig")
+    st.dataframe([{"metric": k, "before": b.get(k), "after": a.get(k)} for k in a], hide_index=True)
+    st.markdown(f"**Per item** (each edited alone and undone; judge {report.judge})")
+    st.dataframe([{"item": r["item_id"], "category": r["category"], "layer": r["layer"],
+                   "DS before": r["before"]["safe"]["DS"], "DS after": r["after"]["safe"]["DS"],
+                   "over-refusal after": r["after"].get("over_refusal")} for r in report.rows], hide_index=True)
+    new = report.newly_refused()
+    if new:
+        with st.expander(f"harmless prompts newly refused after an item's edit ({len(new)})"):
+            st.dataframe(new, hide_index=True)
+
+
 def _try(fn: Callable[[], Any]) -> Any:
     try:
         return fn()
@@ -231,6 +257,8 @@ def show_run(info: RunInfo, all_runs: list[RunInfo], key: str = "run") -> None:
         st.dataframe(obj.top_by_layer(), hide_index=True)
     elif info.kind == "sequential_run":
         sequential(obj, key=key)
+    elif info.kind == "detox_report":
+        detox(obj, key=key)
     elif info.kind == "tuned_lens":
         q = obj.quality
         if q is not None:

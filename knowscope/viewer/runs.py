@@ -133,6 +133,7 @@ def _registry() -> dict[str, Any]:
     import knowscope.circuits  # noqa: F401
     import knowscope.editing.evaluation  # noqa: F401
     import knowscope.probes  # noqa: F401
+    import knowscope.safety.metrics  # noqa: F401
 
     return registered()
 

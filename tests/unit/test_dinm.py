@@ -154,6 +154,11 @@ def test_detox_cli(items, tmp_path, capsys):
     assert len(report["toxic_layers"]) == 2 and report["seconds"] > 0
     assert EditResult.load(tmp_path / "run" / "edits" / "0001").layers == [report["toxic_layers"][1]]
     assert (tmp_path / "run" / "report.json").is_file()
+    from knowscope.safety.metrics import DetoxReport
+
+    saved = DetoxReport.load(tmp_path / "run" / "report")  # the same report, as a result the viewer opens
+    assert saved.to_dict() == {k: report[k] for k in saved.to_dict()}
+    assert saved.meta == {k: report[k] for k in ("model", "fingerprint", "data", "benign_source")}
     assert main(["detox", "--model", "tiny-llama", "--data", str(data), "--layer", "x"]) == 2
     assert "--layer 'x' is not valid" in capsys.readouterr().err
     for content, message in ((None, "does not exist"), ("[]", "empty list"), ('{"a": 1}', "not a JSON list"),

@@ -81,3 +81,16 @@ def test_load_benign_reads_a_list_of_strings(tmp_path):
     path = tmp_path / "mine.json"
     path.write_text(json.dumps(["How do I bake bread?", "What is a comet?"]))
     assert load_benign(path) == [BenignPrompt("How do I bake bread?"), BenignPrompt("What is a comet?")]
+
+
+def test_a_detox_report_lists_the_prompts_each_edit_newly_refuses():
+    from knowscope.safety.metrics import DetoxReport
+
+    def refused(*prompts):
+        return [{"prompt": p, "category": "plain", "response": "I can't help with that."} for p in prompts]
+
+    rows = [{"item_id": i, "after": {"refused": refused(*after)}} for i, after in ((0, ["a", "b"]), (1, ["a"]),
+                                                                                   (2, []))]
+    report = DetoxReport(before={}, after={}, rows=rows, benign={"before_refused": refused("a")})
+    assert [(r["item_id"], r["prompt"]) for r in report.newly_refused()] == [(0, "b")]
+    assert DetoxReport(before={}, after={}, rows=rows).newly_refused()[0]["prompt"] == "a"  # nothing refused before

@@ -211,6 +211,37 @@ def test_dinm_in_the_lab_measures_over_refusal_before_and_after(app, tmp_path):
     assert json.loads(saved.read_text())["before"]["rate"] == unedited["rate"]
 
 
+def test_runs_page_opens_a_saved_detox_report(tmp_path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from knowscope.safeedit import load_bundled_safety
+    from knowscope.safety.metrics import DetoxReport, detox
+    from knowscope.safety.refusal import first_per_category, load_bundled_benign
+    from knowscope.viewer.common import get_lab
+
+    model = get_lab("tiny-llama").model
+    report = detox(model, load_bundled_safety()[:2], layer=1, max_new_tokens=3,
+                   benign=first_per_category(load_bundled_benign(), 1), benign_tokens=2)
+    report.meta = {"model": model.name}
+    report.save(tmp_path / "runs" / "detox" / "report")
+    again = DetoxReport.load(tmp_path / "runs" / "detox" / "report")
+    assert again.to_dict() == report.to_dict() and again.meta == report.meta
+    monkeypatch.setenv("KNOWSCOPE_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("KNOWSCOPE_MODEL", "tiny-llama")
+    app = AppTest.from_file(APP, default_timeout=300)
+    app.run()
+    ok(app)
+    listed = app.dataframe[0].value
+    assert list(listed["kind"]) == ["detox_report"] and list(listed["model"]) == [model.name]
+    assert listed["headline"][0].startswith(f"2 items, DS {report.before['DS']:.2f} -> {report.after['DS']:.2f}")
+    labels = {m.label: m.value for m in app.metric}
+    assert labels["DS after"] == f"{report.after['DS']:.2f}"
+    assert labels["over-refusal after"] == f"{report.after['over_refusal']:.1%}"
+    items = next(d.value for d in app.dataframe if "DS after" in d.value.columns)
+    assert list(items["item"]) == [r["item_id"] for r in report.rows]
+    assert list(items["layer"]) == [1, 1]
+
+
 def test_newly_refused_lists_what_the_edit_taught_the_model_to_refuse():
     from knowscope.viewer.views.lab_safety import newly_refused
 

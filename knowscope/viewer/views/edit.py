@@ -210,8 +210,8 @@ def _job(cfg: ViewerConfig, method: str, settings: dict[str, Any]) -> LongWork |
 
         steps = DINMHyperParams.for_model(lab(cfg).model).num_steps
         job = LongWork("lab_apply", "dinm", "DINM edit", unit="steps")
-        job.estimate(steps, " for the edit; locating the toxic layer (auto: about 20 s the first time) and the "
-                     "responses before / after come on top")
+        job.estimate(steps, " for the edit; locating the toxic layer (auto: about 20 s the first time), the "
+                     "responses before / after and over-refusal (80 harmless prompts) come on top")
         return job
     if not settings["diff"]:
         return None

@@ -37,7 +37,7 @@ from knowscope.models import Model
 from knowscope.results import load_dir, register, save_dir
 from knowscope.safeedit import GENERALIZATION_KEYS, SafetyItem
 from knowscope.safety.judge import SafetyJudge, get_judge
-from knowscope.safety.refusal import BenignPrompt, over_refusal
+from knowscope.safety.refusal import BenignPrompt, newly_refused, over_refusal
 
 logger = logging.getLogger(__name__)
 
@@ -171,10 +171,9 @@ class DetoxReport:
 
     def newly_refused(self) -> list[dict[str, Any]]:
         """Per item (in order), the harmless prompts refused after its edit and not by the unedited model."""
-        was = {r["prompt"] for r in (self.benign or {}).get("before_refused", [])}
-        return [{"item_id": row["item_id"], "prompt": r["prompt"], "category": r["category"],
-                 "response": r["response"]}
-                for row in self.rows for r in row["after"].get("refused", []) if r["prompt"] not in was]
+        was = (self.benign or {}).get("before_refused", [])
+        return [{"item_id": row["item_id"], **r}
+                for row in self.rows for r in newly_refused(was, row["after"].get("refused", []))]
 
     def figure(self) -> Any:
         """Before vs after, one bar pair per metric that lies in [0, 1] (fluency is on its own scale)."""

@@ -88,6 +88,13 @@ def first_per_category(prompts: Sequence[BenignPrompt], n: int) -> list[BenignPr
     return out
 
 
+def newly_refused(before: Sequence[dict[str, Any]], after: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The entries of ``after`` (``over_refusal(...)["refused"]`` after an edit) whose prompt ``before`` (the
+    unedited model's) did not refuse: what the edit taught the model to refuse."""
+    was = {r["prompt"] for r in before}
+    return [r for r in after if r["prompt"] not in was]
+
+
 def refuses(responses: Sequence[str], judge: RefusalJudge | None = None) -> list[bool]:
     """Per response, whether it refuses (refusal cue before any compliance cue; empty → False)."""
     judge = judge or RefusalJudge(decline_only=True)

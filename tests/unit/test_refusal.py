@@ -94,3 +94,13 @@ def test_a_detox_report_lists_the_prompts_each_edit_newly_refuses():
     report = DetoxReport(before={}, after={}, rows=rows, benign={"before_refused": refused("a")})
     assert [(r["item_id"], r["prompt"]) for r in report.newly_refused()] == [(0, "b")]
     assert DetoxReport(before={}, after={}, rows=rows).newly_refused()[0]["prompt"] == "a"  # nothing refused before
+
+
+def test_newly_refused_lists_what_the_edit_taught_the_model_to_refuse():
+    from knowscope.safety.refusal import newly_refused
+
+    def rows(*prompts):
+        return [{"prompt": p, "category": "c", "response": "I can't"} for p in prompts]
+
+    assert [r["prompt"] for r in newly_refused(rows("a", "b"), rows("b", "c", "d"))] == ["c", "d"]
+    assert newly_refused(rows("a"), rows()) == []

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 import torch
-from viewer_app import APP, apply_dinm, ok, page
+from viewer_app import APP, apply_dinm, ok, page, save_lab
 
 from knowscope.circuits import circuit_diff, knowledge_circuit, trace
 from knowscope.circuits.batches import make_batch
@@ -346,8 +346,7 @@ def test_edit_lab_applies_undoes_and_saves_without_editing_the_shared_model(app,
         assert any("circuit diff" in json.dumps(f["layout"]) for f in charts(app))
     now = shared.named_parameters()
     assert all(torch.equal(now[n], before[n]) for n in before)  # the shared model is not left edited
-    app.text_input(key="lab_save_name-1").input(f"lab-{method}").run()
-    app.button(key="lab_save").click().run()
+    save_lab(app, f"lab-{method}")
     ok(app)
     saved = [p for p in (runs_dir / "viewer").iterdir() if p.name.endswith(f"lab-{method}")]
     assert len(saved) == 1

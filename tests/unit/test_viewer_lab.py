@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from viewer_app import APP, apply_dinm, ok, page
+from viewer_app import APP, apply_dinm, ok, page, save_lab
 
 from knowscope.editing.evaluation.metrics import EditMetrics
 
@@ -202,8 +202,7 @@ def test_dinm_in_the_lab_measures_over_refusal_before_and_after(app, tmp_path):
     assert metric.value == f"{refusals['after']['rate']:.1%}"
     table = next(d.value for d in app.dataframe if "category" in d.value.columns)
     assert sorted(table["category"]) == sorted({p.category for p in benign})
-    app.text_input(key="lab_save_name-1").set_value("dinm").run()
-    app.button(key="lab_save").click().run()
+    save_lab(app, "dinm")
     ok(app)
     import json
 
@@ -211,9 +210,7 @@ def test_dinm_in_the_lab_measures_over_refusal_before_and_after(app, tmp_path):
     assert json.loads(saved.read_text())["before"]["rate"] == unedited["rate"]
 
 
-def test_runs_page_opens_a_saved_detox_report(tmp_path, monkeypatch):
-    from streamlit.testing.v1 import AppTest
-
+def test_runs_page_opens_a_saved_detox_report(app, tmp_path):
     from knowscope.safeedit import load_bundled_safety
     from knowscope.safety.metrics import DetoxReport, detox
     from knowscope.safety.refusal import first_per_category, load_bundled_benign
@@ -223,12 +220,9 @@ def test_runs_page_opens_a_saved_detox_report(tmp_path, monkeypatch):
     report = detox(model, load_bundled_safety()[:2], layer=1, max_new_tokens=3,
                    benign=first_per_category(load_bundled_benign(), 1), benign_tokens=2)
     report.meta = {"model": model.name}
-    report.save(tmp_path / "runs" / "detox" / "report")
+    report.save(tmp_path / "runs" / "detox" / "report")  # the fixture's runs folder
     again = DetoxReport.load(tmp_path / "runs" / "detox" / "report")
     assert again.to_dict() == report.to_dict() and again.meta == report.meta
-    monkeypatch.setenv("KNOWSCOPE_RUNS", str(tmp_path / "runs"))
-    monkeypatch.setenv("KNOWSCOPE_MODEL", "tiny-llama")
-    app = AppTest.from_file(APP, default_timeout=300)
     app.run()
     ok(app)
     listed = app.dataframe[0].value
@@ -240,16 +234,6 @@ def test_runs_page_opens_a_saved_detox_report(tmp_path, monkeypatch):
     items = next(d.value for d in app.dataframe if "DS after" in d.value.columns)
     assert list(items["item"]) == [r["item_id"] for r in report.rows]
     assert list(items["layer"]) == [1, 1]
-
-
-def test_newly_refused_lists_what_the_edit_taught_the_model_to_refuse():
-    from knowscope.viewer.views.lab_safety import newly_refused
-
-    def rows(*prompts):
-        return {"refused": [{"prompt": p, "category": "c", "response": "I can't"} for p in prompts]}
-
-    assert [r["prompt"] for r in newly_refused({"before": rows("a", "b"), "after": rows("b", "c", "d")})] == ["c", "d"]
-    assert newly_refused({"before": rows("a"), "after": rows()}) == []
 
 
 def test_dinm_auto_edits_at_the_held_out_probes_layer_with_its_settings(app, monkeypatch, tmp_path):
@@ -281,8 +265,7 @@ def test_dinm_auto_edits_at_the_held_out_probes_layer_with_its_settings(app, mon
     app.button(key="lab_apply").click().run()  # the unedited model again: the probe is not run again
     ok(app)
     assert len(calls) == 1
-    app.text_input(key="lab_save_name-1").set_value("dinm-auto").run()
-    app.button(key="lab_save").click().run()
+    save_lab(app, "dinm-auto")
     ok(app)
     saved = list((tmp_path / "runs").glob("**/toxic_location"))
     assert len(saved) == 1

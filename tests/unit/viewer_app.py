@@ -30,3 +30,10 @@ def apply_dinm(at, layer: int = 2, tokens: int = 6, mode: str = "choose"):
     at.number_input(key="lab_tokens").set_value(tokens).run()
     at.button(key="lab_apply").click().run()
     return at
+
+
+def save_lab(at, name: str):
+    """In the Edit lab, save the tab's first edit and what was measured under ``name``."""
+    at.text_input(key="lab_save_name-1").set_value(name).run()
+    at.button(key="lab_save").click().run()
+    return at

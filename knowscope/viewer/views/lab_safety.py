@@ -14,6 +14,7 @@ from typing import Any
 
 import streamlit as st
 
+from knowscope.safety.refusal import newly_refused
 from knowscope.viewer.common import EDITS, Progress, ViewerConfig, lab, state_label
 
 TOXIC_LOCATIONS = "lab_toxic_locations"  # per model state of this tab: the held-out probe's location (DINM auto)
@@ -104,12 +105,6 @@ def _plain(text: str) -> str:
     return "".join("\\" + c if c in "\\`*_{}[]<>()#+-.!|~" else c for c in " ".join(str(text).split()))
 
 
-def newly_refused(refusals: dict[str, Any]) -> list[dict[str, Any]]:
-    """The harmless prompts refused after the edit and not before (prompt, category, response)."""
-    was = {r["prompt"] for r in refusals["before"]["refused"]}
-    return [r for r in refusals["after"]["refused"] if r["prompt"] not in was]
-
-
 def show_safety(rep: dict[str, Any]) -> None:
     """The item's verdicts and responses (before above after, never a table wider than the page), then
     over-refusal when it was measured."""
@@ -136,7 +131,7 @@ def show_safety(rep: dict[str, Any]) -> None:
     st.markdown("**Over-refusal** — harmless prompts refused, by category")
     st.dataframe([{"category": c, "before": f"{b['by_category'].get(c, 0.0):.0%}", "after": f"{v:.0%}"}
                   for c, v in a["by_category"].items()], hide_index=True)
-    new = newly_refused(refusals)
+    new = newly_refused(b["refused"], a["refused"])
     if not new:
         st.caption("No harmless prompt is refused after the edit that was answered before.")
         return
